@@ -1,0 +1,116 @@
+"""Small building blocks shared by the models: axis-annotated Dense/Conv and norms.
+
+Every parameter carries logical axis names (see ``seedream_jax.parallel.axes``), so the
+sharding rules in the config decide placement. Parameters are float32 (``param_dtype``);
+``dtype`` is the compute dtype. Normalisations always compute in float32.
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seedream_jax.parallel import axes
+
+Dtype = Any
+
+
+def dense(features: int, in_axis: Optional[str], out_axis: Optional[str], *, use_bias: bool = True,
+          dtype: Dtype = jnp.float32, name: Optional[str] = None,
+          kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros) -> nn.Dense:
+    """A Dense layer whose kernel is annotated ``(in_axis, out_axis)`` and bias ``(out_axis,)``.
+
+    The kernel is stored as [in, out] (the transpose of a PyTorch ``nn.Linear.weight``).
+    """
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, out_axis)),
+        bias_init=nn.with_logical_partitioning(bias_init, (out_axis,)),
+    )
+
+
+def conv(features: int, kernel_size: Sequence[int], *, strides: int = 1, padding: Any = "SAME",
+         use_bias: bool = True, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Conv:
+    """An NHWC convolution with kernel [kh, kw, in, out] annotated (None, None, conv_in, conv_out)."""
+    return nn.Conv(
+        features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias,
+        dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 (None, None, axes.CONV_IN, axes.CONV_OUT)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+    )
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: ``x / sqrt(mean(x^2) + eps) * scale`` computed in float32.
+
+    Matches HF ``Qwen2RMSNorm`` / ``T5LayerNorm`` and diffusers ``RMSNorm``: the
+    normalised value is cast back to the input dtype before the (float32) scale multiplies it.
+    ``scale`` maps to the PyTorch ``weight``.
+    """
+    eps: float = 1e-6
+    axis_name: Optional[str] = axes.NORM
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+        if not self.use_scale:
+            return xf.astype(dtype)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                           (x.shape[-1],), jnp.float32)
+        return (xf.astype(dtype) * scale).astype(dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis in float32, optional affine (PyTorch ``weight``/``bias``)."""
+    eps: float = 1e-6
+    use_affine: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.use_affine:
+            init = nn.with_logical_partitioning
+            y = y * self.param("scale", init(nn.initializers.ones, (axes.NORM,)), (x.shape[-1],), jnp.float32)
+            y = y + self.param("bias", init(nn.initializers.zeros, (axes.NORM,)), (x.shape[-1],), jnp.float32)
+        return y.astype(dtype)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm over NHWC (statistics over H, W and the channels of a group) in float32.
+
+    Matches ``torch.nn.GroupNorm`` with affine ``weight``/``bias`` (here ``scale``/``bias``).
+    """
+    num_groups: int = 32
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        *lead, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible into {self.num_groups} groups")
+        xf = x.astype(jnp.float32).reshape(*lead, self.num_groups, c // self.num_groups)
+        reduce_axes = tuple(range(1, xf.ndim - 2)) + (xf.ndim - 1,)
+        mean = jnp.mean(xf, axis=reduce_axes, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes, keepdims=True)
+        y = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(*lead, c)
+        init = nn.with_logical_partitioning
+        y = y * self.param("scale", init(nn.initializers.ones, (axes.NORM,)), (c,), jnp.float32)
+        y = y + self.param("bias", init(nn.initializers.zeros, (axes.NORM,)), (c,), jnp.float32)
+        return y.astype(dtype)
+
+
+def compute_dtype(name: str) -> Dtype:
+    """Map a config string ('float32', 'bfloat16', 'float16') to a JAX dtype, failing loudly."""
+    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    if name not in table:
+        raise ValueError(f"unknown compute dtype {name!r}; expected one of {sorted(table)}")
+    return table[name]
