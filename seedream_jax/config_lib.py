@@ -1,0 +1,148 @@
+"""Building blocks of the configs in ``configs/``: model size presets and stage defaults.
+
+``configs/<name>.py`` files call ``base_config(size)`` and override what they need; every
+value can also be overridden on the command line (``--config.train.steps=100``).
+
+Model sizes (parameter counts: ``python tools/param_count.py``):
+  tiny  - trains on a 2-core CPU in minutes: 64 px images, 4x VAE, ~2M-parameter DiT.
+  small - one GPU: ~300M-parameter DiT (6 double + 6 single blocks, width 1024), a
+          Qwen2.5-0.5B-shaped LLM, byt5-small, a 16-channel 8x VAE; 512 px.
+  full  - near Seedream 2.0's scale: a ~2.8B-parameter DiT (10 double + 20 single blocks,
+          width 2048, 16 heads of 128), a Qwen2.5-7B-shaped LLM (the report's LLM is
+          ByteDance's own bilingual decoder-only model; Qwen2.5-7B is the closest open
+          bilingual LLM and loads directly), byt5-small, a Flux-style 16-channel 8x VAE.
+          The report does not publish its DiT size; 2-3B is what its description implies.
+"""
+from ml_collections import ConfigDict
+
+
+def _llm(vocab, hidden, inter, layers, heads, kv, theta=1e6):
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, rope_theta=theta, rms_norm_eps=1e-6)
+
+
+def _byt5(d_model, d_kv, d_ff, layers, heads, buckets=32, max_distance=128):
+    return dict(vocab_size=384, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=layers, num_heads=heads,
+                relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance)
+
+
+def _vae(blocks, layers_per_block, latent_channels, groups):
+    return dict(block_out_channels=tuple(blocks), layers_per_block=layers_per_block,
+                latent_channels=latent_channels, norm_num_groups=groups,
+                scaling_factor=1.0, shift_factor=0.0)
+
+
+def _mmdit(heads, head_dim, double, single, axes_dims, latent_channels, context_dim, base_grid):
+    return dict(in_channels=latent_channels, patch_size=2, num_heads=heads, head_dim=head_dim,
+                num_double_blocks=double, num_single_blocks=single, mlp_ratio=4.0,
+                context_dim=context_dim, pooled_dim=context_dim, axes_dims=tuple(axes_dims),
+                rope_theta=10000.0, rope_rule="scaled", rope_base_grid=base_grid, text_ids="diagonal")
+
+
+MODEL_SIZES = {
+    "tiny": dict(
+        resolution=64,
+        llm=_llm(vocab=1024, hidden=128, inter=256, layers=2, heads=4, kv=2, theta=10000.0),
+        adapter="none", adapter_layers=1,
+        byt5=_byt5(d_model=64, d_kv=16, d_ff=128, layers=2, heads=4, buckets=16, max_distance=32),
+        context_dim=128, llm_max_length=32, byt5_max_length=16,
+        vae=_vae((32, 64, 64), 1, 4, 8),
+        mmdit=_mmdit(4, 32, 2, 2, (8, 12, 12), 4, 128, base_grid=8)),
+    "small": dict(
+        resolution=512,
+        llm=_llm(vocab=151936, hidden=896, inter=4864, layers=24, heads=14, kv=2),
+        adapter="transformer", adapter_layers=2,
+        byt5=_byt5(d_model=1472, d_kv=64, d_ff=3584, layers=12, heads=6),
+        context_dim=1024, llm_max_length=256, byt5_max_length=128,
+        vae=_vae((128, 256, 512, 512), 2, 16, 32),
+        mmdit=_mmdit(8, 128, 6, 6, (16, 56, 56), 16, 1024, base_grid=32)),
+    "full": dict(
+        resolution=1024,
+        llm=_llm(vocab=152064, hidden=3584, inter=18944, layers=28, heads=28, kv=4),
+        adapter="transformer", adapter_layers=2,
+        byt5=_byt5(d_model=1472, d_kv=64, d_ff=3584, layers=12, heads=6),
+        context_dim=2048, llm_max_length=256, byt5_max_length=128,
+        vae=_vae((128, 256, 512, 512), 2, 16, 32),
+        mmdit=_mmdit(16, 128, 10, 20, (16, 56, 56), 16, 2048, base_grid=32)),
+}
+
+
+def model_config(size: str) -> ConfigDict:
+    """The ``model`` section for a size preset ('tiny', 'small', 'full')."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {sorted(MODEL_SIZES)}")
+    return ConfigDict(dict(MODEL_SIZES[size], dtype="float32", attention_impl=None, remat_policy="none"))
+
+
+def build_model_configs(model: ConfigDict):
+    """Turn the ``model`` config section into the model dataclasses.
+
+    Returns (ConditionerConfig, MMDiTConfig, VAEConfig).
+    """
+    from seedream_jax.models.byt5 import ByT5Config
+    from seedream_jax.models.conditioner import ConditionerConfig
+    from seedream_jax.models.mmdit import MMDiTConfig
+    from seedream_jax.models.text_encoder import Qwen2Config, TextEncoderConfig
+    from seedream_jax.models.vae import VAEConfig
+
+    common = dict(dtype=model.dtype)
+    attn = dict(attention_impl=model.attention_impl)
+    llm = Qwen2Config(**model.llm.to_dict(), **common, **attn)
+    text_encoder = TextEncoderConfig(llm=llm, adapter=model.adapter, adapter_layers=model.adapter_layers)
+    byt5 = ByT5Config(**model.byt5.to_dict(), **common, **attn) if model.byt5 is not None else None
+    conditioner = ConditionerConfig(text_encoder=text_encoder, byt5=byt5, context_dim=model.context_dim,
+                                    llm_max_length=model.llm_max_length,
+                                    byt5_max_length=model.byt5_max_length, **common)
+    mmdit = MMDiTConfig(**model.mmdit.to_dict(), remat_policy=model.remat_policy, **common, **attn)
+    vae = VAEConfig(**model.vae.to_dict(), **common)
+    return conditioner, mmdit, vae
+
+
+def train_section(**overrides) -> ConfigDict:
+    """Loop settings of one stage (``<stage>.train``)."""
+    return ConfigDict(dict(dict(
+        steps=1000, batch_size=32, seed=0, log_every=50, eval_every=0, checkpoint_every=500,
+        keep_checkpoints=2, ema_decay=0.999, async_checkpoint=True), **overrides))
+
+
+def optimizer_section(**overrides) -> ConfigDict:
+    """AdamW settings of one stage (``<stage>.optimizer``)."""
+    return ConfigDict(dict(dict(
+        lr=3e-4, warmup_steps=100, final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8,
+        weight_decay=0.01, grad_clip_norm=1.0), **overrides))
+
+
+def base_config(size: str = "tiny") -> ConfigDict:
+    """Defaults shared by every stage; a config file picks stages and overrides values."""
+    c = ConfigDict()
+    c.stages = ("data", "tokenizer", "vae", "pretrain", "sample")
+    c.model = model_config(size)
+    c.data = ConfigDict(dict(
+        dir="data/synthetic",            # relative paths are inside --workdir
+        num_images=2000, image_size=c.model.resolution, seed=0,
+        caption_languages=("en", "zh"), language_probs=(0.5, 0.5),
+        caption_types=("short", "long"), caption_type_probs=(0.5, 0.5),
+        cfg_drop_prob=0.1))
+    c.tokenizer = ConfigDict(dict(
+        kind="sentencepiece",            # or "hf": a local directory holding an HF tokenizer
+        path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir
+        vocab_size=c.model.llm.vocab_size))
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding = ConfigDict(dict(rules="fsdp"))
+    c.vae = ConfigDict(dict(
+        train=train_section(steps=600, batch_size=32),
+        optimizer=optimizer_section(lr=1e-3, warmup_steps=50),
+        kl_weight=1e-4, l1_weight=1.0, mse_weight=1.0, num_eval_images=8))
+    c.pretrain = ConfigDict(dict(
+        train=train_section(steps=1500, batch_size=32),
+        optimizer=optimizer_section(lr=5e-4, warmup_steps=100),
+        frozen=("vae",),                # path prefixes not trained, e.g. "conditioner/text_encoder/llm"
+        init_from=ConfigDict(dict(vae="vae")),  # component -> stage dir ("vae" = <workdir>/vae)
+        time_mean=0.0, time_std=1.0,    # logit-normal t
+        shift_base_tokens=256, shift_max_tokens=4096, shift_base=0.5, shift_max=1.15,
+        eval_prompts=(), eval_steps=20))
+    c.sample = ConfigDict(dict(
+        checkpoint="pretrain",          # stage dir to sample from
+        use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,
+        height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples"))
+    return c

@@ -1,0 +1,35 @@
+"""The train state every stage shares."""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue bit-exactly (besides the data position).
+
+    step: int32 scalar, number of updates applied.
+    params: trainable parameters (a dict keyed by component: 'mmdit', 'conditioner', 'vae', ...).
+    frozen: parameters the stage uses but does not update (e.g. the VAE during DiT training).
+    opt_state: optimizer state for ``params``.
+    ema_params: exponential moving average of ``params`` (same tree), or an empty dict.
+    rng: base PRNG key; step ``k`` uses ``fold_in(rng, k)``, so randomness does not depend on
+      how the run was split into sessions.
+    """
+    step: jax.Array
+    params: Any
+    frozen: Any
+    opt_state: Any
+    ema_params: Any
+    rng: jax.Array
+
+
+def ema_update(ema, params, decay: float):
+    """ema <- decay * ema + (1 - decay) * params, in float32."""
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
