@@ -101,3 +101,28 @@ def test_nan_guard_names_step_and_metric(tmp_path):
     cfg, stage = toy_stage_config(5)
     with pytest.raises(loop.NonFiniteError, match=r"step 1: non-finite metric\(s\) \{'bad': nan\}"):
         loop.train(task, cfg, stage, str(tmp_path / "nan"))
+
+
+def test_init_from_another_stage_gets_exactly_its_weights(uninterrupted, tmp_path):
+    from seedream_jax.checkpoint.init_from import apply_init_from
+
+    source_dir = uninterrupted[0]
+    task = toy_task()
+    task.initialise = lambda trainable, frozen: apply_init_from(trainable, frozen, {"toy": source_dir})
+    cfg, stage = toy_stage_config(0)
+    result = loop.train(task, cfg, stage, str(tmp_path / "second"))
+    source, _ = restore_raw_state(source_dir)
+    got = jax.tree_util.tree_leaves(jax.device_get(result.state.params["toy"]))
+    want = jax.tree_util.tree_leaves(source["ema_params"]["toy"])
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # The source's raw (non-EMA) weights differ, so this checks the EMA copy was taken.
+    assert not np.array_equal(jax.tree_util.tree_leaves(source["params"]["toy"])[0], want[0])
+
+
+def test_init_from_rejects_mismatched_component(uninterrupted, tmp_path):
+    from seedream_jax.checkpoint.init_from import apply_init_from
+
+    with pytest.raises(KeyError, match="no component 'nothere'"):
+        apply_init_from({"toy": {}}, {}, {"nothere": uninterrupted[0]})

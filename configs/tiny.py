@@ -1,0 +1,24 @@
+"""The embedded default: trains everything from scratch on the synthetic bilingual world on a CPU.
+
+python -m seedream_jax.main --config configs/tiny.py --workdir runs/tiny
+"""
+from seedream_jax import config_lib
+
+EVAL_PROMPTS = (
+    'a large red circle',
+    '一个大的红色圆形',
+    'a blue square and a yellow triangle',
+    '一个蓝色正方形和一个黄色三角形',
+    'the text "HELLO" in black',
+    '黑色的文字“你好”',
+    'two green circles',
+    '两个绿色圆形',
+)
+
+
+def get_config():
+    c = config_lib.base_config("tiny")
+    c.pretrain.eval_prompts = EVAL_PROMPTS
+    c.sample.prompts = EVAL_PROMPTS
+    c.sample.num_steps = 28
+    return c

@@ -1,0 +1,71 @@
+"""Entry point: ``python -m seedream_jax.main --config configs/<stage>.py --workdir <dir>``.
+
+The config's ``stages`` tuple lists what to run, in order; each stage writes under
+``<workdir>/<stage>/``. Overrides: ``--config.pretrain.train.steps=100``; unknown keys fail.
+"""
+import json
+import logging
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for all outputs of this run (created if missing).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _stage_table():
+    from seedream_jax.data import stages as data_stages
+    from seedream_jax.sampling import stage as sample_stage
+    from seedream_jax.training.stages import pretrain, vae
+    return {
+        "data": data_stages.run_data,
+        "tokenizer": data_stages.run_tokenizer,
+        "vae": vae.run,
+        "pretrain": pretrain.run,
+        "sample": sample_stage.run,
+    }
+
+
+def run_stages(cfg, workdir: str) -> dict:
+    """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times."""
+    table = _stage_table()
+    unknown = [s for s in cfg.stages if s not in table]
+    if unknown:
+        raise ValueError(f"config.stages names unknown stage(s) {unknown}; known: {sorted(table)}")
+    os.makedirs(workdir, exist_ok=True)
+    summaries = {}
+    for name in cfg.stages:
+        t0 = time.time()
+        logging.info("==== stage %s ====", name)
+        summary = table[name](cfg, workdir)
+        summary["wall_seconds"] = round(time.time() - t0, 1)
+        summaries[name] = summary
+        logging.info("stage %s done in %.1fs: %s", name, summary["wall_seconds"], summary)
+        if summary.get("preempted"):
+            logging.warning("stage %s was interrupted; rerun the same command to resume", name)
+            break
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summaries, f, indent=2, default=str, ensure_ascii=False)
+    return summaries
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    summaries = run_stages(FLAGS.config, os.path.abspath(FLAGS.workdir))
+    print("\nOutputs:")
+    for name, s in summaries.items():
+        where = {k: v for k, v in s.items() if k.endswith(("dir", "grid", "tokenizer"))}
+        print(f"  {name:10s} {s['wall_seconds']:7.1f}s  " + "  ".join(f"{k}={v}" for k, v in where.items()))
+    print(f"  summary    {os.path.join(os.path.abspath(FLAGS.workdir), 'summary.json')}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)

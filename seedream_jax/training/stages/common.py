@@ -1,0 +1,64 @@
+"""Helpers shared by stage modules: paths inside a workdir, image conversion, model configs."""
+import json
+import os
+
+import numpy as np
+from ml_collections import ConfigDict
+
+
+def resolve(workdir: str, path: str) -> str:
+    """A config path: absolute as given, relative ones inside ``workdir``."""
+    return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def images_to_model(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> float32 in [-1, 1]."""
+    return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def images_from_model(x) -> np.ndarray:
+    """float in [-1, 1] [B, H, W, 3] -> uint8."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+VAE_CONFIG_FILE = "vae_config.json"
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def read_json(path: str, what: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    with open(path) as f:
+        return json.load(f)
+
+
+def stage_section(cfg: ConfigDict, name: str) -> ConfigDict:
+    if name not in cfg:
+        raise KeyError(f"config has no section {name!r} for stage {name!r}")
+    return cfg[name]
+
+
+def load_tokenizer(cfg: ConfigDict, workdir: str):
+    """The LLM tokenizer named by ``cfg.tokenizer`` (a SentencePiece model or a local HF dir)."""
+    from seedream_jax.data.tokenizer import TextTokenizer
+
+    path = resolve(workdir, cfg.tokenizer.path)
+    if cfg.tokenizer.kind == "sentencepiece":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"tokenizer.path: SentencePiece model {path} does not exist "
+                                    "(the 'tokenizer' stage trains it)")
+        tok = TextTokenizer.from_sentencepiece(path)
+    elif cfg.tokenizer.kind == "hf":
+        tok = TextTokenizer.from_hf(path)
+    else:
+        raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'hf', got {cfg.tokenizer.kind!r}")
+    if tok.vocab_size > cfg.model.llm.vocab_size:
+        raise ValueError(f"tokenizer {path} has {tok.vocab_size} tokens but model.llm.vocab_size is "
+                         f"{cfg.model.llm.vocab_size}")
+    return tok

@@ -1,0 +1,124 @@
+"""Stage ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
+
+Per step: the frozen VAE encodes the images (a posterior sample, normalised with the fitted
+shift/scale), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
+the empty prompt with ``data.cfg_drop_prob`` for classifier-free guidance), and the MMDiT
+learns the velocity ``eps - x0`` at logit-normal times shifted by resolution.
+Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
+stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
+"""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seedream_jax import config_lib
+from seedream_jax.checkpoint.init_from import apply_init_from
+from seedream_jax.data import synthetic
+from seedream_jax.data.batches import IndexedBatches
+from seedream_jax.eval.grid import image_grid
+from seedream_jax.models.conditioner import tokenize_prompts
+from seedream_jax.models.vae import scale_latents
+from seedream_jax.sampling.generate import TextToImage
+from seedream_jax.training import loop
+from seedream_jax.training.losses import flow_matching_loss
+from seedream_jax.training.partition import merge_params, split_params
+from seedream_jax.training.stages import common, vae as vae_stage
+
+NAME = "pretrain"
+
+
+def choose_captions(records, rng: np.random.Generator, data_cfg) -> list:
+    """One caption per record: language and caption type drawn with the configured ratios,
+    replaced by the empty prompt with probability ``cfg_drop_prob``."""
+    langs = rng.choice(list(data_cfg.caption_languages), size=len(records), p=list(data_cfg.language_probs))
+    kinds = rng.choice(list(data_cfg.caption_types), size=len(records), p=list(data_cfg.caption_type_probs))
+    drop = rng.random(len(records)) < float(data_cfg.cfg_drop_prob)
+    return ["" if d else r["captions"][lang][kind] for r, lang, kind, d in zip(records, langs, kinds, drop)]
+
+
+def resolved_vae_config(cfg, workdir: str, stage_cfg):
+    """The VAE config: the fitted one of the VAE stage named in init_from, else the config's."""
+    source = stage_cfg.init_from.get("vae") if "vae" in stage_cfg.init_from else None
+    if source:
+        return vae_stage.load_fitted_config(common.resolve(workdir, source)), common.resolve(workdir, source)
+    return config_lib.build_model_configs(cfg.model)[2], None
+
+
+def build_pipeline(cfg, workdir: str, stage_cfg):
+    """(TextToImage, tokenizer, vae stage dir) for this config."""
+    conditioner_cfg, mmdit_cfg, _ = config_lib.build_model_configs(cfg.model)
+    vae_cfg, vae_dir = resolved_vae_config(cfg, workdir, stage_cfg)
+    tokenizer = common.load_tokenizer(cfg, workdir)
+    pipe = TextToImage(conditioner_cfg, mmdit_cfg, vae_cfg, tokenizer,
+                       shift_base_tokens=int(stage_cfg.shift_base_tokens), shift_max_tokens=int(stage_cfg.shift_max_tokens),
+                       shift_base=float(stage_cfg.shift_base), shift_max=float(stage_cfg.shift_max))
+    return pipe, tokenizer, vae_dir
+
+
+def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
+    s = cfg.pretrain if stage_cfg is None else stage_cfg
+    pipe, tokenizer, _ = build_pipeline(cfg, workdir, s)
+    conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
+    images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
+    height, width = images.shape[1:3]
+    mu = pipe.mu(height, width)
+
+    def make_batch(idx, rng):
+        idx = np.sort(idx)
+        tokens = tokenize_prompts(choose_captions([records[i] for i in idx], rng, cfg.data), tokenizer,
+                                  pipe.conditioner_cfg)
+        return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
+
+    def init_params(rng):
+        r1, r2, r3 = jax.random.split(rng, 3)
+        dummy = tokenize_prompts(["a"], tokenizer, pipe.conditioner_cfg)
+        cond_params = conditioner.init(r1, **dummy)["params"]
+        ctx, mask, pooled = jax.eval_shape(lambda: conditioner.apply({"params": cond_params}, **dummy))
+        lat = jnp.zeros((1,) + pipe.latent_shape(height, width))
+        mmdit_params = mmdit.init(r2, lat, jnp.zeros((1,)), jnp.zeros(ctx.shape), jnp.ones(mask.shape, bool),
+                                  jnp.zeros(pooled.shape))["params"]
+        vae_params = vae.init(r3, jnp.zeros((1, height, width, 3)))["params"]
+        full = {"conditioner": cond_params, "mmdit": mmdit_params, "vae": vae_params}
+        return split_params(full, list(s.frozen))
+
+    def loss_fn(params, frozen, batch, rng):
+        p = merge_params(params, frozen)
+        enc_rng, fm_rng = jax.random.split(rng)
+        mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(enc_rng, mean.shape)
+        x0 = jax.lax.stop_gradient(scale_latents(z, pipe.vae_cfg)).astype(jnp.float32)
+        tokens = {k: v for k, v in batch.items() if k != "image"}
+        cond = pipe.encode(p, tokens)
+        return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
+                                  time_mean=float(s.time_mean), time_std=float(s.time_std))
+
+    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
+
+    def initialise(trainable, frozen):
+        return apply_init_from(trainable, frozen, sources)
+
+    prompts = list(s.eval_prompts)
+
+    def evaluate(state, step):
+        p = merge_params(state.ema_params or state.params, state.frozen)
+        pics = pipe(p, prompts, height=height, width=width, num_steps=int(s.eval_steps), guidance_scale=4.0)
+        return {"samples": image_grid(list(pics), prompts, columns=min(4, len(prompts)), scale=2)}
+
+    data = IndexedBatches(len(images), int(s.train.batch_size), int(cfg.data.seed), make_batch)
+    return loop.Task(name=name, init_params=init_params, loss_fn=loss_fn, data=data,
+                     initialise=initialise if sources else None, evaluate=evaluate if prompts else None)
+
+
+def run(cfg, workdir: str) -> dict:
+    stage_dir = os.path.join(workdir, NAME)
+    os.makedirs(stage_dir, exist_ok=True)
+    _, vae_dir = resolved_vae_config(cfg, workdir, cfg.pretrain)
+    if vae_dir:  # the sample stage reads the VAE normalisation from here
+        shutil.copyfile(os.path.join(vae_dir, common.VAE_CONFIG_FILE), os.path.join(stage_dir, common.VAE_CONFIG_FILE))
+    result = loop.train(build_task(cfg, workdir), cfg, cfg.pretrain, stage_dir)
+    return {"stage_dir": stage_dir, "steps": result.step, "preempted": result.preempted,
+            "steps_per_second": result.steps_per_second, "final_metrics": result.last_metrics,
+            "wall_seconds": result.wall_seconds}
