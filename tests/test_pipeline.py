@@ -30,7 +30,7 @@ def small_config():
     cfg.data.image_size = 32
     cfg.model.resolution = 32
     cfg.model.mmdit.rope_base_grid = 4
-    cfg.tokenizer.vocab_size = 300
+    cfg.tokenizer.vocab_size = 512
     for stage in (cfg.vae, cfg.pretrain):
         stage.train.steps = 4
         stage.train.batch_size = 8

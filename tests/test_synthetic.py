@@ -1,14 +1,18 @@
-"""The synthetic world: determinism, captions matching specs, pixels matching specs, storage."""
+"""The synthetic world: determinism, captions matching specs, pixels matching specs, fonts, storage."""
+import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
+from seedream_jax.data import fonts
 from seedream_jax.data import synthetic as S
-from seedream_jax.data.tokenizer import TextTokenizer, train_sentencepiece
 
-CFG = S.SyntheticWorldConfig(num_images=40, image_size=64, seed=3)
+CFG = S.SyntheticWorldConfig(num_images=48, image_size=64, text_probability=0.7, vertical_text_probability=0.5,
+                             seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -16,84 +20,162 @@ def records():
     return list(S.generate(CFG))
 
 
+def _scene(objects, text=None, background="light gray"):
+    return S.Scene(background, [S.ShapeObject(*o) for o in objects], text)
+
+
 def test_deterministic_for_a_seed(records):
     again = list(S.generate(CFG))
     for a, b in zip(records, again):
         np.testing.assert_array_equal(a["image"], b["image"])
         assert a["captions"] == b["captions"] and a["spec"] == b["spec"]
-    other = list(S.generate(S.SyntheticWorldConfig(num_images=40, image_size=64, seed=4)))
-    assert any(a["spec"] != b["spec"] for a, b in zip(records, other))
+    other = list(S.generate(dataclasses.replace(CFG, seed=4)))
+    assert sum(a["spec"] != b["spec"] for a, b in zip(records, other)) > len(records) // 2
+    assert sum(not np.array_equal(a["image"], b["image"]) for a, b in zip(records, other)) > len(records) // 2
+    assert records[7]["spec"] == S.scene_at(CFG, 7).to_dict()  # random access: scene i is a function of (seed, i)
+
+
+def test_world_covers_its_vocabulary(records):
+    specs = [S.Scene.from_dict(r["spec"]) for r in records]
+    assert {len(s.objects) for s in specs} == {1, 2, 3, 4}
+    texts = [s.text for s in specs if s.text is not None]
+    assert {t.language for t in texts} == {"zh", "en"} and {t.orientation for t in texts} == {"horizontal", "vertical"}
+    assert all(t.language == "zh" for t in texts if t.orientation == "vertical")
+
+
+def test_spec_json_round_trip_and_validation(records):
+    for rec in records:
+        spec = json.loads(json.dumps(rec["spec"]))
+        assert S.Scene.from_dict(spec).to_dict() == rec["spec"]
+    bad = json.loads(json.dumps(records[0]["spec"]))
+    bad["objects"][0]["colour"] = "mauve"
+    with pytest.raises(ValueError, match="unknown colour 'mauve'"):
+        S.Scene.from_dict(bad)
+    with pytest.raises(ValueError, match="malformed scene spec"):
+        S.Scene.from_dict({"background": "beige"})
+    with pytest.raises(ValueError, match="max_objects"):
+        S.SyntheticWorldConfig(max_objects=5)
+
+
+def test_captions_golden():
+    caps = S.captions(_scene([("circle", "red", "large", "left")],
+                             S.TextItem("HELLO", "en", "blue", "small", "horizontal", "top", "dejavu-sans-bold")))
+    assert caps["en"]["short"] == 'a large red circle and the text "HELLO"'
+    assert caps["zh"]["short"] == "一个大的红色圆形和文字“HELLO”"
+    assert caps["en"]["long"] == ('On a light gray background: a large red circle on the left. '
+                                  'The text "HELLO" is written in small blue letters at the top.')
+    assert caps["zh"]["long"] == "浅灰色背景上，左侧有一个大的红色圆形。顶部有小号蓝色的文字“HELLO”。"
+    caps = S.captions(_scene([("star", "yellow", "small", "top-right"), ("square", "blue", "large", "bottom-left")]))
+    assert caps["en"]["short"] == "a small yellow star and a large blue square"
+    assert caps["en"]["long"].endswith(" The blue square is to the left of the yellow star.")
+    assert caps["zh"]["long"].endswith("。蓝色正方形在黄色五角星的左边。")
+    caps = S.captions(_scene([("circle", "red", "small", "top"), ("circle", "red", "large", "bottom")],
+                             S.TextItem("你好", "zh", "black", "large", "vertical", "right", fonts.CJK)))
+    assert caps["en"]["long"].endswith('The text "你好" is written vertically in large black characters on the right. '
+                                       "The small red circle is above the large red circle.")
+    assert caps["zh"]["long"].endswith("右侧有大号黑色的竖排文字“你好”。小的红色圆形在大的红色圆形的上面。")
+    caps = S.captions(_scene([("triangle", "green", "small", p) for p in ("top-left", "center", "right")]))
+    assert caps["en"]["short"] == "three small green triangles" and caps["zh"]["short"] == "三个小的绿色三角形"
 
 
 def test_captions_describe_the_spec_in_both_languages(records):
     for rec in records:
         scene, caps = S.Scene.from_dict(rec["spec"]), rec["captions"]
+        en_long, zh_long = caps["en"]["long"], caps["zh"]["long"]
+        assert S.BACKGROUNDS[scene.background][1] in zh_long and f"On a {scene.background} background" in en_long
         for o in scene.objects:
-            assert o.colour in caps["en"]["long"] and o.shape in caps["en"]["long"]
-            assert S.COLOURS[o.colour][1] in caps["zh"]["long"] and S.SHAPES[o.shape] in caps["zh"]["long"]
-        if scene.text is not None:
-            assert f'"{scene.text.text}"' in caps["en"]["short"] and f"“{scene.text.text}”" in caps["zh"]["short"]
-        else:
-            assert '"' not in caps["en"]["short"] and "“" not in caps["zh"]["short"]
+            assert f"a {o.size} {o.colour} {o.shape} {S.POSITIONS[o.position][0]}" in en_long
+            zh_name = f"{S.SIZES[o.size]}{S.COLOURS[o.colour][1]}{S.SHAPES[o.shape]}"
+            assert f"{S.POSITIONS[o.position][1]}有一个{zh_name}" in zh_long
+        # short captions count identical objects: the counts add up to the number of objects
+        en_counts = re.findall(r"\b(a|two|three|four) (?:small|large) \w+ \w+", caps["en"]["short"])
+        zh_counts = re.findall(r"(一个|两个|三个|四个)(?:小的|大的)", caps["zh"]["short"])
+        en_n = {"a": 1, "two": 2, "three": 3, "four": 4}
+        zh_n = {v: k for k, v in S.COUNTS_ZH.items()}
+        assert sum(en_n[c] for c in en_counts) == sum(zh_n[c] for c in zh_counts) == len(scene.objects)
+        expected = [scene.text.text] if scene.text else []
+        for lang, pattern in (("en", r'"([^"]*)"'), ("zh", r"“([^”]*)”")):
+            for kind in ("short", "long"):
+                assert re.findall(pattern, caps[lang][kind]) == expected, (lang, kind, caps[lang][kind])
+        if scene.text is None:
+            assert "“" not in caps["zh"]["short"] + zh_long and '"' not in caps["en"]["short"] + en_long
 
 
-def test_pixels_match_the_spec(records):
-    for rec in records:
-        scene, img = S.Scene.from_dict(rec["spec"]), rec["image"].astype(int)
-        cell = 64 / 3
-        for o in scene.objects:
+def _band(img: np.ndarray, text: S.TextItem) -> np.ndarray:
+    h, w = img.shape[:2]
+    if text.orientation == "horizontal":
+        return img[text.band * h // 3:(text.band + 1) * h // 3]
+    return img[:, text.band * w // 3:(text.band + 1) * w // 3]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96), (96, 64)])
+def test_pixels_match_the_spec(size):
+    h, w = size
+    for i in range(CFG.num_images):
+        scene = S.scene_at(CFG, i)
+        img = S.render_scene(scene, size).astype(int)
+        assert img.shape == (h, w, 3)
+        for o in scene.objects:  # the object's colour at its cell centre
             r, c = o.cell
-            y, x = int((r + 0.5) * cell), int((c + 0.5) * cell)
-            assert np.abs(img[y, x] - np.array(S.COLOURS[o.colour][0])).sum() < 40, (o, img[y, x])
-        if scene.text is not None:
-            band = img[int(scene.text.row * cell):int((scene.text.row + 1) * cell)]
-            text_rgb = np.array(S.COLOURS[scene.text.colour][0])
-            assert (np.abs(band - text_rgb).sum(-1) < 60).sum() >= 8  # glyph pixels are there
+            centre = img[int((r + 0.5) * h / 3), int((c + 0.5) * w / 3)]
+            assert np.abs(centre - S.COLOURS[o.colour][0]).sum() < 30, (o, centre)
+        if scene.text is not None:  # glyph pixels in the word's band, none there without the word
+            rgb = np.array(S.COLOURS[scene.text.colour][0])
+            ink = lambda im: int((np.abs(_band(im, scene.text) - rgb).sum(-1) < 90).sum())
+            assert ink(img) >= 5, scene.text
+            assert ink(S.render_scene(dataclasses.replace(scene, text=None), size).astype(int)) == 0
 
 
-def test_renders_any_aspect():
-    scene = S.sample_scene(np.random.default_rng(0), CFG)
-    assert S.render_scene(scene, (64, 96)).shape == (64, 96, 3)
+def test_cjk_font_has_real_glyphs():
+    """Every Chinese character of the world renders as its own glyph, not a shared tofu box."""
+    font = fonts.load_font(fonts.CJK, 24)
+    bitmaps = set()
+    chars = sorted(set("".join(S.WORDS["zh"])))
+    for ch in chars:
+        im = Image.new("L", (28, 28))
+        ImageDraw.Draw(im).text((14, 14), ch, fill=255, font=font, anchor="mm")
+        assert np.asarray(im).sum() > 0, ch
+        bitmaps.add(im.tobytes())
+    assert len(bitmaps) == len(chars)
+    assert set(fonts.fonts_for("zh")) == {fonts.CJK} and len(fonts.fonts_for("en")) >= 2
 
 
-def test_write_load_and_skip(tmp_path):
-    cfg = S.SyntheticWorldConfig(num_images=12, image_size=32, seed=0)
+def test_missing_cjk_font_names_the_package(monkeypatch):
+    fonts.cjk_font_path.cache_clear()
+    try:
+        monkeypatch.setitem(fonts.FONTS, fonts.CJK, fonts.FontFace(("/nonexistent/font.ttc",), ("zh", "en")))
+        with pytest.raises(FileNotFoundError, match="apt-get install fonts-wqy-microhei"):
+            fonts.cjk_font_path()
+        monkeypatch.setenv("SEEDREAM_CJK_FONT", "/nonexistent/override.ttc")
+        with pytest.raises(FileNotFoundError, match="SEEDREAM_CJK_FONT"):
+            fonts.cjk_font_path()
+    finally:
+        fonts.cjk_font_path.cache_clear()
+
+
+def test_write_load_and_skip(tmp_path, records):
+    cfg = dataclasses.replace(CFG, num_images=12, image_size=32)
     out = str(tmp_path / "world")
+    os.makedirs(out + ".partial")  # debris of an interrupted run is replaced
     assert S.write_dataset(cfg, out) is True
+    assert not os.path.exists(out + ".partial")
     assert S.write_dataset(cfg, out) is False  # identical dataset present: skipped
     images, recs = S.load_dataset(out)
-    assert images.shape == (12, 32, 32, 3) and len(recs) == 12
-    np.testing.assert_array_equal(images[5], next(r for i, r in enumerate(S.generate(cfg)) if i == 5)["image"])
-    with pytest.raises(FileExistsError, match="different config"):
-        S.write_dataset(S.SyntheticWorldConfig(num_images=13, image_size=32), out)
+    assert isinstance(images, np.memmap) and images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+    for img, rec, gen in zip(images, recs, S.generate(cfg)):
+        np.testing.assert_array_equal(img, gen["image"])
+        assert rec == {"captions": gen["captions"], "spec": gen["spec"]}
+    with open(os.path.join(out, "meta.json")) as f:
+        meta = json.load(f)
+    assert meta["config"] == dataclasses.asdict(cfg) and meta["counts"]["images"] == 12
+    with pytest.raises(FileExistsError, match="different|config"):
+        S.write_dataset(dataclasses.replace(cfg, seed=99), out)
     os.remove(os.path.join(out, "records.jsonl"))
     with pytest.raises(FileNotFoundError, match="records.jsonl"):
         S.load_dataset(out)
-
-
-def test_sentencepiece_tokenizer_covers_the_world(records, tmp_path):
-    texts = [c for r in records for by_type in r["captions"].values() for c in by_type.values()]
-    path = train_sentencepiece(texts, str(tmp_path / "spm"), 400)
-    tok = TextTokenizer.from_sentencepiece(path)
-    ids, mask = tok(texts[:8] + ["一个红色圆形"], 48)
-    assert ids.shape == (9, 48) and mask.shape == (9, 48)
-    assert not np.any(ids[mask] == 1), "unk in world captions"
-    for i in range(9):
-        expected = (texts[:8] + ["一个红色圆形"])[i]
-        if mask[i].sum() < 48:  # not truncated
-            assert tok.decode(ids[i][mask[i]]) == expected
-    short, short_mask = tok(["一个红色圆形 and 龍"], 4)  # truncation; unseen char via byte fallback
-    assert short_mask.all() and short.shape == (1, 4)
-
-
-def test_hf_tokenizer_directory(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {"[PAD]": 0, "[UNK]": 1, "red": 2, "circle": 3, "a": 4}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path)
-    tok = TextTokenizer.from_hf(str(tmp_path))
-    ids, mask = tok(["a red circle", "red"], 5)
-    np.testing.assert_array_equal(ids, [[4, 2, 3, 0, 0], [2, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(mask.sum(1), [3, 1])
+    os.remove(os.path.join(out, "meta.json"))  # a folder without meta.json is never taken as complete
+    with pytest.raises(FileExistsError, match="no meta.json"):
+        S.write_dataset(cfg, out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert S.write_dataset(cfg, str(empty)) is True and len(S.load_dataset(str(empty))[1]) == 12

@@ -1,8 +1,14 @@
-"""Write the synthetic bilingual world to a folder.
+"""Write the synthetic bilingual world (images.npy, records.jsonl, meta.json) to a folder.
 
     python tools/make_synthetic.py --out data/synthetic --num_images 2000 --image_size 64 --seed 0
+
+Every field of ``SyntheticWorldConfig`` is a flag. Nothing is rewritten when the folder
+already holds the same world.
 """
 import argparse
+import dataclasses
+import json
+import os
 import time
 
 from seedream_jax.data import synthetic
@@ -10,20 +16,20 @@ from seedream_jax.data import synthetic
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--num_images", type=int, default=2000)
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--text_probability", type=float, default=0.4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    for f in dataclasses.fields(synthetic.SyntheticWorldConfig):
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"default {f.default}")
     a = p.parse_args()
-    cfg = synthetic.SyntheticWorldConfig(num_images=a.num_images, image_size=a.image_size,
-                                         text_probability=a.text_probability, seed=a.seed)
+    cfg = synthetic.SyntheticWorldConfig(**{f.name: getattr(a, f.name)
+                                            for f in dataclasses.fields(synthetic.SyntheticWorldConfig)})
     t = time.time()
     written = synthetic.write_dataset(cfg, a.out)
     images, records = synthetic.load_dataset(a.out)
-    with_text = sum(r["spec"]["text"] is not None for r in records)
-    print(f"{'wrote' if written else 'already present:'} {len(records)} images {images.shape[1:]} "
-          f"({with_text} with rendered text) in {a.out} [{time.time() - t:.1f}s]")
+    with open(os.path.join(a.out, "meta.json"), encoding="utf-8") as f:
+        counts = json.load(f)["counts"]
+    print(f"{'wrote' if written else 'already present:'} {len(records)} images of shape {tuple(images.shape[1:])} "
+          f"in {os.path.abspath(a.out)} [{time.time() - t:.1f}s]")
+    print(f"objects per image {counts['objects_per_image']}; rendered text {counts['text']}")
 
 
 if __name__ == "__main__":

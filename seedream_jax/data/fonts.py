@@ -1,43 +1,82 @@
-"""Font lookup for rendering Chinese / English text (synthetic world, sample-grid captions).
+"""Fonts for rendering Chinese and English text (synthetic world, captions under sample grids).
 
-The project's install provides WenQuanYi Micro Hei (Debian ``fonts-wqy-microhei``) for CJK and
-DejaVu (``fonts-dejavu-core``) for Latin; ``SEEDREAM_CJK_FONT`` / ``SEEDREAM_LATIN_FONT``
-override the paths.
+The project's install provides WenQuanYi Micro Hei (Debian ``fonts-wqy-microhei``: CJK and
+Latin glyphs) and DejaVu (``fonts-dejavu-core``: Latin). The catalogue below names a few
+faces so that rendered words vary in style; the CJK face is required, the others fall back
+to it (with a warning) where missing. ``SEEDREAM_CJK_FONT=/path/to/font.ttc`` overrides the
+CJK face.
 """
+import dataclasses
 import functools
+import logging
 import os
+from typing import Dict, Tuple
 
-CJK_CANDIDATES = (
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-)
-LATIN_CANDIDATES = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-)
+from PIL import ImageFont
+
+_DEJAVU_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/usr/share/fonts/TTF",
+                "/usr/local/share/fonts", "/Library/Fonts")
 
 
-def _find(env: str, candidates) -> str | None:
-    if os.environ.get(env):
-        if not os.path.exists(os.environ[env]):
-            raise FileNotFoundError(f"{env}={os.environ[env]} does not exist")
-        return os.environ[env]
-    return next((p for p in candidates if os.path.exists(p)), None)
+@dataclasses.dataclass(frozen=True)
+class FontFace:
+    """A named face: candidate files (first existing wins) and the scripts it can render."""
+    candidates: Tuple[str, ...]
+    scripts: Tuple[str, ...]
+
+
+CJK = "wqy-microhei"
+FONTS: Dict[str, FontFace] = {
+    CJK: FontFace(("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                   "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc",
+                   "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+                   "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"), ("zh", "en")),
+    "dejavu-sans-bold": FontFace(tuple(f"{d}/DejaVuSans-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
+    "dejavu-serif-bold": FontFace(tuple(f"{d}/DejaVuSerif-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
+    "dejavu-sans-mono-bold": FontFace(tuple(f"{d}/DejaVuSansMono-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
+}
 
 
 @functools.lru_cache(maxsize=None)
 def cjk_font_path() -> str:
-    """A font with Chinese and Latin glyphs; raises with install instructions if there is none."""
-    path = _find("SEEDREAM_CJK_FONT", CJK_CANDIDATES)
+    """Path of a font with Chinese and Latin glyphs; raises with install instructions if none."""
+    override = os.environ.get("SEEDREAM_CJK_FONT")
+    if override:
+        if not os.path.exists(override):
+            raise FileNotFoundError(f"SEEDREAM_CJK_FONT={override} does not exist")
+        return override
+    path = next((p for p in FONTS[CJK].candidates if os.path.exists(p)), None)
     if path is None:
-        raise FileNotFoundError("no CJK font found: run `apt-get install fonts-wqy-microhei` (install.sh does) "
-                                "or set SEEDREAM_CJK_FONT=/path/to/a/cjk/font.ttc")
+        raise FileNotFoundError(
+            "no CJK font found (looked for " + ", ".join(FONTS[CJK].candidates) + "): run "
+            "`apt-get install fonts-wqy-microhei` (install.sh does) or set SEEDREAM_CJK_FONT=/path/to/cjk/font")
     return path
 
 
 @functools.lru_cache(maxsize=None)
-def latin_font_path() -> str:
-    """A bold Latin font (DejaVu Sans), falling back to the CJK font."""
-    return _find("SEEDREAM_LATIN_FONT", LATIN_CANDIDATES) or cjk_font_path()
+def font_path(name: str) -> str:
+    """Path of the catalogued face ``name``; the CJK font where that face is not installed."""
+    if name not in FONTS:
+        raise KeyError(f"unknown font {name!r}; known: {sorted(FONTS)}")
+    if name == CJK:
+        return cjk_font_path()
+    path = next((p for p in FONTS[name].candidates if os.path.exists(p)), None)
+    if path is None:
+        logging.warning("font %s not installed (apt-get install fonts-dejavu-core); using %s",
+                        name, cjk_font_path())
+        return cjk_font_path()
+    return path
+
+
+def fonts_for(language: str) -> Tuple[str, ...]:
+    """Names of the catalogued faces that render ``language`` ("zh" or "en"), in a fixed order."""
+    names = tuple(n for n, face in FONTS.items() if language in face.scripts)
+    if not names:
+        raise ValueError(f"no font renders language {language!r}; expected 'zh' or 'en'")
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def load_font(name: str, size_px: int) -> ImageFont.FreeTypeFont:
+    """The face ``name`` at ``size_px`` pixels (cached: loading a .ttc costs milliseconds)."""
+    return ImageFont.truetype(font_path(name), int(size_px))

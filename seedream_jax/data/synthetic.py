@@ -1,272 +1,470 @@
 """The synthetic bilingual world: the embedded default training data.
 
-Each image is a procedurally drawn scene of 1-4 coloured shapes on a 3x3 grid, optionally
-with a rendered Chinese or English word, described by matched Chinese and English captions
-(short and long) and stored with its ground-truth scene spec, so that everything a model
-draws can later be checked exactly. Deterministic for a seed.
+Each image is a procedurally drawn scene: 1-4 coloured shapes on a 3x3 grid over a plain
+background, optionally with a rendered Chinese or English word in a band of the grid. It is
+described by matched Chinese and English captions (short and long) and stored with its
+ground-truth scene spec, so that everything a model draws can later be checked exactly.
+Scene ``i`` of a world is a pure function of ``(seed, i)``.
 
-Rendered text always appears quoted in the captions (English "...", Chinese “...”), which
-is what routes it to the Glyph-ByT5 branch of the conditioner.
+Rendered text always appears quoted in the captions (English "...", Chinese “...”), which is
+what routes it to the Glyph-ByT5 branch of the conditioner. The quoted word keeps its own
+script in both languages: 'the text "你好"', '文字“HELLO”'.
+
+On disk (``write_dataset``): ``images.npy`` (uint8 [N, S, S, 3], memory-mappable),
+``records.jsonl`` (one ``{"captions", "spec"}`` per line) and ``meta.json`` (format version,
+config, counts), written last so that a folder with ``meta.json`` is complete.
 """
+import collections
 import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from seedream_jax.data import fonts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-# name: (RGB, Chinese name). Far apart in RGB so colours are unambiguous after a VAE.
+# name: (RGB, Chinese). Pairwise RGB distances >= 119 so colours stay unambiguous after a VAE.
 COLOURS = {
-    "red": ((220, 40, 40), "红色"), "green": ((40, 170, 60), "绿色"), "blue": ((40, 80, 220), "蓝色"),
-    "yellow": ((240, 210, 40), "黄色"), "purple": ((150, 60, 190), "紫色"), "orange": ((245, 140, 30), "橙色"),
+    "red": ((220, 30, 30), "红色"), "green": ((30, 160, 50), "绿色"), "blue": ((30, 70, 220), "蓝色"),
+    "yellow": ((245, 215, 30), "黄色"), "purple": ((170, 40, 170), "紫色"), "cyan": ((30, 200, 210), "青色"),
     "black": ((20, 20, 20), "黑色"), "white": ((245, 245, 245), "白色"),
 }
-BACKGROUNDS = {"light gray": ((200, 200, 200), "浅灰色"), "dark gray": ((90, 90, 90), "深灰色"),
+BACKGROUNDS = {"light gray": ((200, 200, 200), "浅灰色"), "dark gray": ((100, 100, 100), "深灰色"),
                "beige": ((225, 210, 180), "米色")}
-SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "diamond": "菱形"}
-SIZES = {"small": ("small", "小的"), "large": ("large", "大的")}
-# 3x3 grid cells (row, col) with English and Chinese names.
+SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "五角星"}
+SIZES = {"small": "小的", "large": "大的"}
+TEXT_SIZES = {"small": "小号", "large": "大号"}
+# 3x3 grid, row-major: name -> (English phrase, Chinese). Cell of POSITIONS[k] = divmod(index, 3).
 POSITIONS = {
-    (0, 0): ("at the top left", "左上角"), (0, 1): ("at the top", "上方"), (0, 2): ("at the top right", "右上角"),
-    (1, 0): ("on the left", "左侧"), (1, 1): ("in the center", "中间"), (1, 2): ("on the right", "右侧"),
-    (2, 0): ("at the bottom left", "左下角"), (2, 1): ("at the bottom", "下方"), (2, 2): ("at the bottom right", "右下角"),
+    "top-left": ("at the top left", "左上角"), "top": ("at the top", "上方"), "top-right": ("at the top right", "右上角"),
+    "left": ("on the left", "左侧"), "center": ("in the center", "中间"), "right": ("on the right", "右侧"),
+    "bottom-left": ("at the bottom left", "左下角"), "bottom": ("at the bottom", "下方"),
+    "bottom-right": ("at the bottom right", "右下角"),
 }
-ROW_NAMES = {0: ("at the top", "顶部"), 1: ("in the middle", "中部"), 2: ("at the bottom", "底部")}
-COUNTS_EN = {1: "one", 2: "two", 3: "three", 4: "four"}
+# Text occupies one band of the grid: a row (horizontal text) or a column (vertical Chinese).
+TEXT_BANDS = {
+    "horizontal": {"top": ("at the top", "顶部"), "middle": ("across the middle", "中部"),
+                   "bottom": ("at the bottom", "底部")},
+    "vertical": {"left": ("on the left", "左侧"), "center": ("down the middle", "中间"),
+                 "right": ("on the right", "右侧")},
+}
+_ZH_TEMPLATE_WORDS = ("背景", "文字", "竖排", "左边", "上面")  # the fixed words of the Chinese templates
+COUNTS_EN = {1: "a", 2: "two", 3: "three", 4: "four"}
 COUNTS_ZH = {1: "一个", 2: "两个", 3: "三个", 4: "四个"}
-WORDS_ZH = ("你好", "中国", "山水", "大", "人", "天", "日月", "学习", "春天", "世界", "花", "龙", "和平", "快乐")
-WORDS_EN = ("HELLO", "CAT", "SUN", "TEA", "OPEN", "LOVE", "JAX", "ART", "SKY", "DOG", "MOON", "STAR")
+WORDS = {
+    "zh": ("你好", "中国", "山水", "大", "人", "天", "日月", "学习", "春天", "世界", "花", "龙", "和平", "快乐",
+           "北京", "福", "水", "火", "风景", "你好世界", "欢迎光临", "一帆风顺", "明天", "朋友"),
+    "en": ("HELLO", "CAT", "SUN", "TEA", "OPEN", "LOVE", "JAX", "ART", "SKY", "DOG", "MOON", "WAVE",
+           "TREE", "BOOK", "RAIN", "HI", "GO", "FISH", "MILK", "BIRD"),
+}
+MAX_OBJECTS = 4
+_SHAPE_HALF = {"small": 0.24, "large": 0.42}  # half extent as a fraction of the cell's shorter side
+_TEXT_FILL = 0.8       # large text: glyph height as a fraction of the band's thickness
+_TEXT_SMALL = 0.6      # small text: fraction of the large size
+_TEXT_MARGIN = 0.92    # a word spans at most this fraction of the band's length
 
 
 @dataclasses.dataclass
 class ShapeObject:
+    """One shape: ``shape`` in SHAPES, ``colour`` in COLOURS, ``size`` in SIZES, ``position`` in POSITIONS."""
     shape: str
     colour: str
     size: str
-    cell: Tuple[int, int]
+    position: str
+
+    @property
+    def cell(self) -> Tuple[int, int]:
+        """(row, column) of the 3x3 grid, top-left = (0, 0)."""
+        return divmod(list(POSITIONS).index(self.position), 3)
 
 
 @dataclasses.dataclass
 class TextItem:
+    """A rendered word: ``language`` 'zh'/'en', ``orientation`` 'horizontal'/'vertical', ``position`` a
+    band of TEXT_BANDS[orientation], ``size`` in TEXT_SIZES, ``font`` a name of ``fonts.FONTS``."""
     text: str
-    language: str  # "zh" or "en"
+    language: str
     colour: str
-    row: int
+    size: str
+    orientation: str
+    position: str
+    font: str
+
+    @property
+    def band(self) -> int:
+        """Index of the row (horizontal) or column (vertical) the word occupies."""
+        return list(TEXT_BANDS[self.orientation]).index(self.position)
+
+    def covers(self, position: str) -> bool:
+        """Whether the grid cell ``position`` lies in this word's band."""
+        row, col = divmod(list(POSITIONS).index(position), 3)
+        return (row if self.orientation == "horizontal" else col) == self.band
 
 
 @dataclasses.dataclass
 class Scene:
+    """Ground truth of one image: background name, 1-4 objects in distinct cells, optional word."""
     background: str
     objects: List[ShapeObject]
     text: Optional[TextItem] = None
 
     def to_dict(self) -> dict:
+        """JSON-native dict (strings, lists, None)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
-        objs = [ShapeObject(o["shape"], o["colour"], o["size"], tuple(o["cell"])) for o in d["objects"]]
-        text = TextItem(**d["text"]) if d.get("text") else None
-        return cls(d["background"], objs, text)
+        """Inverse of ``to_dict``; raises ValueError naming what is wrong with a malformed spec."""
+        try:
+            scene = cls(d["background"], [ShapeObject(**o) for o in d["objects"]],
+                        TextItem(**d["text"]) if d.get("text") else None)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed scene spec ({e}): {d!r}") from e
+        scene.validate()
+        return scene
+
+    def validate(self) -> None:
+        """Raise ValueError if a name is unknown, two objects share a cell or the word covers one."""
+        names = [(self.background, BACKGROUNDS, "background")]
+        for o in self.objects:
+            names += [(o.shape, SHAPES, "shape"), (o.colour, COLOURS, "colour"), (o.size, SIZES, "size"),
+                      (o.position, POSITIONS, "position")]
+        t = self.text
+        if t is not None:
+            names += [(t.language, WORDS, "text language"), (t.colour, COLOURS, "text colour"),
+                      (t.size, TEXT_SIZES, "text size"), (t.orientation, TEXT_BANDS, "text orientation"),
+                      (t.font, fonts.FONTS, "font")]
+        for value, table, what in names:
+            if value not in table:
+                raise ValueError(f"scene spec: unknown {what} {value!r}; expected one of {sorted(table)}")
+        if t is not None and t.position not in TEXT_BANDS[t.orientation]:
+            raise ValueError(f"scene spec: {t.orientation} text position {t.position!r}; expected one of "
+                             f"{sorted(TEXT_BANDS[t.orientation])}")
+        if not 1 <= len(self.objects) <= MAX_OBJECTS:
+            raise ValueError(f"scene spec: {len(self.objects)} objects, expected 1-{MAX_OBJECTS}")
+        if len({o.position for o in self.objects}) != len(self.objects):
+            raise ValueError(f"scene spec: two objects share a cell: {[o.position for o in self.objects]}")
+        if t is not None and any(t.covers(o.position) for o in self.objects):
+            raise ValueError(f"scene spec: the {t.orientation} text band {t.position!r} overlaps an object")
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticWorldConfig:
-    """num_images at image_size x image_size px; max_objects (1-4); text_probability: chance of
-    a rendered word; same_probability: chance that all objects share shape, colour and size
-    (counting scenes: "three red circles"); seed."""
+    """A world of ``num_images`` scenes rendered at ``image_size`` x ``image_size`` px.
+
+    max_objects: 1-4 shapes per scene. text_probability: chance of a rendered word, Chinese with
+    zh_text_probability, written vertically (multi-character Chinese only) with
+    vertical_text_probability. same_probability: chance that all objects of a multi-object
+    scene share shape, colour and size (counting scenes: "three small red circles"). seed.
+    """
     num_images: int = 2000
     image_size: int = 64
     max_objects: int = 4
     text_probability: float = 0.4
+    zh_text_probability: float = 0.5
+    vertical_text_probability: float = 0.2
     same_probability: float = 0.3
     seed: int = 0
 
+    def __post_init__(self):
+        if not 1 <= self.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
+        if self.num_images < 1 or self.image_size < 8:
+            raise ValueError(f"need num_images >= 1 and image_size >= 8, got {self.num_images}, {self.image_size}")
+
+
+# ----------------------------------------------------------------------------------- sampling
+
+def visible_colours(background: str) -> List[str]:
+    """Object/text colours with enough contrast (RGB distance > 100) against ``background``."""
+    bg = np.array(BACKGROUNDS[background][0])
+    return [c for c, (rgb, _) in COLOURS.items() if np.linalg.norm(np.array(rgb) - bg) > 100]
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _sample_text(rng: np.random.Generator, cfg: SyntheticWorldConfig, colours: List[str]) -> TextItem:
+    language = "zh" if rng.random() < cfg.zh_text_probability else "en"
+    word = _pick(rng, WORDS[language])
+    vertical = language == "zh" and len(word) > 1 and rng.random() < cfg.vertical_text_probability
+    orientation = "vertical" if vertical else "horizontal"
+    return TextItem(text=word, language=language, colour=_pick(rng, colours), size=_pick(rng, list(TEXT_SIZES)),
+                    orientation=orientation, position=_pick(rng, list(TEXT_BANDS[orientation])),
+                    font=_pick(rng, fonts.fonts_for(language)))
+
 
 def sample_scene(rng: np.random.Generator, cfg: SyntheticWorldConfig) -> Scene:
-    """Draw a random scene: background, 1..max_objects shapes in distinct cells, maybe a word."""
-    background = str(rng.choice(list(BACKGROUNDS)))
-    text = None
-    free_rows = [0, 1, 2]
-    if rng.random() < cfg.text_probability:
-        language = "zh" if rng.random() < 0.5 else "en"
-        word = str(rng.choice(WORDS_ZH if language == "zh" else WORDS_EN))
-        row = int(rng.integers(0, 3))
-        text = TextItem(word, language, str(rng.choice(_visible_colours(background))), row)
-        free_rows.remove(row)
-    cells = [(r, c) for r in free_rows for c in range(3)]
-    n = int(rng.integers(1, min(cfg.max_objects, len(cells)) + 1))
-    chosen = [cells[i] for i in rng.choice(len(cells), size=n, replace=False)]
-    chosen.sort()
-    colours = _visible_colours(background)
-    if n > 1 and rng.random() < cfg.same_probability:
-        shape, colour, size = str(rng.choice(list(SHAPES))), str(rng.choice(colours)), str(rng.choice(list(SIZES)))
-        objects = [ShapeObject(shape, colour, size, cell) for cell in chosen]
-    else:
-        objects = [ShapeObject(str(rng.choice(list(SHAPES))), str(rng.choice(colours)), str(rng.choice(list(SIZES))), cell)
-                   for cell in chosen]
+    """Draw a random scene: background, 1..max_objects shapes in distinct cells, maybe a word
+    in a band that no shape occupies."""
+    background = _pick(rng, list(BACKGROUNDS))
+    colours = visible_colours(background)
+    text = _sample_text(rng, cfg, colours) if rng.random() < cfg.text_probability else None
+    free = [p for p in POSITIONS if text is None or not text.covers(p)]
+    n = int(rng.integers(1, min(cfg.max_objects, len(free)) + 1))
+    cells = sorted(rng.choice(len(free), size=n, replace=False))
+    same = n > 1 and rng.random() < cfg.same_probability
+    objects = []
+    for i in cells:
+        if not (same and objects):
+            shape, colour, size = _pick(rng, list(SHAPES)), _pick(rng, colours), _pick(rng, list(SIZES))
+        objects.append(ShapeObject(shape, colour, size, free[i]))
     return Scene(background, objects, text)
 
 
-def _visible_colours(background: str) -> List[str]:
-    """Object colours with enough contrast against the background."""
-    bg = np.array(BACKGROUNDS[background][0])
-    return [c for c, (rgb, _) in COLOURS.items() if np.abs(np.array(rgb) - bg).sum() > 150]
+def scene_at(cfg: SyntheticWorldConfig, index: int) -> Scene:
+    """Scene ``index`` of the world ``cfg`` (a pure function of ``(cfg, cfg.seed, index)``)."""
+    return sample_scene(np.random.default_rng([cfg.seed, index]), cfg)
 
 
-def render_scene(scene: Scene, size=64, supersample: int = 4) -> np.ndarray:
-    """Draw ``scene`` at ``size`` (int or (height, width)) -> uint8 [H, W, 3], anti-aliased."""
+# ---------------------------------------------------------------------------------- rendering
+
+def render_scene(scene: Scene, size: Union[int, Tuple[int, int]] = 64, supersample: int = 4) -> np.ndarray:
+    """Draw ``scene`` at ``size`` (int or (height, width) px) -> uint8 [H, W, 3].
+
+    Drawn at ``supersample`` times the size and box-filtered down (anti-aliasing). The 3x3
+    grid stretches with the aspect ratio; shapes keep their proportions.
+    """
     h, w = (size, size) if isinstance(size, int) else size
     s = supersample
     img = Image.new("RGB", (w * s, h * s), BACKGROUNDS[scene.background][0])
     draw = ImageDraw.Draw(img)
-    ch, cw = h * s / 3.0, w * s / 3.0
+    cell_h, cell_w = h * s / 3.0, w * s / 3.0
     for obj in scene.objects:
-        r, c = obj.cell
-        cy, cx = (r + 0.5) * ch, (c + 0.5) * cw
-        half = min(ch, cw) * (0.40 if obj.size == "large" else 0.22)
-        _draw_shape(draw, obj.shape, cx, cy, half, COLOURS[obj.colour][0])
+        row, col = obj.cell
+        half = min(cell_h, cell_w) * _SHAPE_HALF[obj.size]
+        _draw_shape(draw, obj.shape, (col + 0.5) * cell_w, (row + 0.5) * cell_h, half, COLOURS[obj.colour][0])
     if scene.text is not None:
-        _draw_text(draw, scene.text, w * s, ch)
-    return np.asarray(img.resize((w, h), Image.LANCZOS))
+        _draw_text(draw, scene.text, w * s, h * s)
+    return np.asarray(img.reduce(s) if s > 1 else img)
 
 
-def _draw_shape(draw, shape, cx, cy, half, rgb):
+def _star(cx: float, cy: float, half: float) -> List[Tuple[float, float]]:
+    angles = np.pi / 2 + np.arange(10) * np.pi / 5
+    radii = np.where(np.arange(10) % 2 == 0, half, half * 0.45)
+    return [(cx + r * np.cos(a), cy - r * np.sin(a)) for r, a in zip(radii, angles)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, half: float, rgb) -> None:
     if shape == "circle":
         draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=rgb)
     elif shape == "square":
-        k = half * 0.9
+        k = half * 0.85
         draw.rectangle([cx - k, cy - k, cx + k, cy + k], fill=rgb)
     elif shape == "triangle":
-        draw.polygon([(cx, cy - half), (cx - half, cy + half * 0.8), (cx + half, cy + half * 0.8)], fill=rgb)
-    elif shape == "diamond":
-        draw.polygon([(cx, cy - half), (cx + half * 0.8, cy), (cx, cy + half), (cx - half * 0.8, cy)], fill=rgb)
+        draw.polygon([(cx, cy - half), (cx - half, cy + half * 0.75), (cx + half, cy + half * 0.75)], fill=rgb)
+    elif shape == "star":
+        draw.polygon(_star(cx, cy + half * 0.08, half * 1.05), fill=rgb)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw_text(draw, item: TextItem, width, band_h):
-    path = fonts.cjk_font_path() if item.language == "zh" else fonts.latin_font_path()
-    size = int(band_h * 0.8)
-    font = ImageFont.truetype(path, size)
-    while font.getlength(item.text) > width * 0.9 and size > 6:
-        size = int(size * 0.9)
-        font = ImageFont.truetype(path, size)
-    cy = (item.row + 0.5) * band_h
-    draw.text((width / 2, cy), item.text, fill=COLOURS[item.colour][0], font=font, anchor="mm")
+def _draw_text(draw: ImageDraw.ImageDraw, item: TextItem, width: int, height: int) -> None:
+    """Write the word centred in its band, as large as the band allows (then scaled for 'small')."""
+    horizontal = item.orientation == "horizontal"
+    thickness = (height if horizontal else width) / 3.0
+    length = width if horizontal else height
+    centre = (item.band + 0.5) * thickness
+    px = thickness * _TEXT_FILL
+    font = fonts.load_font(item.font, max(1, round(px)))
+    extent = font.getlength(item.text) if horizontal else px * len(item.text)
+    px = min(px, px * _TEXT_MARGIN * length / max(extent, 1.0)) * (_TEXT_SMALL if item.size == "small" else 1.0)
+    px = max(1, round(px))
+    font = fonts.load_font(item.font, px)
+    fill, stroke = COLOURS[item.colour][0], round(px * 0.03)
+    if horizontal:
+        draw.text((width / 2, centre), item.text, fill=fill, font=font, anchor="mm",
+                  stroke_width=stroke, stroke_fill=fill)
+        return
+    top = height / 2 - px * len(item.text) / 2
+    for i, ch in enumerate(item.text):
+        draw.text((centre, top + (i + 0.5) * px), ch, fill=fill, font=font, anchor="mm",
+                  stroke_width=stroke, stroke_fill=fill)
 
 
-def _object_phrase(objs: List[ShapeObject]) -> Tuple[str, str]:
-    """Short object description (en, zh): counts for identical objects, else each object."""
-    first = objs[0]
-    if len(objs) > 1 and all((o.shape, o.colour, o.size) == (first.shape, first.colour, first.size) for o in objs):
-        n = len(objs)
-        return (f"{COUNTS_EN[n]} {first.size} {first.colour} {first.shape}s",
-                f"{COUNTS_ZH[n]}{SIZES[first.size][1]}{COLOURS[first.colour][1]}{SHAPES[first.shape]}")
-    en = [f"a {o.size} {o.colour} {o.shape}" for o in objs]
-    zh = [f"一个{SIZES[o.size][1]}{COLOURS[o.colour][1]}{SHAPES[o.shape]}" for o in objs]
-    return _join_en(en), "和".join(zh) if len(zh) <= 2 else "、".join(zh[:-1]) + "和" + zh[-1]
-
+# ----------------------------------------------------------------------------------- captions
 
 def _join_en(parts: List[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _relation(objs: List[ShapeObject]) -> Optional[Tuple[str, str]]:
-    """For two different objects: which is left of / above the other (en, zh)."""
-    if len(objs) != 2:
+def _join_zh(parts: List[str]) -> str:
+    return parts[0] if len(parts) == 1 else "、".join(parts[:-1]) + "和" + parts[-1]
+
+
+def _groups(objects: List[ShapeObject]) -> List[Tuple[ShapeObject, int]]:
+    """Identical objects (shape, colour, size) counted, in order of first appearance."""
+    counts = collections.Counter((o.shape, o.colour, o.size) for o in objects)
+    seen, out = set(), []
+    for o in objects:
+        key = (o.shape, o.colour, o.size)
+        if key not in seen:
+            seen.add(key)
+            out.append((o, counts[key]))
+    return out
+
+
+def _object_en(o: ShapeObject, n: int = 1) -> str:
+    return f"{COUNTS_EN[n]} {o.size} {o.colour} {o.shape}" + ("s" if n > 1 else "")
+
+
+def _object_zh(o: ShapeObject, n: int = 1) -> str:
+    return f"{COUNTS_ZH[n]}{SIZES[o.size]}{COLOURS[o.colour][1]}{SHAPES[o.shape]}"
+
+
+def _relation(objects: List[ShapeObject]) -> Optional[Tuple[str, str]]:
+    """For two distinguishable objects, which is left of (or else above) the other: (en, zh)."""
+    if len(objects) != 2:
         return None
-    a, b = objs
-    if (a.shape, a.colour) == (b.shape, b.colour):
+    a, b = objects
+    if (a.shape, a.colour, a.size) == (b.shape, b.colour, b.size):
         return None
-    na, nb = f"the {a.colour} {a.shape}", f"the {b.colour} {b.shape}"
-    za, zb = f"{COLOURS[a.colour][1]}{SHAPES[a.shape]}", f"{COLOURS[b.colour][1]}{SHAPES[b.shape]}"
-    if a.cell[1] != b.cell[1]:
-        left, right, zl, zr = (na, nb, za, zb) if a.cell[1] < b.cell[1] else (nb, na, zb, za)
-        return f"{left.capitalize()} is to the left of {right}.", f"{zl}在{zr}的左边。"
-    top, bottom, zt, zb2 = (na, nb, za, zb) if a.cell[0] < b.cell[0] else (nb, na, zb, za)
-    return f"{top.capitalize()} is above {bottom}.", f"{zt}在{zb2}的上面。"
+    with_size = (a.shape, a.colour) == (b.shape, b.colour)
+
+    def names(o):
+        size_en, size_zh = (f"{o.size} ", SIZES[o.size]) if with_size else ("", "")
+        return f"the {size_en}{o.colour} {o.shape}", f"{size_zh}{COLOURS[o.colour][1]}{SHAPES[o.shape]}"
+    (ra, ca), (rb, cb) = a.cell, b.cell
+    if ca != cb:
+        (first_en, first_zh), (second_en, second_zh) = (names(a), names(b)) if ca < cb else (names(b), names(a))
+        return (f"{first_en[0].upper()}{first_en[1:]} is to the left of {second_en}.",
+                f"{first_zh}在{second_zh}的左边。")
+    (first_en, first_zh), (second_en, second_zh) = (names(a), names(b)) if ra < rb else (names(b), names(a))
+    return f"{first_en[0].upper()}{first_en[1:]} is above {second_en}.", f"{first_zh}在{second_zh}的上面。"
 
 
 def captions(scene: Scene) -> Dict[str, Dict[str, str]]:
-    """Matched captions: {"en": {"short", "long"}, "zh": {"short", "long"}}."""
-    en_obj, zh_obj = _object_phrase(scene.objects)
-    t = scene.text
-    en_short, zh_short = en_obj, zh_obj
-    if t is not None:
-        en_short += f', with the text "{t.text}"'
-        zh_short += f"，还有文字“{t.text}”"
-    bg_en, bg_zh = scene.background, BACKGROUNDS[scene.background][1]
-    en_parts = [f"a {o.size} {o.colour} {o.shape} {POSITIONS[o.cell][0]}" for o in scene.objects]
-    zh_parts = [f"{POSITIONS[o.cell][1]}有一个{SIZES[o.size][1]}{COLOURS[o.colour][1]}{SHAPES[o.shape]}" for o in scene.objects]
-    en_long = f"On a {bg_en} background: {_join_en(en_parts)}."
-    zh_long = f"{bg_zh}背景上，" + "，".join(zh_parts) + "。"
-    if t is not None:
-        en_long += f' The text "{t.text}" is written in {t.colour} {ROW_NAMES[t.row][0]}.'
-        zh_long += f"{ROW_NAMES[t.row][1]}写着{COLOURS[t.colour][1]}的文字“{t.text}”。"
-    rel = _relation(scene.objects)
-    if rel:
-        en_long += " " + rel[0]
-        zh_long += rel[1]
-    return {"en": {"short": en_short, "long": en_long}, "zh": {"short": zh_short, "long": zh_long}}
+    """Matched captions ``{"en": {"short", "long"}, "zh": {"short", "long"}}``.
 
+    Short: what is there (identical objects counted) and the quoted word. Long: background,
+    each object with its size and position, the word's colour, size and place, and for two
+    objects their relation.
+    """
+    groups, t = _groups(scene.objects), scene.text
+    en_short = [_object_en(o, n) for o, n in groups]
+    zh_short = [_object_zh(o, n) for o, n in groups]
+    if t is not None:
+        en_short.append(f'the text "{t.text}"')
+        zh_short.append(f"文字“{t.text}”")
+    en_long = (f"On a {scene.background} background: "
+               + _join_en([f"{_object_en(o)} {POSITIONS[o.position][0]}" for o in scene.objects]) + ".")
+    zh_long = (f"{BACKGROUNDS[scene.background][1]}背景上，"
+               + "，".join(f"{POSITIONS[o.position][1]}有{_object_zh(o)}" for o in scene.objects) + "。")
+    if t is not None:
+        band_en, band_zh = TEXT_BANDS[t.orientation][t.position]
+        vertical = t.orientation == "vertical"
+        glyphs = "characters" if t.language == "zh" else "letters"
+        en_long += (f' The text "{t.text}" is written {"vertically " if vertical else ""}'
+                    f"in {t.size} {t.colour} {glyphs} {band_en}.")
+        zh_long += f"{band_zh}有{TEXT_SIZES[t.size]}{COLOURS[t.colour][1]}的{'竖排' if vertical else ''}文字“{t.text}”。"
+    relation = _relation(scene.objects)
+    if relation is not None:
+        en_long += " " + relation[0]
+        zh_long += relation[1]
+    return {"en": {"short": _join_en(en_short), "long": en_long}, "zh": {"short": _join_zh(zh_short), "long": zh_long}}
+
+
+def zh_caption_words() -> List[str]:
+    """The multi-character Chinese words the captions are built from (colour, background, shape,
+    size, position and count names, template words), longest first: whole pieces for a tokenizer
+    trained on this world (``train_sentencepiece(..., user_defined_symbols=...)``)."""
+    names = [zh for _, zh in COLOURS.values()] + [zh for _, zh in BACKGROUNDS.values()]
+    names += [*SHAPES.values(), *SIZES.values(), *TEXT_SIZES.values(), *COUNTS_ZH.values()]
+    names += [zh for _, zh in POSITIONS.values()] + [zh for band in TEXT_BANDS.values() for _, zh in band.values()]
+    names += list(_ZH_TEMPLATE_WORDS)
+    return sorted({w for w in names if len(w) > 1}, key=lambda w: (-len(w), w))
+
+
+def caption_texts(records: Iterable[dict]) -> List[str]:
+    """Every caption of ``records`` (both languages, short and long), e.g. to train a tokenizer."""
+    return [c for r in records for by_type in r["captions"].values() for c in by_type.values()]
+
+
+# ------------------------------------------------------------------------------ dataset on disk
 
 def generate(cfg: SyntheticWorldConfig) -> Iterator[dict]:
-    """Yield records {"image": uint8 [S, S, 3], "captions": ..., "spec": scene dict} in order."""
-    rng = np.random.default_rng(cfg.seed)
-    for _ in range(cfg.num_images):
-        scene = sample_scene(rng, cfg)
+    """Yield ``{"image": uint8 [S, S, 3], "captions": ..., "spec": scene dict}`` for scenes 0..N-1."""
+    for i in range(cfg.num_images):
+        scene = scene_at(cfg, i)
         yield {"image": render_scene(scene, cfg.image_size), "captions": captions(scene), "spec": scene.to_dict()}
 
 
-def _meta(cfg: SyntheticWorldConfig) -> dict:
+def _identity(cfg: SyntheticWorldConfig) -> dict:
     return {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(cfg)}
 
 
+def _counts(specs: List[dict]) -> dict:
+    texts = [s["text"] for s in specs if s["text"]]
+    return {"images": len(specs),
+            "objects_per_image": dict(sorted(collections.Counter(str(len(s["objects"])) for s in specs).items())),
+            "text": {"total": len(texts), "zh": sum(t["language"] == "zh" for t in texts),
+                     "en": sum(t["language"] == "en" for t in texts),
+                     "vertical": sum(t["orientation"] == "vertical" for t in texts)}}
+
+
 def write_dataset(cfg: SyntheticWorldConfig, out_dir: str) -> bool:
-    """Write images.npy, records.jsonl and meta.json to ``out_dir``; returns False (and writes
-    nothing) when an identical dataset is already there. Written to a temporary folder and
-    renamed, so an interrupted run never leaves a dataset that looks complete."""
+    """Write ``images.npy``, ``records.jsonl`` and ``meta.json`` to ``out_dir``.
+
+    Returns False (writing nothing) when a dataset of the same format version and config is
+    already there, True after writing. Raises FileExistsError if ``out_dir`` holds a different
+    dataset or other files. Built in ``<out_dir>.partial`` and renamed, so an interrupted run
+    never leaves a folder that looks complete.
+    """
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta_path):
-        with open(meta_path) as f:
+        with open(meta_path, encoding="utf-8") as f:
             old = json.load(f)
-        if {k: old[k] for k in ("format_version", "config")} == _meta(cfg):
+        if {k: old.get(k) for k in ("format_version", "config")} == _identity(cfg):
             return False
-        raise FileExistsError(f"{out_dir} holds a synthetic dataset made with a different config "
-                              f"({old['config']}); choose another data.dir or delete it")
+        raise FileExistsError(f"{out_dir} holds a synthetic dataset made with format {old.get('format_version')} "
+                              f"and config {old.get('config')}, not {_identity(cfg)}; choose another data.dir "
+                              "or delete it")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} is not empty and has no meta.json; refusing to write a dataset over it")
     tmp = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    size = cfg.image_size
     images = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
-                                       shape=(cfg.num_images, cfg.image_size, cfg.image_size, 3))
+                                       shape=(cfg.num_images, size, size, 3))
+    specs = []
     with open(os.path.join(tmp, "records.jsonl"), "w", encoding="utf-8") as f:
         for i, rec in enumerate(generate(cfg)):
             images[i] = rec["image"]
+            specs.append(rec["spec"])
             f.write(json.dumps({"captions": rec["captions"], "spec": rec["spec"]}, ensure_ascii=False) + "\n")
     images.flush()
     del images
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump({**_meta(cfg), "num_images": cfg.num_images}, f, indent=2)
-    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    meta = {**_identity(cfg), "image_shape": [size, size, 3], "counts": _counts(specs),
+            "fonts": {name: os.path.basename(fonts.font_path(name)) for name in fonts.FONTS}}
+    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+    if os.path.isdir(out_dir):
+        os.rmdir(out_dir)  # empty (checked above)
     os.replace(tmp, out_dir)
     return True
 
 
 def load_dataset(out_dir: str) -> Tuple[np.ndarray, List[dict]]:
-    """(images uint8 [N, H, W, 3] memory-mapped, records [{"captions", "spec"}]) of a written dataset."""
+    """(images uint8 [N, H, W, 3] memory-mapped read-only, records ``[{"captions", "spec"}]``)."""
     for name in ("meta.json", "images.npy", "records.jsonl"):
         if not os.path.exists(os.path.join(out_dir, name)):
-            raise FileNotFoundError(f"synthetic dataset {out_dir}: missing {name} (the 'data' stage writes it)")
+            raise FileNotFoundError(f"synthetic dataset {out_dir}: missing {name} (the 'data' stage or "
+                                    "tools/make_synthetic.py writes it)")
+    with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
+        version = json.load(f).get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"synthetic dataset {out_dir} has format version {version}, this code reads "
+                         f"{FORMAT_VERSION}; delete the folder and rebuild it")
     images = np.load(os.path.join(out_dir, "images.npy"), mmap_mode="r")
     with open(os.path.join(out_dir, "records.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     if len(records) != len(images):
-        raise ValueError(f"{out_dir}: {len(images)} images but {len(records)} records")
+        raise ValueError(f"synthetic dataset {out_dir}: {len(images)} images but {len(records)} records")
     return images, records

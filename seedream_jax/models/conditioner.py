@@ -86,8 +86,8 @@ class GlyphMapper(nn.Module):
         dt = layers.compute_dtype(self.dtype)
         x = layers.LayerNorm(eps=1e-5, name="norm")(x.astype(dt))
         x = nn.gelu(layers.dense(self.hidden, axes.EMBED, axes.MLP, dtype=dt, name="linear_1")(x), approximate=False)
-        x = nn.gelu(layers.dense(self.hidden, axes.MLP, axes.MLP, dtype=dt, name="linear_2")(x), approximate=False)
-        return layers.dense(self.out_features, axes.MLP, axes.EMBED, dtype=dt, name="linear_3")(x)
+        x = nn.gelu(layers.dense(self.hidden, axes.MLP, axes.EMBED, dtype=dt, name="linear_2")(x), approximate=False)
+        return layers.dense(self.out_features, axes.EMBED, axes.MLP, dtype=dt, name="linear_3")(x)
 
 
 class Conditioner(nn.Module):
@@ -115,7 +115,7 @@ class Conditioner(nn.Module):
                 glyph_mask = glyph_mask & has_glyphs.astype(bool)[:, None]
             tokens = jnp.concatenate([tokens.astype(dt), glyph.astype(dt)], axis=1)
             mask = jnp.concatenate([mask, glyph_mask], axis=1)
-        context = layers.dense(cfg.context_dim, axes.EMBED, axes.EMBED, dtype=dt, name="context_proj")(tokens.astype(dt))
+        context = layers.dense(cfg.context_dim, axes.MLP, axes.EMBED, dtype=dt, name="context_proj")(tokens.astype(dt))
         context = jnp.where(mask[..., None], context, 0).astype(dt)
         weights = mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(context.astype(jnp.float32) * weights, axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)

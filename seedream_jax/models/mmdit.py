@@ -233,7 +233,7 @@ class MMDiT(nn.Module):
         cos, sin = rope.rope_frequencies(jnp.concatenate([txt_ids, img_ids], axis=-2), cfg.axes_dims, cfg.rope_theta)
 
         img = layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p))
-        txt = layers.dense(d, axes.EMBED, axes.EMBED, dtype=dt, name="context_embedder")(context.astype(dt))
+        txt = layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="context_embedder")(context.astype(dt))
         temb = MLPEmbedder(d, dt, name="time_text_embed_timestep_embedder")(
             timestep_embedding(timesteps * 1000.0).astype(dt))
         temb = temb + MLPEmbedder(d, dt, name="time_text_embed_text_embedder")(pooled.astype(dt))
