@@ -4,7 +4,7 @@
 value can also be overridden on the command line (``--config.train.steps=100``).
 
 Model sizes (parameter counts: ``python tools/param_count.py``):
-  tiny  - trains on a 2-core CPU in minutes: 64 px images, 4x VAE, ~2M-parameter DiT.
+  tiny  - trains on a 2-core CPU in minutes: 64 px images, a 4x VAE, a ~2M-parameter DiT.
   small - one GPU: ~300M-parameter DiT (6 double + 6 single blocks, width 1024), a
           Qwen2.5-0.5B-shaped LLM, byt5-small, a 16-channel 8x VAE; 512 px.
   full  - near Seedream 2.0's scale: a ~2.8B-parameter DiT (10 double + 20 single blocks,
@@ -45,8 +45,8 @@ MODEL_SIZES = {
         llm=_llm(vocab=1024, hidden=128, inter=256, layers=2, heads=4, kv=2, theta=10000.0),
         adapter="none", adapter_layers=1,
         byt5=_byt5(d_model=64, d_kv=16, d_ff=128, layers=2, heads=4, buckets=16, max_distance=32),
-        context_dim=128, llm_max_length=32, byt5_max_length=16,
-        vae=_vae((32, 64, 64), 1, 4, 8),
+        context_dim=128, llm_max_length=48, byt5_max_length=16,
+        vae=_vae((16, 32, 32), 1, 4, 8),
         mmdit=_mmdit(4, 32, 2, 2, (8, 12, 12), 4, 128, base_grid=8)),
     "small": dict(
         resolution=512,
@@ -130,8 +130,9 @@ def base_config(size: str = "tiny") -> ConfigDict:
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding = ConfigDict(dict(rules="fsdp"))
     c.vae = ConfigDict(dict(
-        train=train_section(steps=600, batch_size=32),
-        optimizer=optimizer_section(lr=1e-3, warmup_steps=50),
+        train=train_section(steps=400, batch_size=16, ema_decay=0.0),
+        optimizer=optimizer_section(lr=2e-3, warmup_steps=40),
+        crop_size=32,                   # train on random crops (the VAE is fully convolutional); 0 = full images
         kl_weight=1e-4, l1_weight=1.0, mse_weight=1.0, num_eval_images=8))
     c.pretrain = ConfigDict(dict(
         train=train_section(steps=1500, batch_size=32),

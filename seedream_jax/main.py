@@ -58,6 +58,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
     summaries = run_stages(FLAGS.config, os.path.abspath(FLAGS.workdir))
     print("\nOutputs:")
     for name, s in summaries.items():

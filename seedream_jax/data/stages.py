@@ -29,8 +29,9 @@ def run_tokenizer(cfg, workdir: str) -> dict:
         logging.info("tokenizer: %s exists, not retraining", path)
         return {"tokenizer": path, "trained": False}
     _, records = synthetic.load_dataset(resolve(workdir, cfg.data.dir))
-    texts = [c for r in records for by_type in r["captions"].values() for c in by_type.values()]
+    texts = synthetic.caption_texts(records)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Chinese has no spaces: the template words as user symbols keep BPE from merging whole phrases.
     model_path = train_sentencepiece(texts, path[:-len(".model")] if path.endswith(".model") else path,
-                                     int(cfg.tokenizer.vocab_size))
+                                     int(cfg.tokenizer.vocab_size), user_defined_symbols=synthetic.zh_caption_words())
     return {"tokenizer": model_path, "trained": True, "num_texts": len(texts)}

@@ -231,7 +231,7 @@ def render_scene(scene: Scene, size: Union[int, Tuple[int, int]] = 64, supersamp
     Drawn at ``supersample`` times the size and box-filtered down (anti-aliasing). The 3x3
     grid stretches with the aspect ratio; shapes keep their proportions.
     """
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
     s = supersample
     img = Image.new("RGB", (w * s, h * s), BACKGROUNDS[scene.background][0])
     draw = ImageDraw.Draw(img)

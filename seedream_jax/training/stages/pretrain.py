@@ -1,7 +1,7 @@
 """Stage ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
 
-Per step: the frozen VAE encodes the images (a posterior sample, normalised with the fitted
-shift/scale), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
+Per step: latents are a posterior sample of the VAE (normalised with the fitted shift/scale;
+when the VAE is frozen its posteriors are computed once for the dataset at start), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
 the empty prompt with ``data.cfg_drop_prob`` for classifier-free guidance), and the MMDiT
 learns the velocity ``eps - x0`` at logit-normal times shifted by resolution.
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.init_from import apply_init_from
+from seedream_jax.checkpoint.init_from import apply_init_from, load_component
 from seedream_jax.data import synthetic
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.eval.grid import image_grid
@@ -65,11 +65,18 @@ def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
     images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
     height, width = images.shape[1:3]
     mu = pipe.mu(height, width)
+    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
+    latents = None
+    if "vae" in [p.strip("/") for p in s.frozen] and "vae" in sources:
+        # The VAE does not train here: encode the dataset once (posterior mean and logvar).
+        latents = vae_stage.encode_images(vae, load_component(sources["vae"], "vae")[0], images)
 
     def make_batch(idx, rng):
         idx = np.sort(idx)
         tokens = tokenize_prompts(choose_captions([records[i] for i in idx], rng, cfg.data), tokenizer,
                                   pipe.conditioner_cfg)
+        if latents is not None:
+            return {"latent_mean": latents[0][idx], "latent_logvar": latents[1][idx], **tokens}
         return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
 
     def init_params(rng):
@@ -87,15 +94,16 @@ def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
     def loss_fn(params, frozen, batch, rng):
         p = merge_params(params, frozen)
         enc_rng, fm_rng = jax.random.split(rng)
-        mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
+        if "latent_mean" in batch:
+            mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+        else:
+            mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(enc_rng, mean.shape)
         x0 = jax.lax.stop_gradient(scale_latents(z, pipe.vae_cfg)).astype(jnp.float32)
-        tokens = {k: v for k, v in batch.items() if k != "image"}
+        tokens = {k: v for k, v in batch.items() if k not in ("image", "latent_mean", "latent_logvar")}
         cond = pipe.encode(p, tokens)
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
-
-    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
 
     def initialise(trainable, frozen):
         return apply_init_from(trainable, frozen, sources)

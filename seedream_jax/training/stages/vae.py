@@ -1,7 +1,8 @@
 """Stage ``vae``: train the AutoencoderKL on the dataset's images.
 
-Loss: ``mse_weight * MSE + l1_weight * L1`` between image and reconstruction (pixels in
-[-1, 1]) plus ``kl_weight * KL(q(z|x) || N(0, I))`` averaged per latent element. No
+Batches are random ``crop_size`` crops (the VAE is fully convolutional, so it trains on
+crops and runs on any size). Loss: ``mse_weight * MSE + l1_weight * L1`` between image and
+reconstruction (pixels in [-1, 1]) plus ``kl_weight * KL(q(z|x) || N(0, I))`` averaged per latent element. No
 perceptual (LPIPS) or adversarial term: none is implemented, so reconstructions of
 fine texture are blurrier than a production VAE's; for the synthetic world's flat colours
 and glyphs the pixel losses suffice.
@@ -44,8 +45,15 @@ def build_task(cfg, workdir: str):
     images, _ = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
     eval_images = common.images_to_model(np.asarray(images[:int(s.num_eval_images)]))
 
+    crop = int(s.crop_size)
+
     def make_batch(idx, rng):
-        return {"image": common.images_to_model(np.asarray(images[np.sort(idx)]))}
+        batch = np.asarray(images[np.sort(idx)])
+        if crop and crop < batch.shape[1]:
+            ys = rng.integers(0, batch.shape[1] - crop + 1, size=len(idx))
+            xs = rng.integers(0, batch.shape[2] - crop + 1, size=len(idx))
+            batch = np.stack([im[y:y + crop, x:x + crop] for im, y, x in zip(batch, ys, xs)])
+        return {"image": common.images_to_model(batch)}
 
     def init_params(rng):
         x = jnp.zeros((1,) + images.shape[1:3] + (3,), jnp.float32)
@@ -68,12 +76,17 @@ def build_task(cfg, workdir: str):
     return task, vae_cfg, model, images
 
 
-def fit_latent_normalisation(model, params, images, batch_size: int = 64, max_images: int = 1024):
+def encode_images(model, params, images, batch_size: int = 64):
+    """Posterior (mean, logvar) of uint8 ``images`` [N, H, W, 3] as float32 NumPy [N, h, w, C]."""
+    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
+    out = [jax.device_get(encode(params, common.images_to_model(np.asarray(images[i:i + batch_size]))))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate([m for m, _ in out]), np.concatenate([v for _, v in out])
+
+
+def fit_latent_normalisation(model, params, images, max_images: int = 1024):
     """(shift_factor, scaling_factor) = (mean, 1/std) of the posterior means of ``images``."""
-    encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)[0])
-    means = [np.asarray(encode(params, common.images_to_model(np.asarray(images[i:i + batch_size]))))
-             for i in range(0, min(len(images), max_images), batch_size)]
-    z = np.concatenate(means).astype(np.float64)
+    z = encode_images(model, params, images[:max_images])[0].astype(np.float64)
     return float(z.mean()), float(1.0 / max(z.std(), 1e-6))
 
 
