@@ -46,6 +46,7 @@ def toy_stage_config(steps: int):
     stage.train.steps = steps
     stage.train.checkpoint_every = 5
     stage.train.log_every = 5
+    stage.train.ema_decay = 0.9  # the init_from test checks that the EMA copy is taken
     stage.optimizer.lr = 3e-3
     stage.optimizer.warmup_steps = 5
     return cfg, stage

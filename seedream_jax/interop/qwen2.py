@@ -1,4 +1,8 @@
-"""Our Qwen2Model <-> HF transformers ``Qwen2Model`` / ``Qwen2ForCausalLM`` checkpoints."""
+"""Our ``Qwen2Model`` <-> HF transformers ``Qwen2Model`` / ``Qwen2ForCausalLM`` checkpoints.
+
+Parameter names are HF's with ``layers_{i}`` <-> ``layers.{i}`` and ``kernel`` (transposed) /
+``scale`` / ``embedding`` <-> ``weight``, so ``convert.default_torch_name`` is the whole table.
+"""
 import json
 import os
 from typing import Tuple
@@ -11,71 +15,114 @@ from seedream_jax.interop import convert, safetensors_io
 from seedream_jax.models.text_encoder import Qwen2Config, Qwen2Model
 
 WEIGHTS_NAME = "model"
+CAUSAL_LM_PREFIX = "model."
+_EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def qwen2_name_fn(path: Tuple[str, ...], ndim: int) -> convert.TorchParam:
+    """Flax path (e.g. ``('layers_0', 'self_attn', 'q_proj', 'kernel')``) -> HF ``Qwen2Model`` key."""
     return convert.default_torch_name(path, ndim)
 
 
 def _rope_theta(cfg: dict) -> float:
+    """theta from ``rope_parameters`` (transformers >= 5) or ``rope_theta`` (older); only default RoPE."""
     params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if params.get("rope_type", params.get("type", "default")) not in ("default", None):
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
         raise ValueError(f"unsupported RoPE scaling {params}: only the default RoPE is implemented")
     return float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
 
 
-def qwen2_config_from_hf(cfg: dict, **overrides) -> Qwen2Config:
-    """Our config from an HF Qwen2 ``config.json`` dict.
+def _sliding_layers(cfg: dict) -> list:
+    """Indices of layers that HF runs with sliding-window attention (its ``layer_types`` rule)."""
+    if "layer_types" in cfg and cfg["layer_types"] is not None:
+        return [i for i, t in enumerate(cfg["layer_types"]) if t == "sliding_attention"]
+    if not cfg.get("use_sliding_window") or cfg.get("sliding_window") is None:
+        return []
+    first = cfg.get("max_window_layers", 28)
+    return list(range(first, cfg["num_hidden_layers"]))
 
-    Sliding-window attention (``use_sliding_window``) is refused: text prompts are far shorter
-    than any Qwen2 window, but a checkpoint that needs it would silently differ.
+
+def qwen2_config_from_hf(cfg: dict, **overrides) -> Qwen2Config:
+    """Our ``Qwen2Config`` from an HF Qwen2 / Qwen2.5 ``config.json`` dict.
+
+    ``overrides`` set our own fields (``dtype``, ``attention_impl``). Refused, with a ValueError:
+    another ``model_type``, an activation other than SiLU, a ``head_dim`` other than
+    hidden/heads, RoPE scaling (YaRN etc.), and sliding-window attention on any layer: we only
+    implement full causal attention, and a checkpoint whose layers slide would silently differ
+    on prompts longer than the window. Released Qwen2/2.5 checkpoints set
+    ``use_sliding_window: false``, so every layer is full attention and they load.
     """
     if cfg.get("model_type", "qwen2") != "qwen2":
         raise ValueError(f"expected model_type 'qwen2', got {cfg.get('model_type')!r}")
-    if cfg.get("use_sliding_window"):
-        raise ValueError("Qwen2 sliding-window attention is not supported (use_sliding_window=true)")
     if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}")
+        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}: Qwen2 uses 'silu'")
+    heads = cfg["num_attention_heads"]
+    if cfg.get("head_dim") not in (None, cfg["hidden_size"] // heads):
+        raise ValueError(f"head_dim {cfg['head_dim']} != hidden_size / num_attention_heads "
+                         f"({cfg['hidden_size']} / {heads}) is not supported")
+    sliding = _sliding_layers(cfg)
+    if sliding:
+        raise ValueError(f"sliding-window attention (window {cfg.get('sliding_window')}) on layers {sliding} "
+                         "is not supported: only full causal attention is implemented")
     return Qwen2Config(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
                        intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
-                       num_attention_heads=cfg["num_attention_heads"],
-                       num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+                       num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads", heads),
                        rope_theta=_rope_theta(cfg), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), **overrides)
 
 
-def qwen2_to_hf_config(cfg: Qwen2Config) -> dict:
+def qwen2_to_hf_config(cfg: Qwen2Config, dtype: str = "float32") -> dict:
+    """HF ``config.json`` dict for a ``Qwen2Model`` of ``cfg`` whose weights are stored in ``dtype``.
+
+    Both the transformers 5 (``rope_parameters``, ``dtype``, ``layer_types``) and the older
+    (``rope_theta``) spellings are written, so either generation reads it.
+    """
     return {"architectures": ["Qwen2Model"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
             "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
             "num_key_value_heads": cfg.num_key_value_heads, "rope_theta": cfg.rope_theta,
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
             "rms_norm_eps": cfg.rms_norm_eps, "hidden_act": "silu", "max_position_embeddings": 32768,
-            "tie_word_embeddings": False, "use_sliding_window": False, "torch_dtype": "float32"}
+            "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None,
+            "layer_types": ["full_attention"] * cfg.num_hidden_layers, "attention_dropout": 0.0,
+            "dtype": dtype}
 
 
 def abstract_params(cfg: Qwen2Config):
+    """The parameter tree of ``Qwen2Model(cfg)`` as ``jax.ShapeDtypeStruct`` leaves (nothing allocated)."""
     ids = jnp.zeros((1, 2), jnp.int32)
     return jax.eval_shape(lambda: Qwen2Model(cfg).init(jax.random.PRNGKey(0), ids, jnp.ones((1, 2), bool)))["params"]
 
 
 def load_qwen2(path: str, **overrides):
-    """(Qwen2Config, params) from a local HF folder holding a Qwen2Model or Qwen2ForCausalLM
-    checkpoint (``model.`` prefix stripped, ``lm_head`` ignored); fp32, bf16 or fp16."""
+    """(Qwen2Config, params) from a local HF folder: ``config.json`` + safetensors (single or sharded).
+
+    Accepts ``Qwen2Model`` keys or ``Qwen2ForCausalLM`` keys (``model.`` prefix stripped,
+    ``lm_head.weight`` ignored); fp32, bf16 or fp16 tensors become float32 NumPy arrays.
+    ``overrides`` set our config's own fields (``dtype``, ``attention_impl``).
+    Raises ``convert.CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys.
+    """
     with open(os.path.join(path, "config.json")) as f:
         cfg = qwen2_config_from_hf(json.load(f), **overrides)
-    tensors = safetensors_io.load_tensors(path)
-    if any(k.startswith("model.") for k in tensors):
-        tensors = {k[len("model."):] if k.startswith("model.") else k: v for k, v in tensors.items()}
+    tensors = {k[len(CAUSAL_LM_PREFIX):] if k.startswith(CAUSAL_LM_PREFIX) else k: v
+               for k, v in safetensors_io.load_tensors(path).items()}
     params = convert.import_params(tensors, abstract_params(cfg), qwen2_name_fn, source=path,
                                    allow_unexpected=lambda k: k == "lm_head.weight")
     return cfg, params
 
 
 def export_qwen2(params, cfg: Qwen2Config, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30) -> list:
-    """Write ``config.json`` + safetensors (sharded with an index above ``max_shard_bytes``)
-    that ``transformers.Qwen2Model.from_pretrained`` loads."""
+    """Write ``config.json`` + safetensors (sharded with an index above ``max_shard_bytes``) that
+    ``transformers.Qwen2Model.from_pretrained(folder)`` loads with no missing or unexpected keys.
+
+    ``dtype``: stored dtype, ``np.float32``, ``np.float16`` or ``ml_dtypes.bfloat16``.
+    Returns the list of files written.
+    """
+    name = np.dtype(dtype).name
+    if name not in _EXPORT_DTYPES:
+        raise ValueError(f"export dtype {name!r} not supported; expected one of {_EXPORT_DTYPES}")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(qwen2_to_hf_config(cfg), f, indent=2)
-    return safetensors_io.save_tensors(dict(convert.export_params(params, qwen2_name_fn, dtype=dtype)), folder,
-                                       basename=WEIGHTS_NAME, max_shard_bytes=max_shard_bytes)
+        json.dump(qwen2_to_hf_config(cfg, name), f, indent=2)
+    tensors = dict(convert.export_params(params, qwen2_name_fn, dtype=dtype))
+    return safetensors_io.save_tensors(tensors, folder, basename=WEIGHTS_NAME, max_shard_bytes=max_shard_bytes)

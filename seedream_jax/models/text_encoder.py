@@ -5,10 +5,11 @@ layers (RMSNorm, grouped-query causal attention with q/k/v biases and no o_proj 
 rotating halves, SwiGLU MLP), final RMSNorm. Parameter names mirror HF's, so a local
 Qwen2 / Qwen2.5 checkpoint loads with ``seedream_jax.interop.qwen2.load_qwen2``.
 
-``TextEncoder`` = LLM + adapter: Seedream 2.0 adapts its LLM's features to the diffusion
-model; the adapter ("mlp": a residual MLP; "transformer": bidirectional transformer layers)
-has zero-initialised output projections, so at initialisation it is the identity and a
-pretrained LLM's features pass through unchanged.
+``TextEncoder`` = LLM (submodule ``llm``) + adapter (submodule ``adapter``): Seedream 2.0
+adapts its LLM's features to the diffusion model. The adapter ("mlp": residual pre-norm MLP
+blocks; "transformer": pre-norm bidirectional transformer blocks with a key-padding mask) has
+zero-initialised output projections, so at initialisation it is exactly the identity and a
+pretrained (typically frozen) LLM's features pass through unchanged.
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -24,6 +25,11 @@ from seedream_jax.parallel import axes
 
 @dataclasses.dataclass(frozen=True)
 class Qwen2Config:
+    """Qwen2 hyper-parameters (HF ``Qwen2Config`` names); defaults are Qwen2.5-0.5B's shape.
+
+    dtype: compute dtype ('float32' | 'bfloat16' | 'float16'); parameters stay float32.
+    attention_impl: ``jax.nn.dot_product_attention`` implementation (None = XLA, 'cudnn').
+    """
     vocab_size: int = 151936
     hidden_size: int = 896
     intermediate_size: int = 4864
@@ -37,100 +43,126 @@ class Qwen2Config:
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_attention_heads} heads")
+            raise ValueError(f"Qwen2Config: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"{self.num_attention_heads} heads not divisible by {self.num_key_value_heads} kv heads")
+            raise ValueError(f"Qwen2Config: num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        layers.compute_dtype(self.dtype)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
 
-def rotary_half(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """HF Llama/Qwen2 RoPE: x [B, L, H, D], positions [B, L]; rotates the halves (rotate_half), fp32."""
+def rope_tables(length: int, head_dim: int, theta: float) -> Tuple[jax.Array, jax.Array]:
+    """HF Llama/Qwen2 RoPE tables for positions 0..length-1: (cos, sin), each [length, head_dim] float32.
+
+    The frequencies are repeated over the two halves (``cat([freqs, freqs])``), matching ``rotate_half``.
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, L, H, D] rotated by (cos, sin) [L, D] with ``rotate_half`` (not interleaved), in float32."""
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float32) / d))
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(emb), jnp.sin(emb)
     xf = x.astype(jnp.float32)
-    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (xf * cos + rotated * sin).astype(x.dtype)
+    rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
+    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).astype(x.dtype)
+
+
+def make_attention_mask(key_mask: jax.Array, causal: bool) -> jax.Array:
+    """[B, L] bool key mask -> [B, 1, L, L] bool attention mask (True = may attend).
+
+    Every query also sees its own position, so a query whose keys are all padding (a fully padded
+    row, or left padding under a causal mask) never has an empty softmax; real queries are
+    unaffected because their own position is a real key.
+    """
+    length = key_mask.shape[-1]
+    mask = key_mask.astype(bool)[:, None, None, :] | jnp.eye(length, dtype=bool)
+    if causal:
+        mask = mask & jnp.tril(jnp.ones((length, length), bool))
+    return mask
 
 
 class Qwen2Attention(nn.Module):
+    """Grouped-query attention: x [B, L, hidden] -> [B, L, hidden] (q/k/v biases, no o_proj bias)."""
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, rope, mask):
         cfg = self.config
         dt, hd = layers.compute_dtype(cfg.dtype), cfg.head_dim
-        kv = cfg.num_key_value_heads * hd
+        kv_width = cfg.num_key_value_heads * hd
         q = layers.dense(cfg.hidden_size, axes.EMBED, axes.HEADS, dtype=dt, name="q_proj")(x)
-        k = layers.dense(kv, axes.EMBED, axes.KV, dtype=dt, name="k_proj")(x)
-        v = layers.dense(kv, axes.EMBED, axes.KV, dtype=dt, name="v_proj")(x)
-        split = lambda t: t.reshape(t.shape[:2] + (-1, hd))
-        q, k, v = split(q), split(k), split(v)
-        q, k = rotary_half(q, positions, cfg.rope_theta), rotary_half(k, positions, cfg.rope_theta)
+        k = layers.dense(kv_width, axes.EMBED, axes.KV, dtype=dt, name="k_proj")(x)
+        v = layers.dense(kv_width, axes.EMBED, axes.KV, dtype=dt, name="v_proj")(x)
+        q, k, v = (t.reshape(t.shape[:2] + (-1, hd)) for t in (q, k, v))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # Native GQA: kv heads are shared by groups of query heads; logits and softmax in float32.
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
-        out = out.reshape(out.shape[:2] + (-1,))
+        out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
         return layers.dense(cfg.hidden_size, axes.HEADS, axes.EMBED, use_bias=False, dtype=dt, name="o_proj")(out)
 
 
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), no biases (HF Qwen2MLP)."""
-    hidden: int
-    out: int
-    dtype: jnp.dtype
+class Qwen2MLP(nn.Module):
+    """SwiGLU ``down(silu(gate(x)) * up(x))`` without biases (HF ``Qwen2MLP``)."""
+    config: Qwen2Config
 
     @nn.compact
     def __call__(self, x):
-        gate = layers.dense(self.hidden, axes.EMBED, axes.MLP, use_bias=False, dtype=self.dtype, name="gate_proj")(x)
-        up = layers.dense(self.hidden, axes.EMBED, axes.MLP, use_bias=False, dtype=self.dtype, name="up_proj")(x)
-        return layers.dense(self.out, axes.MLP, axes.EMBED, use_bias=False, dtype=self.dtype, name="down_proj")(
+        cfg = self.config
+        dt = layers.compute_dtype(cfg.dtype)
+        gate = layers.dense(cfg.intermediate_size, axes.EMBED, axes.MLP, use_bias=False, dtype=dt, name="gate_proj")(x)
+        up = layers.dense(cfg.intermediate_size, axes.EMBED, axes.MLP, use_bias=False, dtype=dt, name="up_proj")(x)
+        return layers.dense(cfg.hidden_size, axes.MLP, axes.EMBED, use_bias=False, dtype=dt, name="down_proj")(
             nn.silu(gate) * up)
 
 
 class Qwen2DecoderLayer(nn.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, rope, mask):
         cfg = self.config
-        dt = layers.compute_dtype(cfg.dtype)
         h = layers.RMSNorm(cfg.rms_norm_eps, name="input_layernorm")(x)
-        x = x + Qwen2Attention(cfg, name="self_attn")(h, positions, mask)
+        x = x + Qwen2Attention(cfg, name="self_attn")(h, rope, mask)
         h = layers.RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm")(x)
-        return x + SwiGLU(cfg.intermediate_size, cfg.hidden_size, dt, name="mlp")(h)
+        return x + Qwen2MLP(cfg, name="mlp")(h)
 
 
 class Qwen2Model(nn.Module):
-    """input_ids [B, L] int32, attention_mask [B, L] (1 = token) -> hidden states [B, L, hidden].
+    """HF ``Qwen2Model``: input_ids [B, L] int32, attention_mask [B, L] (1/True = real token)
+    -> hidden states [B, L, hidden] in the compute dtype.
 
-    ``output_layer`` follows HF's ``hidden_states`` tuple: 0 = embeddings, k = output of decoder
-    layer k (1 <= k < num_layers), num_layers or -1 = the final normed output
-    (``last_hidden_state``). Positions are 0..L-1 (right padding), as HF without position_ids.
+    ``output_layer`` indexes HF's ``output_hidden_states`` tuple exactly: 0 = the token
+    embeddings, k in 1..num_layers-1 = the output of decoder layer k (un-normed), and
+    num_layers = the final *normed* output, since HF's last ``hidden_states`` entry is
+    ``last_hidden_state``; -1 is the same as num_layers. Layers above ``output_layer`` are
+    neither run nor given parameters. Positions are 0..L-1 (as HF without ``position_ids``),
+    so pad on the right; pad keys are masked and do not influence real positions.
     """
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, output_layer: int = -1):
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, output_layer: int = -1) -> jax.Array:
         cfg = self.config
         n = cfg.num_hidden_layers
         if not -1 <= output_layer <= n:
-            raise ValueError(f"output_layer {output_layer} outside [-1, {n}]")
+            raise ValueError(f"output_layer {output_layer} outside [-1, {n}] (num_hidden_layers {n})")
         last = n if output_layer == -1 else output_layer
         dt = layers.compute_dtype(cfg.dtype)
-        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=jnp.float32, name="embed_tokens",
-                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)))
-        x = embed(input_ids)
-        b, l = input_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(l), (b, l))
-        causal = jnp.tril(jnp.ones((l, l), bool))
-        mask = causal[None, None] & attention_mask.astype(bool)[:, None, None, :]
-        for i in range(min(last, n)):
-            x = Qwen2DecoderLayer(cfg, name=f"layers_{i}")(x, positions, mask)
+        x = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=jnp.float32, name="embed_tokens",
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                 (axes.VOCAB, axes.EMBED)))(input_ids)
+        rope = rope_tables(input_ids.shape[1], cfg.head_dim, cfg.rope_theta)
+        mask = make_attention_mask(attention_mask, causal=True)
+        for i in range(last):
+            x = Qwen2DecoderLayer(cfg, name=f"layers_{i}")(x, rope, mask)
         if last == n:
             x = layers.RMSNorm(cfg.rms_norm_eps, name="norm")(x)
         return x
@@ -138,9 +170,14 @@ class Qwen2Model(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class TextEncoderConfig:
-    """llm: the LLM; output_layer: which hidden states (see Qwen2Model); adapter: 'none' |
-    'mlp' | 'transformer'; adapter_layers: transformer layers of the adapter;
-    adapter_heads: its attention heads (must divide the LLM width)."""
+    """The LLM text encoder and its adapter.
+
+    llm: the LLM. output_layer: which LLM hidden states feed the adapter (see ``Qwen2Model``;
+    -1 = final normed output). adapter: 'none' | 'mlp' (residual pre-norm MLP blocks) |
+    'transformer' (pre-norm bidirectional transformer blocks). adapter_layers: number of adapter
+    blocks. adapter_heads: attention heads of a transformer adapter (must divide the LLM width).
+    adapter_mlp_ratio: adapter MLP hidden width / LLM width.
+    """
     llm: Qwen2Config
     output_layer: int = -1
     adapter: str = "none"
@@ -151,49 +188,66 @@ class TextEncoderConfig:
     def __post_init__(self):
         if self.adapter not in ("none", "mlp", "transformer"):
             raise ValueError(f"adapter must be 'none', 'mlp' or 'transformer', got {self.adapter!r}")
+        if self.adapter_layers < 1:
+            raise ValueError(f"adapter_layers must be >= 1, got {self.adapter_layers}")
+        if self.adapter == "transformer" and self.llm.hidden_size % self.adapter_heads:
+            raise ValueError(f"adapter_heads {self.adapter_heads} does not divide the LLM width {self.llm.hidden_size}")
+        if not -1 <= self.output_layer <= self.llm.num_hidden_layers:
+            raise ValueError(f"output_layer {self.output_layer} outside [-1, {self.llm.num_hidden_layers}]")
 
 
-class AdapterLayer(nn.Module):
-    """Pre-norm residual block: optional bidirectional masked self-attention, then an MLP; the
-    output projections start at zero, so the layer starts as the identity."""
+class AdapterBlock(nn.Module):
+    """Pre-norm residual block on [B, L, width]: optional bidirectional key-masked self-attention,
+    then a GELU MLP. Output projections (``o_proj``, ``fc2``) start at zero: the block starts as
+    the identity."""
     width: int
     heads: int
     mlp_ratio: float
-    attention: bool
-    dtype: jnp.dtype
+    use_attention: bool
+    dtype: str = "float32"
     attention_impl: Optional[str] = None
 
     @nn.compact
     def __call__(self, x, mask):
-        zeros = nn.initializers.zeros
-        if self.attention:
+        dt, zeros = layers.compute_dtype(self.dtype), nn.initializers.zeros
+        if self.use_attention:
             h = layers.RMSNorm(name="attn_norm")(x)
-            hd = self.width // self.heads
-            qkv = [layers.dense(self.width, axes.EMBED, axes.HEADS, dtype=self.dtype, name=n)(h).reshape(h.shape[:2] + (self.heads, hd))
-                   for n in ("q_proj", "k_proj", "v_proj")]
-            a = jax.nn.dot_product_attention(*qkv, mask=mask[:, None, None, :], implementation=self.attention_impl)
-            x = x + layers.dense(self.width, axes.HEADS, axes.EMBED, dtype=self.dtype, name="o_proj",
+            q, k, v = (layers.dense(self.width, axes.EMBED, axes.HEADS, dtype=dt, name=f"{n}_proj")(h)
+                       .reshape(h.shape[:2] + (self.heads, -1)) for n in "qkv")
+            a = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+            x = x + layers.dense(self.width, axes.HEADS, axes.EMBED, dtype=dt, name="o_proj",
                                  kernel_init=zeros)(a.reshape(x.shape))
         h = layers.RMSNorm(name="mlp_norm")(x)
-        h = nn.gelu(layers.dense(int(self.width * self.mlp_ratio), axes.EMBED, axes.MLP, dtype=self.dtype, name="fc1")(h))
-        return x + layers.dense(self.width, axes.MLP, axes.EMBED, dtype=self.dtype, name="fc2", kernel_init=zeros)(h)
+        h = nn.gelu(layers.dense(int(self.width * self.mlp_ratio), axes.EMBED, axes.MLP, dtype=dt, name="fc1")(h))
+        return x + layers.dense(self.width, axes.MLP, axes.EMBED, dtype=dt, name="fc2", kernel_init=zeros)(h)
 
 
-class TextEncoder(nn.Module):
-    """(input_ids [B, L], attention_mask [B, L]) -> (tokens [B, L, hidden], mask [B, L] bool).
-    Padded rows of ``tokens`` are zero."""
+class Adapter(nn.Module):
+    """``adapter_layers`` AdapterBlocks (``layers_{i}``): features [B, L, width], mask [B, L] bool
+    -> [B, L, width]; the identity at initialisation."""
     config: TextEncoderConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask) -> Tuple[jax.Array, jax.Array]:
+    def __call__(self, x, mask):
+        cfg = self.config
+        attn_mask = make_attention_mask(mask, causal=False)
+        for i in range(cfg.adapter_layers):
+            x = AdapterBlock(cfg.llm.hidden_size, cfg.adapter_heads, cfg.adapter_mlp_ratio,
+                             cfg.adapter == "transformer", cfg.llm.dtype, cfg.llm.attention_impl,
+                             name=f"layers_{i}")(x, attn_mask)
+        return x
+
+
+class TextEncoder(nn.Module):
+    """(input_ids [B, L] int32, attention_mask [B, L]) -> (tokens [B, L, hidden] in the compute
+    dtype, mask [B, L] bool). Padded rows of ``tokens`` are zero."""
+    config: TextEncoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> Tuple[jax.Array, jax.Array]:
         cfg = self.config
         mask = attention_mask.astype(bool)
         x = Qwen2Model(cfg.llm, name="llm")(input_ids, mask, cfg.output_layer)
         if cfg.adapter != "none":
-            dt = layers.compute_dtype(cfg.llm.dtype)
-            n = 1 if cfg.adapter == "mlp" else cfg.adapter_layers
-            for i in range(n):
-                x = AdapterLayer(cfg.llm.hidden_size, cfg.adapter_heads, cfg.adapter_mlp_ratio,
-                                 cfg.adapter == "transformer", dt, cfg.llm.attention_impl,
-                                 name=f"adapter_{i}")(x, mask)
-        return jnp.where(mask[..., None], x, 0).astype(x.dtype), mask
+            x = Adapter(cfg, name="adapter")(x, mask)
+        return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype)), mask
