@@ -10,6 +10,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _item_handlers() -> dict:
+    return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+
+
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` for (TrainState, data-state dict) pairs."""
 
@@ -17,7 +21,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -55,7 +59,7 @@ def restore_raw_state(stage_dir: str, step: Optional[int] = None) -> Tuple[dict,
     directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"init_from: no checkpoints directory at {directory}")
-    manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers())
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"init_from: {directory} holds no finished checkpoint")
