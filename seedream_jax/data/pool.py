@@ -1,0 +1,93 @@
+"""Order-preserving parallel map over a stream, with bounded look-ahead and crash isolation.
+
+``ordered_map(fn, items, workers, kind)`` yields ``(item, fn(item))`` in input order while at most
+``window`` chunks are in flight, so a stream of millions of items never sits in memory. ``kind``:
+``"process"`` (a spawn-context process pool: true parallel decode, ``fn`` must be a picklable
+module-level function), ``"thread"`` (PIL releases the GIL while decoding), or ``workers <= 1``
+for inline. If a worker process dies (a decoder segfault on a hostile file), the pool is rebuilt,
+the chunk is retried item by item, and the item that kills a worker again gets
+``on_crash(item)`` as its result, so one bad file cannot end the job.
+"""
+import collections
+import concurrent.futures as cf
+import multiprocessing
+from typing import Any, Callable, Iterable, Iterator, List, Tuple
+
+
+def _run_chunk(fn: Callable, chunk: List[Any]) -> List[Any]:
+    return [fn(x) for x in chunk]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    chunk = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Pool:
+    def __init__(self, workers: int, kind: str):
+        self.workers, self.kind = workers, kind
+        self.executor = self._make()
+
+    def _make(self):
+        if self.kind == "process":
+            return cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        if self.kind == "thread":
+            return cf.ThreadPoolExecutor(self.workers)
+        raise ValueError(f"pool kind must be 'process' or 'thread', got {self.kind!r}")
+
+    def rebuild(self):
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._make()
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, kind: str = "process",
+                chunk_size: int = 8, window: int = 0,
+                on_crash: Callable[[Any], Any] = None) -> Iterator[Tuple[Any, Any]]:
+    """Yields ``(item, fn(item))`` in order; see the module docstring. ``window`` 0 = 4 x workers."""
+    if workers <= 1:
+        for x in items:
+            yield x, fn(x)
+        return
+    pool = _Pool(workers, kind)
+    window = window or 4 * workers
+    pending = collections.deque()
+    chunks = _chunks(items, chunk_size)
+    try:
+        while True:
+            while len(pending) < window:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                pending.append((chunk, pool.executor.submit(_run_chunk, fn, chunk)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except cf.process.BrokenProcessPool:
+                results = _isolate(pool, fn, chunk, on_crash)
+                pending = collections.deque((c, pool.executor.submit(_run_chunk, fn, c)) for c, _ in pending)
+            yield from zip(chunk, results)
+    finally:
+        pool.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolate(pool: _Pool, fn: Callable, chunk: List[Any], on_crash: Callable) -> List[Any]:
+    """Reruns a chunk whose worker died, one item at a time in a rebuilt pool."""
+    out = []
+    pool.rebuild()
+    for x in chunk:
+        try:
+            out.append(pool.executor.submit(fn, x).result())
+        except cf.process.BrokenProcessPool:
+            if on_crash is None:
+                raise
+            out.append(on_crash(x))
+            pool.rebuild()
+    return out
