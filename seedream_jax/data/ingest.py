@@ -19,7 +19,7 @@ missing_caption        no caption at all
 empty_caption          a caption that is empty or only whitespace
 unsupported_format     not JPEG, PNG or WebP (by magic bytes)
 undecodable            the image does not decode fully (truncated, corrupt)
-decoder_crash          decoding the image killed the worker process
+decoder_crash          decoding the image killed the worker process (pool="process" only)
 too_large              more than ``max_pixels`` pixels
 too_small              shorter side below ``min_side`` pixels
 bad_aspect             longer / shorter side above ``max_aspect``
@@ -63,7 +63,8 @@ class IngestConfig:
     (checked from the header, before decoding). lang / txt_caption_type: how untyped captions are
     filed (``ingest_sources.CaptionConfig``). source: default ``Record.source``.
     records_per_shard: records per ArrayRecord shard. workers: decode workers (0 = CPU count,
-    1 = inline). pool: ``"process"`` or ``"thread"``.
+    1 = inline). pool: ``"thread"`` (default: PIL decodes with the GIL released; no start-up cost) or
+    ``"process"`` (isolates decoder crashes; pays a spawn start-up and a copy of every image).
     """
     min_side: int = 64
     max_aspect: float = 4.0
@@ -73,7 +74,7 @@ class IngestConfig:
     source: str = ""
     records_per_shard: int = 1000
     workers: int = 0
-    pool: str = "process"
+    pool: str = "thread"
 
     def output_settings(self) -> dict:
         """The settings that determine the output (a resumed run must match them)."""

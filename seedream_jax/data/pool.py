@@ -6,7 +6,9 @@
 module-level function), ``"thread"`` (PIL releases the GIL while decoding), or ``workers <= 1``
 for inline. If a worker process dies (a decoder segfault on a hostile file), the pool is rebuilt,
 the chunk is retried item by item, and the item that kills a worker again gets
-``on_crash(item)`` as its result, so one bad file cannot end the job.
+``on_crash(item)`` as its result, so one bad file cannot end the job; a pool whose workers die
+even on a no-op (they cannot start) raises ``RuntimeError`` instead. As with any spawn pool, the
+calling program must be importable: a script file with an ``if __name__ == "__main__":`` guard.
 """
 import collections
 import concurrent.futures as cf
@@ -88,6 +90,12 @@ def _isolate(pool: _Pool, fn: Callable, chunk: List[Any], on_crash: Callable) ->
         except cf.process.BrokenProcessPool:
             if on_crash is None:
                 raise
-            out.append(on_crash(x))
             pool.rebuild()
+            try:  # a pool that cannot run even a no-op is broken for all items: fail loudly instead
+                pool.executor.submit(abs, 0).result()
+            except cf.process.BrokenProcessPool:
+                raise RuntimeError("worker processes die even on a no-op: the pool cannot start (a spawned worker "
+                                   "re-imports __main__; run from a file with an `if __name__ == '__main__':` "
+                                   "guard, or use kind='thread')") from None
+            out.append(on_crash(x))
     return out
