@@ -146,4 +146,11 @@ def base_config(size: str = "tiny") -> ConfigDict:
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples"))
+    c.eval = ConfigDict(dict(
+        checkpoint="pretrain",          # stage dir (absolute: another run's; a VAE stage: ground truth round trip)
+                                        # or "ground_truth" (the renderer itself)
+        use_ema=True, num_steps=28, solver="euler", guidance_scale=4.0,
+        height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8,
+        suite_seed=0, max_items_per_group=0,  # first n items per (category, split); 0 = the whole suite
+        output="eval"))
     return c

@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _stage_table():
     from seedream_jax.data import stages as data_stages
+    from seedream_jax.eval import stage as eval_stage
     from seedream_jax.sampling import stage as sample_stage
     from seedream_jax.training.stages import pretrain, vae
     return {
@@ -28,11 +29,13 @@ def _stage_table():
         "vae": vae.run,
         "pretrain": pretrain.run,
         "sample": sample_stage.run,
+        "eval": eval_stage.run,
     }
 
 
 def run_stages(cfg, workdir: str) -> dict:
-    """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times."""
+    """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times, also merged
+    into ``<workdir>/summary.json`` (entries of stages not run now are kept)."""
     table = _stage_table()
     unknown = [s for s in cfg.stages if s not in table]
     if unknown:
@@ -49,8 +52,13 @@ def run_stages(cfg, workdir: str) -> dict:
         if summary.get("preempted"):
             logging.warning("stage %s was interrupted; rerun the same command to resume", name)
             break
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summaries, f, indent=2, default=str, ensure_ascii=False)
+    path = os.path.join(workdir, "summary.json")
+    previous = {}
+    if os.path.exists(path):  # a later command (e.g. only 'eval') keeps earlier stages' entries
+        with open(path) as f:
+            previous = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**previous, **summaries}, f, indent=2, default=str, ensure_ascii=False)
     return summaries
 
 

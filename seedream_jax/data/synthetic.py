@@ -24,9 +24,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from PIL import Image, ImageDraw
 
-from seedream_jax.data import fonts
+from seedream_jax.data import fonts, heldout
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: held-out (colour, shape) pairs (data/heldout.py) are never drawn
 
 # name: (RGB, Chinese). Pairwise RGB distances >= 119 so colours stay unambiguous after a VAE.
 COLOURS = {
@@ -202,7 +202,7 @@ def _sample_text(rng: np.random.Generator, cfg: SyntheticWorldConfig, colours: L
 
 def sample_scene(rng: np.random.Generator, cfg: SyntheticWorldConfig) -> Scene:
     """Draw a random scene: background, 1..max_objects shapes in distinct cells, maybe a word
-    in a band that no shape occupies."""
+    in a band that no shape occupies. No object has a held-out (colour, shape) pair."""
     background = _pick(rng, list(BACKGROUNDS))
     colours = visible_colours(background)
     text = _sample_text(rng, cfg, colours) if rng.random() < cfg.text_probability else None
@@ -214,6 +214,8 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticWorldConfig) -> Scene:
     for i in cells:
         if not (same and objects):
             shape, colour, size = _pick(rng, list(SHAPES)), _pick(rng, colours), _pick(rng, list(SIZES))
+            while heldout.is_heldout(colour, shape):  # reserved for evaluation
+                shape, colour = _pick(rng, list(SHAPES)), _pick(rng, colours)
         objects.append(ShapeObject(shape, colour, size, free[i]))
     return Scene(background, objects, text)
 

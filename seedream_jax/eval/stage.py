@@ -1,0 +1,172 @@
+"""Stage ``eval``: the objective bilingual benchmark on a checkpoint of any stage.
+
+``eval.checkpoint`` names a stage directory inside the workdir ('pretrain', 'sft', ...) or an
+absolute path to another run's stage. A checkpoint with an MMDiT is evaluated as a text-to-image
+pipeline (the compiled sampler generates the suite); a VAE-only checkpoint (the 'vae' stage)
+is evaluated on the suite's ground-truth renderings passed through it (encode, posterior mean,
+decode): the ceiling of every pipeline that decodes with that VAE. 'ground_truth' scores the
+synthetic renderer itself (1.0 everywhere: the scorer's check).
+
+Writes ``<workdir>/<eval.output>/<name>_step<step>/`` (report.json, report.md, images/, grids/)
+and TensorBoard scalars and grids under ``<workdir>/<eval.output>/tensorboard/<name>/`` at the
+checkpoint's step, so that checkpoints and stages overlay in one TensorBoard.
+"""
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+
+from seedream_jax import config_lib
+from seedream_jax.checkpoint.init_from import load_component
+from seedream_jax.data import heldout
+from seedream_jax.eval import benchmark
+from seedream_jax.eval import report as report_lib
+from seedream_jax.eval.suite import SuiteItem, build_suite
+from seedream_jax.models.vae import AutoencoderKL
+from seedream_jax.sampling.stage import load_pipeline
+from seedream_jax.training.stages import common
+from seedream_jax.training.stages.vae import load_fitted_config
+from seedream_jax.training.writers import MetricWriter
+
+GROUND_TRUTH = "ground_truth"
+
+
+def pipeline_generator(pipe, params, *, batch_size: int, height: int, width: int, num_steps: int, solver: str,
+                       guidance_scale: float, seed: int) -> benchmark.GenerateFn:
+    """``generate(prompts)`` over a ``TextToImage`` pipeline: batches of ``batch_size`` (the last
+    padded, so one program is compiled), batch at offset k drawn with seed ``seed + k``, so the
+    noise of image i depends only on i."""
+    def generate(prompts: Sequence[str]) -> np.ndarray:
+        out, t0 = [], time.time()
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start:start + batch_size])
+            padded = batch + [batch[-1]] * (batch_size - len(batch))
+            pics = pipe(params, padded, height=height, width=width, num_steps=num_steps, solver=solver,
+                        guidance_scale=guidance_scale, seed=seed + start)
+            out.append(pics[:len(batch)])
+            done = start + len(batch)
+            rate = done / max(time.time() - t0, 1e-9)
+            logging.info("eval: generated %d/%d images (%.2f img/s, ETA %.0fs)", done, len(prompts), rate,
+                         (len(prompts) - done) / rate)
+        return np.concatenate(out)
+    return generate
+
+
+def select_items(items: Sequence[SuiteItem], per_group: int) -> list:
+    """The first ``per_group`` items of each (categories, split) group; all when ``per_group`` <= 0."""
+    if per_group <= 0:
+        return list(items)
+    seen, out = {}, []
+    for item in items:
+        key = (item.categories, item.split)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= per_group:
+            out.append(item)
+    return out
+
+
+def vae_roundtrip_generator(vae_cfg, vae_params, items: Sequence[SuiteItem], *, height: int, width: int,
+                            batch_size: int) -> benchmark.GenerateFn:
+    """``generate(prompts)``: each prompt's ground-truth rendering encoded by the VAE and decoded
+    from the posterior mean (uint8 [N, height, width, 3]), in batches of ``batch_size``."""
+    model = AutoencoderKL(vae_cfg)
+    render = benchmark.ground_truth_generator(items, height, width)
+
+    @jax.jit
+    def roundtrip(params, x):
+        mean, _ = model.apply({"params": params}, x, method=model.encode)
+        return model.apply({"params": params}, mean, method=model.decode)
+
+    def generate(prompts: Sequence[str]) -> np.ndarray:
+        images = render(prompts)
+        pad = -len(images) % batch_size  # one compiled shape
+        padded = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+        out = [common.images_from_model(roundtrip(vae_params, common.images_to_model(padded[i:i + batch_size])))
+               for i in range(0, len(padded), batch_size)]
+        return np.concatenate(out)[:len(images)]
+    return generate
+
+
+def checkpoint_contents(stage_dir: str):
+    """(latest step, names of the components in its parameters, e.g. {'vae'} or {'conditioner',
+    'mmdit', 'vae'}, whether it keeps EMA parameters), read from the checkpoint's metadata
+    without loading arrays."""
+    directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"eval.checkpoint: no checkpoints directory at {directory}")
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"eval.checkpoint: {directory} holds no finished checkpoint")
+    state = manager.item_metadata(step).state
+    manager.close()
+    return int(step), set(state["params"] or {}) | set(state.get("frozen") or {}), bool(state.get("ema_params"))
+
+
+def _heldout_in_training(cfg, workdir: str) -> str:
+    """How many records of the workdir's synthetic dataset show a held-out pair (the split is
+    only held out when that is 0)."""
+    path = os.path.join(common.resolve(workdir, cfg.data.dir), "records.jsonl")
+    if not os.path.exists(path):
+        return f"unknown ({path} not found)"
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    return f"{heldout.count_heldout(records)} of {len(records)} records of {path}"
+
+
+def _generator(cfg, workdir: str, items: Sequence[SuiteItem]):
+    """(name, step, source description, generate, info) for ``cfg.eval.checkpoint``."""
+    e = cfg.eval
+    height, width = int(e.height), int(e.width)
+    if e.checkpoint == GROUND_TRUTH:
+        return (GROUND_TRUTH, 0, "ground truth (synthetic.render_scene of the suite's specs)",
+                benchmark.ground_truth_generator(items, height, width), {})
+    stage_dir = common.resolve(workdir, e.checkpoint)
+    name = os.path.basename(os.path.normpath(stage_dir))
+    step, components, has_ema = checkpoint_contents(stage_dir)
+    weights = "EMA" if e.use_ema and has_ema else "raw"  # as load_pipeline / load_component choose
+    if "mmdit" not in components:
+        if "vae" not in components:
+            raise ValueError(f"eval.checkpoint {stage_dir}: neither an MMDiT nor a VAE in its parameters "
+                             f"(found {sorted(components)})")
+        vae_params, _ = load_component(stage_dir, "vae", use_ema=bool(e.use_ema))
+        vae_cfg = (load_fitted_config(stage_dir) if os.path.exists(os.path.join(stage_dir, common.VAE_CONFIG_FILE))
+                   else config_lib.build_model_configs(cfg.model)[2])
+        source = f"{stage_dir} step {step}: VAE round trip of the ground truth ({weights} weights)"
+        return name, step, source, vae_roundtrip_generator(vae_cfg, vae_params, items, height=height, width=width,
+                                                           batch_size=int(e.batch_size)), {}
+    pipe, params = load_pipeline(cfg, workdir, e.checkpoint, bool(e.use_ema))
+    generate = pipeline_generator(pipe, params, batch_size=int(e.batch_size), height=height, width=width,
+                                  num_steps=int(e.num_steps), solver=str(e.solver),
+                                  guidance_scale=float(e.guidance_scale), seed=int(e.seed))
+    info = {"sampler": f"{e.solver}, {e.num_steps} steps, guidance {e.guidance_scale}, seed {e.seed}",
+            "training records with a held-out pair": _heldout_in_training(cfg, workdir)}
+    return name, step, f"{stage_dir} step {step} ({weights} weights)", generate, info
+
+
+def run(cfg, workdir: str) -> dict:
+    e = cfg.eval
+    items = select_items(build_suite(int(e.suite_seed)), int(e.max_items_per_group))
+    name, step, source, generate, info = _generator(cfg, workdir, items)
+    out_root = common.resolve(workdir, e.output)
+    out_dir = os.path.join(out_root, f"{name}_step{step}")
+    t0 = time.time()
+    report = benchmark.run_benchmark(generate, items, out_dir, source=source, info=info)
+    writer = MetricWriter(os.path.join(out_root, "tensorboard", name), prefix="eval ")
+    writer.write_scalars(step, report_lib.scalars(report))
+    writer.write_images(step, {f"eval/grid/{os.path.basename(p)[:-4]}": np.asarray(Image.open(p).convert("RGB"))
+                               for p in report["grids"]})
+    writer.close()
+    wall = time.time() - t0
+    print(f"eval pass on {source}: {2 * len(items)} images in {wall:.1f}s "
+          f"(generate {report['timing']['generate_s']}s, score {report['timing']['score_s']}s); "
+          f"report {os.path.join(out_dir, 'report.md')}", flush=True)
+    return {"eval_dir": out_dir, "report": os.path.join(out_dir, "report.md"), "step": step,
+            "eval_pass_seconds": round(wall, 1), **{k: v for k, v in report["headline"].items()}}
