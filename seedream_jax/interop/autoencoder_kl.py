@@ -50,13 +50,11 @@ def load_vae(path: str, **overrides):
     """(VAEConfig, params) from a local diffusers AutoencoderKL folder; fp32, bf16 or fp16 weights."""
     with open(os.path.join(path, "config.json")) as f:
         cfg = vae_config_from_diffusers(json.load(f), **overrides)
-    return cfg, convert.import_params(safetensors_io.load_tensors(path), abstract_params(cfg), vae_name_fn, source=path)
+    return cfg, convert.import_params(safetensors_io.LazyTensors(path), abstract_params(cfg), vae_name_fn, source=path)
 
 
-def export_vae(params, cfg: VAEConfig, folder: str, dtype=np.float32) -> list:
-    """Write ``config.json`` + safetensors that ``diffusers.AutoencoderKL.from_pretrained`` loads."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(vae_to_diffusers_config(cfg), f, indent=2)
-    return safetensors_io.save_tensors(dict(convert.export_params(params, vae_name_fn, dtype=dtype)), folder,
-                                       basename=WEIGHTS_NAME)
+def export_vae(params, cfg: VAEConfig, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30) -> list:
+    """Write ``config.json`` + safetensors that ``diffusers.AutoencoderKL.from_pretrained`` loads.
+    ``params``: the VAE's tree or a ``convert.ParamSource``. Returns the files written."""
+    return convert.write_component(params, folder, name_fn=vae_name_fn, config=vae_to_diffusers_config(cfg),
+                                   basename=WEIGHTS_NAME, dtype=dtype, max_shard_bytes=max_shard_bytes)

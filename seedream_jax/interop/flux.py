@@ -19,6 +19,7 @@ from seedream_jax.models import rope
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
+FLUX_ROPE_THETA, FLUX_QK_NORM_EPS = 10000.0, 1e-6  # fixed in diffusers' FluxTransformer2DModel
 _RENAMES = [
     (r"time_text_embed_(timestep|text)_embedder", r"time_text_embed.\1_embedder"),
     (r"_embedder\.linear\.([12])\.", r"_embedder.linear_\1."),
@@ -59,6 +60,9 @@ def mmdit_to_diffusers_config(cfg: MMDiTConfig) -> dict:
         raise ValueError("diffusers Flux packs 2x2 patches; patch_size must be 2")
     if cfg.mlp_ratio != 4.0:
         raise ValueError("diffusers Flux has mlp_ratio 4")
+    if cfg.rope_theta != FLUX_ROPE_THETA or cfg.qk_norm_eps != FLUX_QK_NORM_EPS:
+        raise ValueError(f"diffusers Flux fixes rope_theta {FLUX_ROPE_THETA} and qk_norm_eps {FLUX_QK_NORM_EPS}; "
+                         f"this model has {cfg.rope_theta} and {cfg.qk_norm_eps}")
     return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": cfg.in_channels * 4,
             "out_channels": None, "num_layers": cfg.num_double_blocks, "num_single_layers": cfg.num_single_blocks,
             "attention_head_dim": cfg.head_dim, "num_attention_heads": cfg.num_heads,
@@ -77,17 +81,15 @@ def load_mmdit(path: str, **overrides):
     """(MMDiTConfig, params) from a diffusers Flux transformer folder (config.json + safetensors)."""
     with open(os.path.join(path, "config.json")) as f:
         cfg = mmdit_config_from_diffusers(json.load(f), **overrides)
-    params = convert.import_params(safetensors_io.load_tensors(path), abstract_params(cfg), flux_name_fn, source=path)
+    params = convert.import_params(safetensors_io.LazyTensors(path), abstract_params(cfg), flux_name_fn, source=path)
     return cfg, params
 
 
-def export_mmdit(params, cfg: MMDiTConfig, folder: str, dtype=np.float32) -> list:
-    """Write ``config.json`` + safetensors loadable by ``FluxTransformer2DModel.from_pretrained``."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(mmdit_to_diffusers_config(cfg), f, indent=2)
-    return safetensors_io.save_tensors(dict(convert.export_params(params, flux_name_fn, dtype=dtype)), folder,
-                                       basename=WEIGHTS_NAME)
+def export_mmdit(params, cfg: MMDiTConfig, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30) -> list:
+    """Write ``config.json`` + safetensors loadable by ``FluxTransformer2DModel.from_pretrained``.
+    ``params``: the MMDiT's tree or a ``convert.ParamSource``. Returns the files written."""
+    return convert.write_component(params, folder, name_fn=flux_name_fn, config=mmdit_to_diffusers_config(cfg),
+                                   basename=WEIGHTS_NAME, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
 def flux_position_ids(cfg: MMDiTConfig, latent_h: int, latent_w: int, num_text_tokens: int):

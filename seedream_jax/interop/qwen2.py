@@ -2,10 +2,11 @@
 
 Parameter names are HF's with ``layers_{i}`` <-> ``layers.{i}`` and ``kernel`` (transposed) /
 ``scale`` / ``embedding`` <-> ``weight``, so ``convert.default_torch_name`` is the whole table.
+A ``Qwen2ForCausalLM`` checkpoint is the same keys under ``model.`` plus ``lm_head.weight``.
 """
 import json
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from seedream_jax.models.text_encoder import Qwen2Config, Qwen2Model
 
 WEIGHTS_NAME = "model"
 CAUSAL_LM_PREFIX = "model."
-_EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+LM_HEAD = "lm_head.weight"
 
 
 def qwen2_name_fn(path: Tuple[str, ...], ndim: int) -> convert.TorchParam:
@@ -71,21 +72,24 @@ def qwen2_config_from_hf(cfg: dict, **overrides) -> Qwen2Config:
                        rope_theta=_rope_theta(cfg), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), **overrides)
 
 
-def qwen2_to_hf_config(cfg: Qwen2Config, dtype: str = "float32") -> dict:
-    """HF ``config.json`` dict for a ``Qwen2Model`` of ``cfg`` whose weights are stored in ``dtype``.
+def qwen2_to_hf_config(cfg: Qwen2Config, dtype: str = "float32", *, causal_lm: bool = False,
+                       tie_word_embeddings: bool = False) -> dict:
+    """HF ``config.json`` dict for a ``Qwen2Model`` (or ``Qwen2ForCausalLM``) of ``cfg`` whose
+    weights are stored in ``dtype``.
 
     Both the transformers 5 (``rope_parameters``, ``dtype``, ``layer_types``) and the older
-    (``rope_theta``) spellings are written, so either generation reads it.
+    (``rope_theta``, ``torch_dtype``) spellings are written, so either generation reads it.
     """
-    return {"architectures": ["Qwen2Model"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
+    return {"architectures": ["Qwen2ForCausalLM" if causal_lm else "Qwen2Model"], "model_type": "qwen2",
+            "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
             "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
             "num_key_value_heads": cfg.num_key_value_heads, "rope_theta": cfg.rope_theta,
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
             "rms_norm_eps": cfg.rms_norm_eps, "hidden_act": "silu", "max_position_embeddings": 32768,
-            "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None,
+            "tie_word_embeddings": tie_word_embeddings, "use_sliding_window": False, "sliding_window": None,
             "layer_types": ["full_attention"] * cfg.num_hidden_layers, "attention_dropout": 0.0,
-            "dtype": dtype}
+            "dtype": dtype, "torch_dtype": dtype}
 
 
 def abstract_params(cfg: Qwen2Config):
@@ -98,31 +102,47 @@ def load_qwen2(path: str, **overrides):
     """(Qwen2Config, params) from a local HF folder: ``config.json`` + safetensors (single or sharded).
 
     Accepts ``Qwen2Model`` keys or ``Qwen2ForCausalLM`` keys (``model.`` prefix stripped,
-    ``lm_head.weight`` ignored); fp32, bf16 or fp16 tensors become float32 NumPy arrays.
-    ``overrides`` set our config's own fields (``dtype``, ``attention_impl``).
+    ``lm_head.weight`` ignored); fp32, bf16 or fp16 tensors become float32 NumPy arrays, read
+    one tensor at a time. ``overrides`` set our config's own fields (``dtype``, ``attention_impl``).
     Raises ``convert.CheckpointMismatchError`` listing missing, unexpected and mis-shaped keys.
     """
     with open(os.path.join(path, "config.json")) as f:
         cfg = qwen2_config_from_hf(json.load(f), **overrides)
-    tensors = {k[len(CAUSAL_LM_PREFIX):] if k.startswith(CAUSAL_LM_PREFIX) else k: v
-               for k, v in safetensors_io.load_tensors(path).items()}
+    tensors = safetensors_io.LazyTensors(
+        path, rename=lambda k: k[len(CAUSAL_LM_PREFIX):] if k.startswith(CAUSAL_LM_PREFIX) else k)
     params = convert.import_params(tensors, abstract_params(cfg), qwen2_name_fn, source=path,
-                                   allow_unexpected=lambda k: k == "lm_head.weight")
+                                   allow_unexpected=lambda k: k == LM_HEAD)
     return cfg, params
 
 
-def export_qwen2(params, cfg: Qwen2Config, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30) -> list:
+def export_qwen2(params, cfg: Qwen2Config, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30, *,
+                 causal_lm: bool = False, lm_head_from: Optional[str] = None) -> list:
     """Write ``config.json`` + safetensors (sharded with an index above ``max_shard_bytes``) that
     ``transformers.Qwen2Model.from_pretrained(folder)`` loads with no missing or unexpected keys.
 
-    ``dtype``: stored dtype, ``np.float32``, ``np.float16`` or ``ml_dtypes.bfloat16``.
+    ``params``: the LLM's parameter tree or a ``convert.ParamSource`` (streamed tensor by tensor).
+    ``dtype``: stored dtype, ``np.float32``, ``np.float16`` or ``ml_dtypes.bfloat16`` (or a name).
+    ``causal_lm``: write a ``Qwen2ForCausalLM`` instead (keys under ``model.``). Our encoder has
+    no LM head: by default the head is tied to the input embedding (``tie_word_embeddings``),
+    exact for tied LLMs such as Qwen2.5-0.5B/1.5B/3B; ``lm_head_from`` (an HF Qwen2ForCausalLM
+    folder, e.g. the checkpoint the LLM was imported from) copies its ``lm_head.weight`` instead.
     Returns the list of files written.
     """
-    name = np.dtype(dtype).name
-    if name not in _EXPORT_DTYPES:
-        raise ValueError(f"export dtype {name!r} not supported; expected one of {_EXPORT_DTYPES}")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(qwen2_to_hf_config(cfg, name), f, indent=2)
-    tensors = dict(convert.export_params(params, qwen2_name_fn, dtype=dtype))
-    return safetensors_io.save_tensors(tensors, folder, basename=WEIGHTS_NAME, max_shard_bytes=max_shard_bytes)
+    dt = convert.export_dtype(dtype)
+    extra = []
+    if lm_head_from is not None:
+        if not causal_lm:
+            raise ValueError("lm_head_from only applies to a Qwen2ForCausalLM export (causal_lm=True)")
+        source = safetensors_io.LazyTensors(lm_head_from)
+        if LM_HEAD not in source:
+            raise KeyError(f"{lm_head_from} has no {LM_HEAD!r} (a tied-embedding model: export without lm_head_from)")
+        spec = source.spec(LM_HEAD)
+        if spec.shape != (cfg.vocab_size, cfg.hidden_size):
+            raise ValueError(f"{lm_head_from}: {LM_HEAD} has shape {spec.shape}, expected "
+                             f"{(cfg.vocab_size, cfg.hidden_size)}")
+        extra.append(convert.ExtraTensor(safetensors_io.TensorSpec(LM_HEAD, spec.shape, dt),
+                                         lambda: source[LM_HEAD]))
+    config = qwen2_to_hf_config(cfg, dt.name, causal_lm=causal_lm, tie_word_embeddings=causal_lm and not extra)
+    return convert.write_component(params, folder, name_fn=qwen2_name_fn, config=config, basename=WEIGHTS_NAME,
+                                   dtype=dt, key_prefix=CAUSAL_LM_PREFIX if causal_lm else "", extra=extra,
+                                   max_shard_bytes=max_shard_bytes)

@@ -90,20 +90,18 @@ def load_byt5(path: str, **overrides) -> Tuple[ByT5Config, dict]:
         cfg = t5_config_from_hf(hf_cfg, **overrides)
     except ValueError as e:
         raise ValueError(f"{config_path}: {e}") from e
-    tensors = safetensors_io.load_tensors(path)
-    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
-        tensors["shared.weight"] = tensors.pop("encoder.embed_tokens.weight")  # tied pair saved once
+    tensors = safetensors_io.LazyTensors(path)
+    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:  # tied pair saved once
+        tensors = tensors.renamed(lambda k: "shared.weight" if k == "encoder.embed_tokens.weight" else k)
     params = convert.import_params(tensors, abstract_params(cfg), t5_name_fn, source=path,
                                    allow_unexpected=_not_encoder)
     return cfg, params
 
 
-def export_byt5(params, cfg: ByT5Config, folder: str, dtype=np.float32) -> list:
+def export_byt5(params, cfg: ByT5Config, folder: str, dtype=np.float32, max_shard_bytes: int = 5 * 2**30) -> list:
     """Write ``config.json`` + ``model.safetensors`` (tensors cast to ``dtype``) that
     ``transformers.T5EncoderModel.from_pretrained(folder)`` loads with no missing or unexpected
-    keys. Returns the files written."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(t5_to_hf_config(cfg), f, indent=2)
-    return safetensors_io.save_tensors(dict(convert.export_params(params, t5_name_fn, dtype=dtype)), folder,
-                                       basename=WEIGHTS_NAME)
+    keys. ``params``: the encoder's tree or a ``convert.ParamSource``. Returns the files written."""
+    config = {**t5_to_hf_config(cfg), "torch_dtype": convert.export_dtype(dtype).name}
+    return convert.write_component(params, folder, name_fn=t5_name_fn, config=config, basename=WEIGHTS_NAME,
+                                   dtype=dtype, max_shard_bytes=max_shard_bytes)

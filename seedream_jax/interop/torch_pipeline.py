@@ -1,0 +1,418 @@
+"""Run an exported Seedream-JAX pipeline in plain PyTorch.
+
+This file depends only on numpy, torch, safetensors, transformers and diffusers (plus
+sentencepiece for a SentencePiece tokenizer), never on JAX or seedream_jax: a whole-pipeline
+export (``seedream_jax.interop.pipeline.export_pipeline``) writes a copy of it as
+``seedream_torch.py`` next to the weights, so that a PyTorch user can do
+
+    from seedream_torch import SeedreamPipeline
+    pipe = SeedreamPipeline.from_pretrained("exported_folder")
+    images = pipe(["a red circle", '招牌上写着“你好”'], height=512, width=512)  # uint8 [B, H, W, 3]
+
+Components (each loaded with ``from_pretrained(..., use_safetensors=True)``: no pickle is read):
+
+    text_encoder/  transformers Qwen2Model (or Qwen2ForCausalLM, whose ``.model`` is used)
+    byt5/          transformers T5EncoderModel
+    conditioner/   ConditionerLayers below (glyph mapper, LLM adapter, context projection)
+    transformer/   diffusers FluxTransformer2DModel (2x2-packed latents, true CFG, no guidance embedding)
+    vae/           diffusers AutoencoderKL (its config holds the latent scaling/shift)
+    tokenizer/     the LLM tokenizer (SentencePiece model or HF tokenizer files)
+
+The helpers for text inputs, position ids and the time grid mirror, in NumPy, the JAX code
+they name (``models/conditioner.py``, ``models/byt5.py``, ``models/rope.py``,
+``sampling/schedules.py``); ``tests/test_export_pipeline.py`` checks that they agree.
+"""
+import json
+import os
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PIPELINE_FILE = "seedream_pipeline.json"
+
+# ----------------------------------------------------------------------------- text inputs
+# Mirror of models/conditioner.py: the quoted spans of a prompt are the text to render.
+QUOTE_PAIRS = {'"': '"', "\u201c": "\u201d", "\u300c": "\u300d", "\u300e": "\u300f", "'": "'"}
+_QUOTED = re.compile("|".join(
+    f"{re.escape(o)}([^{re.escape(c)}]+?){re.escape(c)}" for o, c in QUOTE_PAIRS.items()))
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")  # don't, it's: not quotes
+
+
+def extract_quoted_text(prompt: str) -> List[str]:
+    """The spans inside "..", “..”, 「..」, 『..』 or '..', in order."""
+    cleaned = _APOSTROPHE.sub("\u0000", prompt)
+    spans = [next(g for g in m.groups() if g is not None).replace("\u0000", "'").strip()
+             for m in _QUOTED.finditer(cleaned)]
+    return [s for s in spans if s]
+
+
+def glyph_text(prompt: str) -> str:
+    """The string fed to ByT5: the quoted spans joined by a space ('' if none)."""
+    return " ".join(extract_quoted_text(prompt))
+
+
+def byt5_tokenize(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes + 3, then EOS (1), truncated keeping the EOS, right-padded with 0:
+    (ids int32 [B, max_length], mask bool [B, max_length]). Special-token markup stays literal bytes."""
+    ids = np.zeros((len(texts), max_length), np.int32)
+    mask = np.zeros((len(texts), max_length), bool)
+    for i, text in enumerate(texts):
+        seq = [b + 3 for b in text.encode("utf-8")[: max_length - 1]] + [1]
+        ids[i, :len(seq)] = seq
+        mask[i, :len(seq)] = True
+    return ids, mask
+
+
+class LLMTokenizer:
+    """``tok(texts, max_length) -> (ids int32 [B, L], mask bool [B, L])``: no BOS/EOS, truncated,
+    right-padded with the pad id. ``spec`` is the ``tokenizer`` entry of seedream_pipeline.json."""
+
+    def __init__(self, folder: str, spec: dict):
+        path = os.path.join(folder, spec["path"])
+        if spec["kind"] == "sentencepiece":
+            import sentencepiece as spm
+            sp = spm.SentencePieceProcessor(model_file=path)
+            self._encode, self.pad_id = (lambda texts: sp.encode(list(texts))), sp.pad_id()
+        elif spec["kind"] == "hf":
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)  # never trusts remote code
+            self._encode = lambda texts: tok(list(texts), add_special_tokens=False)["input_ids"]
+            self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        else:
+            raise ValueError(f"unknown tokenizer kind {spec['kind']!r} in {PIPELINE_FILE}")
+
+    def __call__(self, texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
+        ids = np.full((len(texts), max_length), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), max_length), bool)
+        for i, seq in enumerate(self._encode(texts) if len(texts) else []):
+            seq = seq[:max_length]
+            ids[i, :len(seq)] = seq
+            mask[i, :len(seq)] = True
+        return ids, mask
+
+
+def text_inputs(prompts: Sequence[str], tokenizer, config: dict) -> Dict[str, np.ndarray]:
+    """Prompts -> llm_ids/llm_mask [B, llm_max_length] and, with a glyph branch, byt5_ids/byt5_mask
+    [B, byt5_max_length] and has_glyphs [B]. ``config``: the conditioner's config.json. The empty
+    prompt gets an all-False mask (the unconditional embedding)."""
+    ids, mask = tokenizer(list(prompts), config["llm_max_length"])
+    empty = np.array([not p.strip() for p in prompts])
+    out = {"llm_ids": ids, "llm_mask": mask & ~empty[:, None]}
+    if config["byt5_d_model"] is not None:
+        texts = [glyph_text(p) for p in prompts]
+        b_ids, b_mask = byt5_tokenize(texts, config["byt5_max_length"])
+        out.update(byt5_ids=b_ids, byt5_mask=b_mask, has_glyphs=np.array([bool(t) for t in texts]))
+    return out
+
+
+# ----------------------------------------------------------------------------- positions and time grid
+# Mirror of models/rope.py: image ids centred on the image, the central base_grid window keeps
+# the base ids ('scaled'), text on the diagonal beyond the image ('diagonal').
+
+def _scale_offsets(d: np.ndarray, grid: int, base_grid: int, rule: str) -> np.ndarray:
+    if rule == "centered":
+        return d
+    if rule == "scaled":
+        half = base_grid / 2.0
+        excess = np.maximum(np.abs(d) - half, 0.0)
+        return np.sign(d) * (np.minimum(np.abs(d), half) + excess * min(1.0, base_grid / grid))
+    if rule == "interpolate":
+        return d * base_grid / grid
+    raise ValueError(f"unknown RoPE rule {rule!r}")
+
+
+def image_position_ids(grid_h: int, grid_w: int, rule: str, base_grid: int) -> np.ndarray:
+    """[grid_h * grid_w, 3] float32 (0, row id, column id), patches in row-major order."""
+    rows = _scale_offsets(np.arange(grid_h, dtype=np.float64) + 0.5 - grid_h / 2.0, grid_h, base_grid, rule)
+    cols = _scale_offsets(np.arange(grid_w, dtype=np.float64) + 0.5 - grid_w / 2.0, grid_w, base_grid, rule)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([np.zeros_like(r), r, c], axis=-1).reshape(-1, 3).astype(np.float32)
+
+
+def text_position_ids(num_tokens: int, grid_h: int, grid_w: int, scheme: str, rule: str, base_grid: int):
+    """[num_tokens, 3] float32: 'diagonal' (0, m + k, m + k) with m = 1 + max |image id|, or 'zeros'."""
+    if scheme == "zeros":
+        return np.zeros((num_tokens, 3), np.float32)
+    m = 1.0 + float(np.abs(image_position_ids(grid_h, grid_w, rule, base_grid)[:, 1:]).max())
+    k = m + np.arange(num_tokens, dtype=np.float64)
+    return np.stack([np.zeros_like(k), k, k], axis=-1).astype(np.float32)
+
+
+# Mirror of sampling/schedules.py: x_t = (1 - t) x0 + t eps, v = eps - x0, t = 1 is noise.
+
+def resolution_shift(num_image_tokens: int, base_tokens: int, max_tokens: int, base_shift: float,
+                     max_shift: float) -> float:
+    """mu, linear in the number of image tokens."""
+    return base_shift + (max_shift - base_shift) / (max_tokens - base_tokens) * (num_image_tokens - base_tokens)
+
+
+def sampling_times(num_steps: int, mu: float) -> torch.Tensor:
+    """[num_steps + 1] float32 times from 1 to 0: a uniform grid shifted by exp(mu) / (exp(mu) + 1/t - 1)."""
+    t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float32)
+    e = torch.exp(torch.tensor(mu, dtype=torch.float32))
+    shifted = e / (e + (1.0 / t.clamp(1e-12, 1.0) - 1.0))
+    return torch.where(t <= 0.0, torch.zeros_like(t), shifted)
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """NHWC latents [B, h, w, C] -> Flux tokens [B, (h/2)(w/2), 4C], features ordered (c, ph, pw)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of ``pack_latents``: [B, N, 4C] -> NHWC [B, h, w, C]."""
+    b, _, f = x.shape
+    c = f // 4
+    return x.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
+
+
+# ----------------------------------------------------------------------------- conditioner layers
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) in float32, cast back, times ``weight``."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class AdapterBlock(nn.Module):
+    """Pre-norm residual block: optional bidirectional self-attention, then a tanh-GELU MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, use_attention: bool, eps: float):
+        super().__init__()
+        self.heads, self.use_attention = heads, use_attention
+        if use_attention:
+            self.attn_norm = RMSNorm(width, eps)
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(width, width) for _ in range(4))
+        self.mlp_norm = RMSNorm(width, eps)
+        self.fc1, self.fc2 = nn.Linear(width, int(width * mlp_ratio)), nn.Linear(int(width * mlp_ratio), width)
+
+    def forward(self, x, attn_mask):
+        """x [B, L, W]; attn_mask [B, 1, L, L] bool (True = may attend)."""
+        if self.use_attention:
+            b, n, w = x.shape
+            h = self.attn_norm(x)
+            q, k, v = (p(h).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            x = x + self.o_proj(a.transpose(1, 2).reshape(b, n, w))
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x)), approximate="tanh"))
+
+
+class Adapter(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        block = lambda: AdapterBlock(cfg["llm_hidden_size"], cfg["adapter_heads"], cfg["adapter_mlp_ratio"],
+                                     cfg["adapter"] == "transformer", cfg["adapter_norm_eps"])
+        self.layers = nn.ModuleList(block() for _ in range(cfg["adapter_layers"]))
+
+    def forward(self, x, mask):
+        n = mask.shape[1]
+        attn_mask = (mask[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device))
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return x
+
+
+class GlyphMapper(nn.Module):
+    """LayerNorm, Linear, GELU, Linear, GELU, Linear (exact GELU): ByT5 width -> LLM width."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        d, hid, w = cfg["byt5_d_model"], cfg["glyph_mapper_hidden"], cfg["llm_hidden_size"]
+        self.norm = nn.LayerNorm(d, eps=cfg["glyph_mapper_norm_eps"])
+        self.linear_1, self.linear_2, self.linear_3 = nn.Linear(d, hid), nn.Linear(hid, hid), nn.Linear(hid, w)
+
+    def forward(self, x):
+        x = F.gelu(self.linear_1(self.norm(x)))
+        return self.linear_3(F.gelu(self.linear_2(x)))
+
+
+class ConditionerLayers(nn.Module):
+    """The conditioner's own layers; keys and config documented in seedream_jax/interop/conditioner_layers.py."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        if config["adapter"] != "none":
+            self.adapter = Adapter(config)
+        if config["byt5_d_model"] is not None:
+            self.glyph_mapper = GlyphMapper(config)
+        self.context_proj = nn.Linear(config["llm_hidden_size"], config["context_dim"])
+
+    @classmethod
+    def from_pretrained(cls, folder: str) -> "ConditionerLayers":
+        """Strict load of ``folder/conditioner.safetensors`` (missing / unexpected keys raise)."""
+        from safetensors.torch import load_file
+        with open(os.path.join(folder, "config.json")) as f:
+            model = cls(json.load(f))
+        model.load_state_dict(load_file(os.path.join(folder, "conditioner.safetensors")), strict=True)
+        return model.eval()
+
+    def forward(self, llm_hidden, llm_mask, glyph_hidden=None, glyph_mask=None):
+        """llm_hidden [B, L, W] (the LLM's selected hidden states), llm_mask [B, L]; glyph_hidden
+        [B, G, Db] (ByT5 last_hidden_state), glyph_mask [B, G] (ByT5 mask & has_glyphs)
+        -> (context [B, L+G, C], mask [B, L+G] bool, pooled [B, C] masked mean)."""
+        mask = llm_mask.bool()
+        # Padded positions never reach real ones; zeroing them first also drops the NaNs an
+        # LLM may return for a fully masked (empty) prompt.
+        x = torch.where(mask[..., None], llm_hidden, torch.zeros((), dtype=llm_hidden.dtype))
+        if hasattr(self, "adapter"):
+            x = torch.where(mask[..., None], self.adapter(x, mask), torch.zeros((), dtype=x.dtype))
+        if hasattr(self, "glyph_mapper"):
+            x = torch.cat([x, self.glyph_mapper(glyph_hidden).to(x.dtype)], dim=1)
+            mask = torch.cat([mask, glyph_mask.bool()], dim=1)
+        context = torch.where(mask[..., None], self.context_proj(x), torch.zeros((), dtype=x.dtype))
+        w = mask.float()[..., None]
+        pooled = (context.float() * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return context, mask, pooled.to(context.dtype)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+@torch.no_grad()
+def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids):
+    """A diffusers ``FluxTransformer2DModel``'s velocity [B, N, 4C] for packed latents [B, N, 4C]
+    at times t [B] in [0, 1], text tokens context [B, T, C] with mask [B, T] (padded text tokens
+    are masked out of the joint attention), pooled [B, C], img_ids [N, 3], txt_ids [T, 3]."""
+    b, n = packed.shape[:2]
+    key_mask = torch.cat([mask.bool(), torch.ones((b, n), dtype=torch.bool, device=mask.device)], dim=1)
+    return transformer(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
+                       timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
+                       joint_attention_kwargs={"attention_mask": key_mask[:, None, None, :]})[0]
+
+
+class SeedreamPipeline:
+    """Text-to-image with the exported components; ``__call__`` mirrors seedream_jax's
+    ``TextToImage`` (Euler steps on the shifted time grid, batched classifier-free guidance)."""
+
+    def __init__(self, folder: str, text_encoder, byt5, conditioner: ConditionerLayers, transformer, vae,
+                 tokenizer, config: dict):
+        self.folder, self.config = folder, config
+        self.text_encoder, self.byt5, self.conditioner = text_encoder, byt5, conditioner
+        self.transformer, self.vae, self.tokenizer = transformer, vae, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, folder: str, torch_dtype=torch.float32, device="cpu") -> "SeedreamPipeline":
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import Qwen2ForCausalLM, Qwen2Model, T5EncoderModel
+
+        with open(os.path.join(folder, PIPELINE_FILE)) as f:
+            config = json.load(f)
+        sub = lambda name: os.path.join(folder, config["components"][name])
+        kw = dict(local_files_only=True, use_safetensors=True)
+        import transformers  # 'dtype' from transformers 5 on, 'torch_dtype' before
+        dtype_kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
+        with open(os.path.join(sub("text_encoder"), "config.json")) as f:
+            causal = "Qwen2ForCausalLM" in json.load(f).get("architectures", [])
+        llm = (Qwen2ForCausalLM if causal else Qwen2Model).from_pretrained(sub("text_encoder"), **dtype_kw, **kw)
+        llm = llm.model if causal else llm
+        cond = ConditionerLayers.from_pretrained(sub("conditioner")).to(torch_dtype)
+        byt5 = (T5EncoderModel.from_pretrained(sub("byt5"), **dtype_kw, **kw)
+                if cond.config["byt5_d_model"] is not None else None)
+        transformer = FluxTransformer2DModel.from_pretrained(sub("transformer"), torch_dtype=torch_dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=torch_dtype, **kw)
+        for m in (llm, byt5, cond, transformer, vae):
+            if m is not None:
+                m.to(device).eval()
+        return cls(folder, llm, byt5, cond, transformer, vae, LLMTokenizer(folder, config["tokenizer"]), config)
+
+    @property
+    def device(self):
+        return next(self.conditioner.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.conditioner.parameters()).dtype
+
+    def text_inputs(self, prompts: Sequence[str]) -> Dict[str, np.ndarray]:
+        return text_inputs(prompts, self.tokenizer, self.conditioner.config)
+
+    @torch.no_grad()
+    def encode(self, inputs: Dict[str, np.ndarray]):
+        """Text inputs -> (context [B, T, C], mask [B, T] bool, pooled [B, C])."""
+        t = lambda k: torch.from_numpy(np.asarray(inputs[k])).to(self.device)
+        cfg = self.conditioner.config
+        layer, n = cfg["llm_output_layer"], cfg["llm_num_hidden_layers"]
+        out = self.text_encoder(input_ids=t("llm_ids").long(), attention_mask=t("llm_mask").long(),
+                                output_hidden_states=layer not in (-1, n))
+        hidden = out.last_hidden_state if layer in (-1, n) else out.hidden_states[layer]
+        glyph = glyph_mask = None
+        if self.byt5 is not None:
+            glyph = self.byt5(input_ids=t("byt5_ids").long(), attention_mask=t("byt5_mask").long()).last_hidden_state
+            glyph_mask = t("byt5_mask").bool() & t("has_glyphs").bool()[:, None]
+        return self.conditioner(hidden, t("llm_mask"), glyph, glyph_mask)
+
+    def latent_shape(self, height: int, width: int) -> Tuple[int, int, int]:
+        f = self.config["latent"]["vae_downsample_factor"]
+        if height % (2 * f) or width % (2 * f):
+            raise ValueError(f"image size {height}x{width} must be a multiple of {2 * f}")
+        return height // f, width // f, self.config["latent"]["latent_channels"]
+
+    def mu(self, height: int, width: int) -> float:
+        h, w, _ = self.latent_shape(height, width)
+        return resolution_shift((h // 2) * (w // 2), **self.config["schedule"])
+
+    def position_ids(self, latent_h: int, latent_w: int, num_text_tokens: int):
+        """(img_ids [N, 3], txt_ids [T, 3]) float32 tensors for FluxTransformer2DModel."""
+        r = self.config["rope"]
+        gh, gw = latent_h // 2, latent_w // 2
+        img = image_position_ids(gh, gw, r["rule"], r["base_grid"])
+        txt = text_position_ids(num_text_tokens, gh, gw, r["text_ids"], r["rule"], r["base_grid"])
+        return torch.from_numpy(img).to(self.device), torch.from_numpy(txt).to(self.device)
+
+    def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids):
+        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids)
+
+    @torch.no_grad()
+    def decode(self, latents_nhwc: torch.Tensor) -> torch.Tensor:
+        """DiT-space latents NHWC -> images NHWC in [-1, 1] (undoes the VAE's shift and scale)."""
+        c = self.vae.config
+        z = latents_nhwc / c.scaling_factor + (c.shift_factor or 0.0)
+        return self.vae.decode(z.permute(0, 3, 1, 2).to(self.dtype)).sample.permute(0, 2, 3, 1)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], height: Optional[int] = None, width: Optional[int] = None,
+                 num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, noise=None,
+                 generator: Optional[torch.Generator] = None) -> np.ndarray:
+        """uint8 images [B, height, width, 3]. ``noise``: NHWC [B, h, w, C] starting latents
+        (default: ``torch.randn`` with ``generator``)."""
+        d = self.config["defaults"]
+        height, width = height or d["height"], width or d["width"]
+        num_steps = num_steps or d["num_steps"]
+        g = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        h, w, c = self.latent_shape(height, width)
+        b = len(prompts)
+        if noise is None:
+            noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
+        x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device))
+        context, mask, pooled = self.encode(self.text_inputs(prompts))
+        if g != 1.0:
+            u_ctx, u_mask, u_pooled = self.encode(self.text_inputs([""]))
+            context = torch.cat([u_ctx.expand(b, -1, -1), context])
+            mask = torch.cat([u_mask.expand(b, -1), mask])
+            pooled = torch.cat([u_pooled.expand(b, -1), pooled])
+        img_ids, txt_ids = self.position_ids(h, w, context.shape[1])
+        times = sampling_times(num_steps, self.mu(height, width))
+        for i in range(num_steps):
+            t_cur, t_next = times[i], times[i + 1]
+            if g != 1.0:
+                v = self.velocity(torch.cat([x, x]).to(self.dtype), t_cur.repeat(2 * b).to(self.device), context,
+                                  mask, pooled, img_ids, txt_ids).float()
+                v_u, v_c = v[:b], v[b:]
+                v = v_u + g * (v_c - v_u)
+            else:
+                v = self.velocity(x.to(self.dtype), t_cur.repeat(b).to(self.device), context, mask, pooled,
+                                  img_ids, txt_ids).float()
+            x = x + (t_next - t_cur) * v
+        images = self.decode(unpack_latents(x, h, w)).float()
+        return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()

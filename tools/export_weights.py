@@ -1,0 +1,127 @@
+"""Export a training stage's checkpoint to HF transformers / diffusers folders (safetensors only).
+
+A whole-pipeline export (the default for a pretrain-like stage) writes one folder:
+
+    <out>/text_encoder  transformers Qwen2Model (--causal-lm: Qwen2ForCausalLM)
+    <out>/byt5          transformers T5EncoderModel
+    <out>/conditioner   the conditioner's own layers: conditioner.safetensors + config.json
+    <out>/transformer   diffusers FluxTransformer2DModel
+    <out>/vae           diffusers AutoencoderKL
+    <out>/tokenizer     the LLM tokenizer files
+    <out>/README.md, seedream_pipeline.json, seedream_torch.py (how to assemble them in PyTorch)
+
+Weights are read from the Orbax checkpoint a chunk of tensors at a time and written tensor by
+tensor, so host memory stays near one chunk (256 MiB) plus the largest tensor, whatever the
+model size. The optimizer state is never read.
+
+Examples:
+    python tools/export_weights.py --config configs/tiny.py --workdir runs/tiny --out exports/tiny
+    python tools/export_weights.py --config configs/tiny.py --workdir runs/tiny --out exports/tiny_bf16 \\
+        --dtype bfloat16 --weights raw
+    python tools/export_weights.py --size small --workdir runs/small --stage vae --components vae --out exports/vae
+    # check the export: sample with JAX and with PyTorch (same noise, steps, guidance) and compare
+    python tools/export_weights.py --config configs/tiny.py --workdir runs/tiny --out exports/tiny \\
+        --verify 'a large red circle' --verify '黑色的文字“你好”'
+"""
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from seedream_jax.interop import pipeline  # noqa: E402
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' / '500MiB' / '1000000' -> bytes."""
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    unit = t[len(num):]
+    if unit not in _SIZE_UNITS or not num:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: expected e.g. 5GB, 500MiB or a byte count")
+    return int(float(num) * _SIZE_UNITS[unit])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="the run's config file (configs/<name>.py): it defines the model shapes")
+    which.add_argument("--size", choices=["tiny", "small", "full"], help="a model size preset instead of a config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.adapter=transformer (repeatable)")
+    p.add_argument("--workdir", required=True, help="the run directory (stage folders and the tokenizer live here)")
+    p.add_argument("--stage", default="pretrain",
+                   help="stage directory holding checkpoints/, relative to --workdir or absolute (default: pretrain)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                   help="EMA parameters (default; stages trained without EMA fall back to raw) or raw parameters")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="stored dtype of every exported tensor (default float32)")
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--components", nargs="+", choices=list(pipeline.COMPONENTS), default=None,
+                   help="export only these (default: every component the checkpoint has)")
+    p.add_argument("--causal-lm", action="store_true",
+                   help="write the LLM as Qwen2ForCausalLM (LM head tied to the embedding unless --lm-head-from)")
+    p.add_argument("--lm-head-from", default=None,
+                   help="an HF Qwen2ForCausalLM folder whose lm_head.weight to include (untied LLMs)")
+    p.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"),
+                   help="shard HF weights above this size, with an index file (default 5GB)")
+    p.add_argument("--verify", action="append", default=[], metavar="PROMPT",
+                   help="after exporting, sample PROMPT with JAX and with the exported PyTorch modules from the "
+                        "same noise and print the max pixel difference (repeatable)")
+    p.add_argument("--verify-steps", type=int, default=None, help="sampling steps for --verify (default: config)")
+    p.add_argument("--verify-guidance", type=float, default=None, help="guidance scale for --verify (default: config)")
+    p.add_argument("--verify-seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        print(f"error: --out {args.out} is not empty (pass --overwrite to write into it)", file=sys.stderr)
+        return 2
+    try:
+        cfg = pipeline.load_run_config(args.config, args.size, args.set)
+        t0 = time.time()
+        result = pipeline.export_checkpoint(cfg, os.path.abspath(args.workdir), args.out, stage=args.stage,
+                                            step=args.step, weights=args.weights, dtype=args.dtype,
+                                            components=args.components, causal_lm=args.causal_lm,
+                                            lm_head_from=args.lm_head_from, max_shard_bytes=args.max_shard_size)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    seconds = time.time() - t0
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"exported {result['stage_dir']} step {result['step']} ({'EMA' if result['used_ema'] else 'raw'} weights, "
+          f"{args.dtype}) to {args.out} in {seconds:.1f}s; peak host memory (ru_maxrss) {peak_mib:.0f} MiB")
+    for component, files in result["files"].items():
+        size = sum(os.path.getsize(f) for f in files) / 2**20
+        print(f"  {component:13s} {size:10.1f} MiB  " + ", ".join(os.path.relpath(f, args.out) for f in files))
+    if args.verify:
+        from seedream_jax.interop.verify import compare_with_torch
+        from seedream_jax.sampling.stage import load_pipeline
+
+        pipe, params = load_pipeline(cfg, os.path.abspath(args.workdir), args.stage, args.weights == "ema")
+        s = cfg.sample
+        report = compare_with_torch(args.out, pipe, params, args.verify, height=int(s.height), width=int(s.width),
+                                    num_steps=args.verify_steps or int(s.num_steps),
+                                    guidance_scale=float(s.guidance_scale if args.verify_guidance is None
+                                                         else args.verify_guidance),
+                                    seed=args.verify_seed)
+        print("verify (JAX TextToImage vs PyTorch from the export, same noise): " + json.dumps(
+            {k: v for k, v in report.items() if not k.endswith("images")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
