@@ -184,7 +184,6 @@ class ByT5Encoder(nn.Module):
             raise ValueError(f"ByT5Encoder: input_ids {input_ids.shape} and attention_mask "
                              f"{attention_mask.shape} must both be [batch, length]")
         dt = layers.compute_dtype(cfg.dtype)
-        embed_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED))
-        x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dt, param_dtype=jnp.float32, name="shared",
-                     embedding_init=embed_init)(input_ids)
+        x = layers.Embed(cfg.vocab_size, cfg.d_model, dtype=dt, embedding_init=nn.initializers.normal(1.0),
+                         name="shared")(input_ids)
         return T5Stack(cfg, name="encoder")(x, attention_mask.astype(bool))

@@ -172,6 +172,9 @@ class JointAttention(nn.Module):
         q = rope.apply_rope(jnp.concatenate([cq, q], axis=1), cos, sin)
         k = rope.apply_rope(jnp.concatenate([ck, k], axis=1), cos, sin)
         out = _attention(q, k, jnp.concatenate([cv, v], axis=1), key_mask, cfg.attention_impl).astype(dt)
+        # Pin the layout before slicing text from image: without it XLA's SPMD partitioner swapped
+        # batch shards of the text slice on a (data 2, fsdp 2, tensor 2) mesh (tests/test_sharding.py).
+        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.ACT_HEADS))
         n_txt = txt.shape[1]
         txt_out = layers.dense(d, axes.HEADS, axes.EMBED, dtype=dt, name="to_add_out")(out[:, :n_txt])
         img_out = layers.dense(d, axes.HEADS, axes.EMBED, dtype=dt, name="to_out_0")(out[:, n_txt:])
@@ -232,8 +235,10 @@ class MMDiT(nn.Module):
             txt_ids = jnp.broadcast_to(txt_ids, (b,) + txt_ids.shape[-2:])
         cos, sin = rope.rope_frequencies(jnp.concatenate([txt_ids, img_ids], axis=-2), cfg.axes_dims, cfg.rope_theta)
 
-        img = layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p))
-        txt = layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="context_embedder")(context.astype(dt))
+        img = layers.constrain_tokens(
+            layers.dense(d, None, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p)))
+        txt = layers.constrain_tokens(
+            layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="context_embedder")(context.astype(dt)))
         temb = MLPEmbedder(d, dt, name="time_text_embed_timestep_embedder")(
             timestep_embedding(timesteps * 1000.0).astype(dt))
         temb = temb + MLPEmbedder(d, dt, name="time_text_embed_text_embedder")(pooled.astype(dt))
@@ -242,13 +247,14 @@ class MMDiT(nn.Module):
         double = _maybe_remat(DoubleStreamBlock, cfg.remat_policy)
         for i in range(cfg.num_double_blocks):
             img, txt = double(cfg, name=f"transformer_blocks_{i}")(img, txt, temb, cos, sin, key_mask)
+            img, txt = layers.constrain_tokens(img), layers.constrain_tokens(txt)
         single = _maybe_remat(SingleStreamBlock, cfg.remat_policy)
-        x = jnp.concatenate([txt, img], axis=1)
+        x = layers.constrain_tokens(jnp.concatenate([txt, img], axis=1))
         for i in range(cfg.num_single_blocks):
-            x = single(cfg, name=f"single_transformer_blocks_{i}")(x, temb, cos, sin, key_mask)
-        img = x[:, txt.shape[1]:]
+            x = layers.constrain_tokens(single(cfg, name=f"single_transformer_blocks_{i}")(x, temb, cos, sin, key_mask))
+        img = layers.constrain_tokens(x[:, txt.shape[1]:])
 
         scale, shift = Modulation(d, 2, dt, name="norm_out")(temb)
         img = layers.LayerNorm(eps=1e-6, use_affine=False)(img) * (1 + scale) + shift
-        out = layers.dense(p * p * c, axes.EMBED, axes.MLP, dtype=dt, name="proj_out")(img)
+        out = layers.dense(p * p * c, axes.EMBED, None, dtype=dt, name="proj_out")(img)
         return unpatchify(out.astype(jnp.float32), h, w, p)

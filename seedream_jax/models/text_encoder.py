@@ -156,9 +156,7 @@ class Qwen2Model(nn.Module):
             raise ValueError(f"output_layer {output_layer} outside [-1, {n}] (num_hidden_layers {n})")
         last = n if output_layer == -1 else output_layer
         dt = layers.compute_dtype(cfg.dtype)
-        x = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=jnp.float32, name="embed_tokens",
-                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                 (axes.VOCAB, axes.EMBED)))(input_ids)
+        x = layers.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed_tokens")(input_ids)
         rope = rope_tables(input_ids.shape[1], cfg.head_dim, cfg.rope_theta)
         mask = make_attention_mask(attention_mask, causal=True)
         for i in range(last):

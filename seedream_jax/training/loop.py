@@ -161,8 +161,7 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
 
     root_rng = jax.random.PRNGKey(int(tcfg.seed))
     boxed = jax.eval_shape(init_state, root_rng)
-    with mesh, nn.logical_axis_rules(rules):
-        shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
+    shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
     abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                       nn.meta.unbox(boxed), shardings)
     # ---- checkpoint: resume, or initialise (optionally from another stage)
@@ -203,7 +202,7 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     bar = tqdm(total=total_steps, initial=start_step, desc=task.name, unit="step", dynamic_ncols=True,
                disable=jax.process_index() > 0, mininterval=1.0)
     step = start_step
-    with _StopFlag() as stop, mesh, nn.logical_axis_rules(rules):
+    with _StopFlag() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         while step < total_steps:
             batch, data_state_after = pending.result()
             pending = prefetch.submit(lambda: (next(task.data), task.data.get_state()))
