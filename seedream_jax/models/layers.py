@@ -45,8 +45,8 @@ def constrain_tokens(x: jax.Array) -> jax.Array:
     """Pin a token activation [B, L, D] to the (batch, length, act_embed) logical layout.
 
     Placed between blocks, it gives the SPMD partitioner a fixed activation layout (batch over
-    ('data', 'fsdp') under the presets). Without it, XLA's partitioner computed a wrong MMDiT
-    forward on a 2x2x2 CPU mesh (tests/test_sharding.py). A no-op outside a mesh.
+    ('data', 'fsdp') under the presets) instead of letting each block's weights decide.
+    A no-op outside ``jax.set_mesh``.
     """
     return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
 
@@ -56,9 +56,8 @@ class Embed(nn.Module):
     float32, annotated (vocab, embed).
 
     Before the lookup the table's width is all-gathered (a logical constraint to (vocab, None)),
-    as FSDP does for every weight before use. Gathering from a table sharded along its width
-    while the ids are sharded along the batch gave wrong values through XLA's SPMD partitioner on
-    a 2x2x2 CPU mesh (tests/test_sharding.py covers it); rows stay sharded by the vocab rule.
+    as FSDP does for every weight before use, so the gathered rows come out batch-sharded like
+    the ids; rows stay sharded by the vocab rule.
     """
     num_embeddings: int
     features: int

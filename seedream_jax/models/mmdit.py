@@ -172,9 +172,6 @@ class JointAttention(nn.Module):
         q = rope.apply_rope(jnp.concatenate([cq, q], axis=1), cos, sin)
         k = rope.apply_rope(jnp.concatenate([ck, k], axis=1), cos, sin)
         out = _attention(q, k, jnp.concatenate([cv, v], axis=1), key_mask, cfg.attention_impl).astype(dt)
-        # Pin the layout before slicing text from image: without it XLA's SPMD partitioner swapped
-        # batch shards of the text slice on a (data 2, fsdp 2, tensor 2) mesh (tests/test_sharding.py).
-        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.ACT_HEADS))
         n_txt = txt.shape[1]
         txt_out = layers.dense(d, axes.HEADS, axes.EMBED, dtype=dt, name="to_add_out")(out[:, :n_txt])
         img_out = layers.dense(d, axes.HEADS, axes.EMBED, dtype=dt, name="to_out_0")(out[:, n_txt:])
