@@ -1,1 +1,4 @@
 """seedream-jax: a JAX/Flax framework for a Seedream-2.0-class bilingual text-to-image system."""
+from seedream_jax import xla_defaults as _xla_defaults
+
+_xla_defaults.apply()
