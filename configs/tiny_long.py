@@ -3,12 +3,12 @@
 python -m seedream_jax.main --config configs/tiny_long.py --workdir runs/tiny_long
 
 Same models as configs/tiny.py, trained on 8000 scenes instead of 2000 (about 11 epochs instead
-of 7) with a VAE trained 5x longer and 5500 DiT steps instead of 900, then the ``eval`` stage.
+of 7) with a VAE trained 2.5x longer and 5500 DiT steps instead of 900, then the ``eval`` stage.
 
 The VAE matters first: every image the DiT makes is decoded by it, so the eval of the VAE stage
-(a round trip of the suite's ground truth) is the ceiling of everything after it. The tiny
-default's 400-step VAE shifts colours (red to orange, purple to grey): its round trip scores
-0.46 on colour; 800 steps reach 1.0 on colour, count, position and relation; 1600 steps also
+(a round trip of the suite's ground truth) is the ceiling of everything after it. A 400-step VAE
+shifts colours (red to orange, purple to grey): its round trip scores 0.46 on colour; 800 steps
+(the tiny default) reach 1.0 on colour, count, position and relation; 1600 steps also
 read about a quarter of the words back (shape stays near 0.7: small stars and triangles blur
 into blobs at 64 px).
 

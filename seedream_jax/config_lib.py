@@ -86,14 +86,18 @@ def build_model_configs(model: ConfigDict):
     from seedream_jax.models.vae import VAEConfig
 
     common = dict(dtype=model.dtype)
-    attn = dict(attention_impl=model.attention_impl)
+    # Splash (TPU Pallas) runs the MMDiT's joint attention, where the attention FLOPs are; the
+    # text encoders' masks are causal / carry T5's position bias, so they keep XLA's kernel.
+    text_impl = None if model.attention_impl in ("splash", "splash_interpret") else model.attention_impl
+    attn = dict(attention_impl=text_impl)
     llm = Qwen2Config(**model.llm.to_dict(), **common, **attn)
     text_encoder = TextEncoderConfig(llm=llm, adapter=model.adapter, adapter_layers=model.adapter_layers)
     byt5 = ByT5Config(**model.byt5.to_dict(), **common, **attn) if model.byt5 is not None else None
     conditioner = ConditionerConfig(text_encoder=text_encoder, byt5=byt5, context_dim=model.context_dim,
                                     llm_max_length=model.llm_max_length,
                                     byt5_max_length=model.byt5_max_length, **common)
-    mmdit = MMDiTConfig(**model.mmdit.to_dict(), remat_policy=model.remat_policy, **common, **attn)
+    mmdit = MMDiTConfig(**model.mmdit.to_dict(), remat_policy=model.remat_policy, **common,
+                        attention_impl=model.attention_impl)
     vae = VAEConfig(**model.vae.to_dict(), **common)
     return conditioner, mmdit, vae
 

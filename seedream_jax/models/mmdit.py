@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seedream_jax.models import layers, rope
+from seedream_jax.models import attention, layers, rope
 from seedream_jax.parallel import axes
 
 REMAT_POLICIES = {
@@ -23,12 +23,33 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+BLOCK_KINDS = ("double", "single")
+
+
+def block_remat_policies(spec: str) -> dict:
+    """Parse ``remat_policy``: one policy for every block ("dots") or one per block kind
+    ("double=dots,single=full"; an unnamed kind gets "none") -> {"double": name, "single": name}."""
+    if "=" not in spec:
+        chosen = {kind: spec for kind in BLOCK_KINDS}
+    else:
+        chosen = {kind: "none" for kind in BLOCK_KINDS}
+        for item in spec.split(","):
+            kind, _, policy = item.partition("=")
+            if kind.strip() not in BLOCK_KINDS:
+                raise ValueError(f"remat_policy {spec!r}: block kind {kind.strip()!r} not in {BLOCK_KINDS}")
+            chosen[kind.strip()] = policy.strip()
+    for policy in chosen.values():
+        if policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {spec!r}: policy {policy!r} not in {sorted(REMAT_POLICIES)}")
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True)
 class MMDiTConfig:
     """in_channels: latent channels; hidden size = num_heads * head_dim; axes_dims must sum to
-    head_dim; context_dim / pooled_dim: widths of the incoming text tokens / pooled vector."""
+    head_dim; context_dim / pooled_dim: widths of the incoming text tokens / pooled vector;
+    attention_impl: see ``models.attention`` (None/"xla", "cudnn", "splash" on TPU);
+    remat_policy: "none" | "full" | "dots" for every block, or per kind ("double=dots,single=full")."""
     in_channels: int = 16
     patch_size: int = 2
     num_heads: int = 8
@@ -51,8 +72,8 @@ class MMDiTConfig:
     def __post_init__(self):
         if sum(self.axes_dims) != self.head_dim:
             raise ValueError(f"axes_dims {self.axes_dims} must sum to head_dim {self.head_dim}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy {self.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+        block_remat_policies(self.remat_policy)
+        attention.check_implementation(self.attention_impl)
 
     @property
     def hidden_size(self) -> int:
@@ -116,8 +137,7 @@ def _heads(x, head_dim):
 
 def _attention(q, k, v, key_mask, impl):
     """q, k, v [B, T, H, D]; key_mask [B, T] bool -> [B, T, H*D]."""
-    mask = key_mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    out = attention.key_masked_attention(q, k, v, key_mask, impl)
     return out.reshape(out.shape[:2] + (-1,))
 
 
@@ -241,11 +261,12 @@ class MMDiT(nn.Module):
         temb = temb + MLPEmbedder(d, dt, name="time_text_embed_text_embedder")(pooled.astype(dt))
         key_mask = jnp.concatenate([context_mask.astype(bool), jnp.ones((b, gh * gw), bool)], axis=1)
 
-        double = _maybe_remat(DoubleStreamBlock, cfg.remat_policy)
+        remat = block_remat_policies(cfg.remat_policy)
+        double = _maybe_remat(DoubleStreamBlock, remat["double"])
         for i in range(cfg.num_double_blocks):
             img, txt = double(cfg, name=f"transformer_blocks_{i}")(img, txt, temb, cos, sin, key_mask)
             img, txt = layers.constrain_tokens(img), layers.constrain_tokens(txt)
-        single = _maybe_remat(SingleStreamBlock, cfg.remat_policy)
+        single = _maybe_remat(SingleStreamBlock, remat["single"])
         x = layers.constrain_tokens(jnp.concatenate([txt, img], axis=1))
         for i in range(cfg.num_single_blocks):
             x = layers.constrain_tokens(single(cfg, name=f"single_transformer_blocks_{i}")(x, temb, cos, sin, key_mask))

@@ -14,8 +14,9 @@ from seedream_jax.parallel import axes
 
 Rules = Sequence[Tuple[str, Any]]
 
-# Pure data parallel: every parameter replicated.
-DATA_PARALLEL: Rules = tuple((a, None) for a in axes.ALL_PARAM_AXES)
+# Pure data parallel: every parameter replicated, activations split over the batch.
+DATA_PARALLEL: Rules = tuple((a, None) for a in axes.ALL_PARAM_AXES) + (
+    (axes.BATCH, ("data", "fsdp")), (axes.LENGTH, None), (axes.ACT_EMBED, None), (axes.ACT_HEADS, None))
 # FSDP (ZeRO-3 style): the model width of every matrix sharded over 'fsdp'; the other
 # dimension over 'tensor' when that axis is > 1 (Megatron-style column/row split).
 FSDP_TENSOR: Rules = (
