@@ -132,6 +132,12 @@ def base_config(size: str = "tiny") -> ConfigDict:
         path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir
         vocab_size=c.model.llm.vocab_size))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.distributed = ConfigDict(dict(  # multi-process start-up (seedream_jax/parallel/distributed.py)
+        mode="auto",                     # "auto" | "single" | "cluster" (JAX auto-detects SLURM / Open MPI / TPU)
+        coordinator_address="",          # "host:port" of process 0; "" = from the environment / auto-detect
+        num_processes=0, process_id=-1,  # needed with coordinator_address
+        local_device_ids=(),             # () = all devices this process sees
+        initialization_timeout=300))     # seconds to wait for every process to join
     c.sharding = ConfigDict(dict(rules="fsdp"))
     c.vae = ConfigDict(dict(
         train=train_section(steps=400, batch_size=16, ema_decay=0.0),

@@ -12,6 +12,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from seedream_jax.parallel import distributed
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for all outputs of this run (created if missing).")
@@ -35,7 +37,7 @@ def _stage_table():
 
 def run_stages(cfg, workdir: str) -> dict:
     """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times, also merged
-    into ``<workdir>/summary.json`` (entries of stages not run now are kept)."""
+    into ``<workdir>/summary.json`` by process 0 (entries of stages not run now are kept)."""
     table = _stage_table()
     unknown = [s for s in cfg.stages if s not in table]
     if unknown:
@@ -52,6 +54,8 @@ def run_stages(cfg, workdir: str) -> dict:
         if summary.get("preempted"):
             logging.warning("stage %s was interrupted; rerun the same command to resume", name)
             break
+    if not distributed.is_primary():  # one process writes the shared summary
+        return summaries
     path = os.path.join(workdir, "summary.json")
     previous = {}
     if os.path.exists(path):  # a later command (e.g. only 'eval') keeps earlier stages' entries
@@ -67,7 +71,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
+    distributed.initialize(FLAGS.config)  # before anything touches a device
     summaries = run_stages(FLAGS.config, os.path.abspath(FLAGS.workdir))
+    if not distributed.is_primary():
+        return
     print("\nOutputs:")
     for name, s in summaries.items():
         where = {k: v for k, v in s.items() if k.endswith(("dir", "grid", "tokenizer"))}

@@ -133,6 +133,43 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: flo
     return train_step
 
 
+@dataclasses.dataclass
+class StateLayout:
+    """The train state's structure on a mesh, before anything is allocated.
+
+    init_state: rng -> boxed TrainState (parameters carry logical axes); jit it with
+      ``out_shardings=shardings`` after ``nn.meta.unbox`` to create the state in place.
+    shardings: TrainState of NamedSharding (logical rules applied; unannotated leaves replicated).
+    abstract: TrainState of ``jax.ShapeDtypeStruct`` with those shardings (restore target,
+      AOT lowering input).
+    """
+    init_state: Callable[[jax.Array], TrainState]
+    shardings: Any
+    abstract: Any
+
+
+def state_layout(task: Task, tx: optax.GradientTransformation, use_ema: bool, root_rng: jax.Array,
+                 mesh, rules) -> StateLayout:
+    """Shapes of the task's TrainState from ``jax.eval_shape`` and its shardings on ``mesh``."""
+
+    def init_state(rng):
+        params_rng, state_rng = jax.random.split(rng)
+        params, frozen = task.init_params(params_rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+                          opt_state=tx.init(params), ema_params=params if use_ema else {}, rng=state_rng)
+
+    boxed = jax.eval_shape(init_state, root_rng)
+    shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
+    abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                      nn.meta.unbox(boxed), shardings)
+    return StateLayout(init_state=init_state, shardings=shardings, abstract=abstract)
+
+
+def jit_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float, state_shardings):
+    """The jitted, state-donating update step (state, batch) -> (state, metrics)."""
+    return jax.jit(make_train_step(task, tx, ema_decay), donate_argnums=(0,), out_shardings=(state_shardings, None))
+
+
 def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) -> RunResult:
     """Run ``task`` for ``stage_cfg.train.steps`` steps in ``stage_dir``, resuming if a checkpoint exists.
 
@@ -152,18 +189,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     rules = sharding_lib.resolve_rules(cfg.sharding.rules)
     tx = optimizer_lib.make_optimizer(stage_cfg.optimizer, total_steps)
     use_ema = float(tcfg.ema_decay) > 0
-
-    def init_state(rng):
-        params_rng, state_rng = jax.random.split(rng)
-        params, frozen = task.init_params(params_rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                          opt_state=tx.init(params), ema_params=params if use_ema else {}, rng=state_rng)
-
     root_rng = jax.random.PRNGKey(int(tcfg.seed))
-    boxed = jax.eval_shape(init_state, root_rng)
-    shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
-    abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                      nn.meta.unbox(boxed), shardings)
+    layout = state_layout(task, tx, use_ema, root_rng, mesh, rules)
+    init_state, shardings, abstract = layout.init_state, layout.shardings, layout.abstract
     # ---- checkpoint: resume, or initialise (optionally from another stage)
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
@@ -182,8 +210,7 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     start_step = int(state.step)
     # ---- the update step
     batch_shardings = None
-    step_fn = jax.jit(make_train_step(task, tx, float(tcfg.ema_decay)), donate_argnums=(0,),
-                      out_shardings=(shardings, None))
+    step_fn = jit_train_step(task, tx, float(tcfg.ema_decay), shardings)
 
     def put(batch: Batch):
         nonlocal batch_shardings
@@ -249,6 +276,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
 
 
 def _write_images(writer, stage_dir: str, step: int, images: Dict[str, np.ndarray]):
+    """PNG files under ``<stage_dir>/samples`` and TensorBoard images; process 0 only."""
+    if jax.process_index() > 0:
+        return
     from PIL import Image
     out_dir = os.path.join(stage_dir, "samples")
     os.makedirs(out_dir, exist_ok=True)
