@@ -3,7 +3,9 @@
 The project's install provides WenQuanYi Micro Hei (Debian ``fonts-wqy-microhei``: CJK and
 Latin glyphs) and DejaVu (``fonts-dejavu-core``: Latin). The catalogue below names a few
 faces so that rendered words vary in style; the CJK face is required, the others fall back
-to it (with a warning) where missing. ``SEEDREAM_CJK_FONT=/path/to/font.ttc`` overrides the
+to it (with a warning) where missing. Faces marked ``extended`` (e.g. the monospaced face in the
+same WenQuanYi collection) are drawn only by the extended ArrayRecord world
+(``fonts_for(lang, extended=True)``), so the default world keeps its fonts. ``SEEDREAM_CJK_FONT=/path/to/font.ttc`` overrides the
 CJK face.
 """
 import dataclasses
@@ -20,9 +22,12 @@ _DEJAVU_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "
 
 @dataclasses.dataclass(frozen=True)
 class FontFace:
-    """A named face: candidate files (first existing wins) and the scripts it can render."""
+    """A named face: candidate files (first existing wins), the scripts it can render, the face
+    index inside a collection (.ttc), and whether only the extended world uses it."""
     candidates: Tuple[str, ...]
     scripts: Tuple[str, ...]
+    index: int = 0
+    extended: bool = False
 
 
 CJK = "wqy-microhei"
@@ -31,6 +36,8 @@ FONTS: Dict[str, FontFace] = {
                    "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc",
                    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
                    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"), ("zh", "en")),
+    "wqy-microhei-mono": FontFace(("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                                   "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc"), ("zh", "en"), index=1, extended=True),
     "dejavu-sans-bold": FontFace(tuple(f"{d}/DejaVuSans-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
     "dejavu-serif-bold": FontFace(tuple(f"{d}/DejaVuSerif-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
     "dejavu-sans-mono-bold": FontFace(tuple(f"{d}/DejaVuSansMono-Bold.ttf" for d in _DEJAVU_DIRS), ("en",)),
@@ -68,9 +75,16 @@ def font_path(name: str) -> str:
     return path
 
 
-def fonts_for(language: str) -> Tuple[str, ...]:
-    """Names of the catalogued faces that render ``language`` ("zh" or "en"), in a fixed order."""
-    names = tuple(n for n, face in FONTS.items() if language in face.scripts)
+def _face_index(name: str) -> int:
+    """Face index to open in ``font_path(name)`` (0 where the face fell back to the CJK font)."""
+    face = FONTS[name]
+    return face.index if font_path(name) in face.candidates else 0
+
+
+def fonts_for(language: str, extended: bool = False) -> Tuple[str, ...]:
+    """Names of the catalogued faces that render ``language`` ("zh" or "en"), in a fixed order;
+    ``extended`` adds the faces only the extended world draws."""
+    names = tuple(n for n, face in FONTS.items() if language in face.scripts and (extended or not face.extended))
     if not names:
         raise ValueError(f"no font renders language {language!r}; expected 'zh' or 'en'")
     return names
@@ -79,4 +93,4 @@ def fonts_for(language: str) -> Tuple[str, ...]:
 @functools.lru_cache(maxsize=256)
 def load_font(name: str, size_px: int) -> ImageFont.FreeTypeFont:
     """The face ``name`` at ``size_px`` pixels (cached: loading a .ttc costs milliseconds)."""
-    return ImageFont.truetype(font_path(name), int(size_px))
+    return ImageFont.truetype(font_path(name), int(size_px), index=_face_index(name))

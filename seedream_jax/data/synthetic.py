@@ -6,6 +6,11 @@ described by matched Chinese and English captions (short and long) and stored wi
 ground-truth scene spec, so that everything a model draws can later be checked exactly.
 Scene ``i`` of a world is a pure function of ``(seed, i)``.
 
+A scene may carry a ``Style`` (palette, lighting, texture, composition) that changes how it is
+drawn, deterministically; without one (the default world) it is drawn plainly, and
+``Style()`` (every attribute at its plain value) draws exactly the same pixels. Styles are
+sampled by the ArrayRecord world (``data/synthetic_records.py``), not by ``sample_scene``.
+
 Rendered text always appears quoted in the captions (English "...", Chinese “...”), which is
 what routes it to the Glyph-ByT5 branch of the conditioner. The quoted word keeps its own
 script in both languages: 'the text "你好"', '文字“HELLO”'.
@@ -19,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+import zlib
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -106,23 +112,64 @@ class TextItem:
         return (row if self.orientation == "horizontal" else col) == self.band
 
 
+# Style attribute -> value -> (English phrase, Chinese phrase); the first value of each is plain.
+STYLES = {
+    "palette": {"plain": ("plain colours", "原色"), "pastel": ("pastel colours", "柔和的粉彩色"),
+                "muted": ("muted colours", "低饱和度的颜色")},
+    "lighting": {"flat": ("flat lighting", "均匀光照"), "warm": ("warm lighting", "暖色光照"),
+                 "cool": ("cool lighting", "冷色光照"), "vignette": ("a dark vignette", "四周暗角")},
+    "texture": {"none": ("a smooth surface", "光滑表面"), "grain": ("a grainy texture", "颗粒质感"),
+                "stripes": ("a striped background", "条纹背景")},
+    "composition": {"plain": ("no frame", "无边框"), "framed": ("a frame around the picture", "画面带边框"),
+                    "shadow": ("drop shadows under the shapes", "图形带投影")},
+}
+_PASTEL, _MUTED = 0.45, 0.4                   # blend toward white / mid grey
+_LIGHT = {"warm": (1.06, 1.0, 0.86), "cool": (0.88, 0.98, 1.08)}
+_VIGNETTE, _GRAIN, _STRIPE = 0.4, 10.0, 0.12  # corner darkening, noise amplitude (grey levels), stripe lift
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How a scene is drawn: one value of each ``STYLES`` attribute; ``Style()`` draws plainly."""
+    palette: str = "plain"
+    lighting: str = "flat"
+    texture: str = "none"
+    composition: str = "plain"
+
+    def validate(self) -> None:
+        for name, table in STYLES.items():
+            if getattr(self, name) not in table:
+                raise ValueError(f"scene spec: unknown style {name} {getattr(self, name)!r}; expected one of "
+                                 f"{sorted(table)}")
+
+    @property
+    def is_plain(self) -> bool:
+        return self == Style()
+
+
 @dataclasses.dataclass
 class Scene:
-    """Ground truth of one image: background name, 1-4 objects in distinct cells, optional word."""
+    """Ground truth of one image: background name, 1-4 objects in distinct cells, optional word,
+    optional ``Style`` (None: drawn plainly)."""
     background: str
     objects: List[ShapeObject]
     text: Optional[TextItem] = None
+    style: Optional[Style] = None
 
     def to_dict(self) -> dict:
-        """JSON-native dict (strings, lists, None)."""
-        return dataclasses.asdict(self)
+        """JSON-native dict (strings, lists, None); the ``style`` key only where a style is set."""
+        d = dataclasses.asdict(self)
+        if self.style is None:
+            del d["style"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
         """Inverse of ``to_dict``; raises ValueError naming what is wrong with a malformed spec."""
         try:
             scene = cls(d["background"], [ShapeObject(**o) for o in d["objects"]],
-                        TextItem(**d["text"]) if d.get("text") else None)
+                        TextItem(**d["text"]) if d.get("text") else None,
+                        Style(**d["style"]) if d.get("style") else None)
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed scene spec ({e}): {d!r}") from e
         scene.validate()
@@ -145,6 +192,8 @@ class Scene:
         if t is not None and t.position not in TEXT_BANDS[t.orientation]:
             raise ValueError(f"scene spec: {t.orientation} text position {t.position!r}; expected one of "
                              f"{sorted(TEXT_BANDS[t.orientation])}")
+        if self.style is not None:
+            self.style.validate()
         if not 1 <= len(self.objects) <= MAX_OBJECTS:
             raise ValueError(f"scene spec: {len(self.objects)} objects, expected 1-{MAX_OBJECTS}")
         if len({o.position for o in self.objects}) != len(self.objects):
@@ -231,20 +280,67 @@ def render_scene(scene: Scene, size: Union[int, Tuple[int, int]] = 64, supersamp
     """Draw ``scene`` at ``size`` (int or (height, width) px) -> uint8 [H, W, 3].
 
     Drawn at ``supersample`` times the size and box-filtered down (anti-aliasing). The 3x3
-    grid stretches with the aspect ratio; shapes keep their proportions.
+    grid stretches with the aspect ratio; shapes keep their proportions. A ``scene.style``
+    recolours (palette), adds a frame, stripes or shadows while drawing, then grain and
+    lighting to the pixels; all deterministic (grain is seeded by the scene spec).
     """
     h, w = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
     s = supersample
-    img = Image.new("RGB", (w * s, h * s), BACKGROUNDS[scene.background][0])
+    style = scene.style or Style()
+    background = BACKGROUNDS[scene.background][0]
+    img = Image.new("RGB", (w * s, h * s), background)
     draw = ImageDraw.Draw(img)
     cell_h, cell_w = h * s / 3.0, w * s / 3.0
+    _draw_backdrop(draw, style, background, w * s, h * s)
     for obj in scene.objects:
         row, col = obj.cell
         half = min(cell_h, cell_w) * _SHAPE_HALF[obj.size]
-        _draw_shape(draw, obj.shape, (col + 0.5) * cell_w, (row + 0.5) * cell_h, half, COLOURS[obj.colour][0])
+        cx, cy = (col + 0.5) * cell_w, (row + 0.5) * cell_h
+        if style.composition == "shadow":
+            off = half * 0.18
+            _draw_shape(draw, obj.shape, cx + off, cy + off, half, _shade(background, 0.6))
+        _draw_shape(draw, obj.shape, cx, cy, half, _recolour(COLOURS[obj.colour][0], style))
     if scene.text is not None:
-        _draw_text(draw, scene.text, w * s, h * s)
-    return np.asarray(img.reduce(s) if s > 1 else img)
+        _draw_text(draw, scene.text, w * s, h * s, _recolour(COLOURS[scene.text.colour][0], style))
+    out = np.asarray(img.reduce(s) if s > 1 else img)
+    return out if style.is_plain else _light(out, scene, style)
+
+
+def _shade(rgb, factor: float) -> Tuple[int, int, int]:
+    return tuple(int(round(c * factor)) for c in rgb)
+
+
+def _recolour(rgb, style: Style) -> Tuple[int, int, int]:
+    """Object/text colour under the style's palette: pastel blends toward white, muted toward grey."""
+    target, amount = {"pastel": (255.0, _PASTEL), "muted": (128.0, _MUTED)}.get(style.palette, (0.0, 0.0))
+    return tuple(int(round(c + (target - c) * amount)) for c in rgb)
+
+
+def _draw_backdrop(draw: ImageDraw.ImageDraw, style: Style, background, width: int, height: int) -> None:
+    """Stripes (texture) and a frame (composition) drawn on the background, under the shapes."""
+    if style.texture == "stripes":
+        lighter = tuple(int(round(c + (255 - c) * _STRIPE)) for c in background)
+        step = max(4, min(width, height) // 8)
+        for x in range(-height, width, 2 * step):
+            draw.polygon([(x, 0), (x + step, 0), (x + step + height, height), (x + height, height)], fill=lighter)
+    if style.composition == "framed":
+        border = max(1, round(min(width, height) * 0.04))
+        draw.rectangle([0, 0, width - 1, height - 1], outline=_shade(background, 0.55), width=border)
+
+
+def _light(pixels: np.ndarray, scene: Scene, style: Style) -> np.ndarray:
+    """Grain (texture) and lighting applied to drawn uint8 [H, W, 3] pixels."""
+    x = pixels.astype(np.float32)
+    h, w = x.shape[:2]
+    if style.texture == "grain":
+        seed = zlib.crc32(json.dumps(scene.to_dict(), sort_keys=True).encode("utf-8"))
+        x += np.random.default_rng(seed).uniform(-_GRAIN, _GRAIN, size=(h, w, 1)).astype(np.float32)
+    if style.lighting in _LIGHT:
+        x *= np.asarray(_LIGHT[style.lighting], np.float32)
+    elif style.lighting == "vignette":
+        yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+        x *= (1.0 - _VIGNETTE * (yy ** 2 + xx ** 2) / 2.0)[..., None].astype(np.float32)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def _star(cx: float, cy: float, half: float) -> List[Tuple[float, float]]:
@@ -267,7 +363,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, hal
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, item: TextItem, width: int, height: int) -> None:
+def _draw_text(draw: ImageDraw.ImageDraw, item: TextItem, width: int, height: int, fill) -> None:
     """Write the word centred in its band, as large as the band allows (then scaled for 'small')."""
     horizontal = item.orientation == "horizontal"
     thickness = (height if horizontal else width) / 3.0
@@ -279,7 +375,7 @@ def _draw_text(draw: ImageDraw.ImageDraw, item: TextItem, width: int, height: in
     px = min(px, px * _TEXT_MARGIN * length / max(extent, 1.0)) * (_TEXT_SMALL if item.size == "small" else 1.0)
     px = max(1, round(px))
     font = fonts.load_font(item.font, px)
-    fill, stroke = COLOURS[item.colour][0], round(px * 0.03)
+    stroke = round(px * 0.03)
     if horizontal:
         draw.text((width / 2, centre), item.text, fill=fill, font=font, anchor="mm",
                   stroke_width=stroke, stroke_fill=fill)
@@ -370,6 +466,36 @@ def captions(scene: Scene) -> Dict[str, Dict[str, str]]:
         en_long += " " + relation[0]
         zh_long += relation[1]
     return {"en": {"short": _join_en(en_short), "long": en_long}, "zh": {"short": _join_zh(zh_short), "long": zh_long}}
+
+
+# Font name -> (English description, Chinese description), for text-rendering captions.
+FONT_NAMES = {
+    "wqy-microhei": ("a sans-serif font", "黑体"), "wqy-microhei-mono": ("a monospaced sans-serif font", "等宽黑体"),
+    "dejavu-sans-bold": ("a bold sans-serif font", "粗体无衬线字体"), "dejavu-serif-bold": ("a bold serif font", "粗体衬线字体"),
+    "dejavu-sans-mono-bold": ("a bold monospaced font", "粗体等宽字体"),
+}
+
+
+def all_captions(scene: Scene) -> Dict[str, Dict[str, str]]:
+    """``captions(scene)`` plus the types ``text`` (where the scene has a word: the quoted word,
+    its layout, size, colour and font) and ``style`` (where it has a style: the short caption and
+    every style attribute), in both languages; the caption types of ``records.CAPTION_TYPES``."""
+    out = captions(scene)
+    t = scene.text
+    if t is not None:
+        band_en, band_zh = TEXT_BANDS[t.orientation][t.position]
+        font_en, font_zh = FONT_NAMES[t.font]
+        vertical = t.orientation == "vertical"
+        glyphs = "characters" if t.language == "zh" else "letters"
+        out["en"]["text"] = (f'the text "{t.text}" in {t.size} {t.colour} {glyphs}, written '
+                             f'{"vertically" if vertical else "horizontally"} {band_en} in {font_en}')
+        out["zh"]["text"] = (f"{band_zh}用{font_zh}{'竖排' if vertical else '横排'}书写的"
+                             f"{TEXT_SIZES[t.size]}{COLOURS[t.colour][1]}文字“{t.text}”")
+    if scene.style is not None:
+        phrases = [STYLES[name][getattr(scene.style, name)] for name in STYLES]
+        out["en"]["style"] = out["en"]["short"] + ", in " + _join_en([en for en, _ in phrases])
+        out["zh"]["style"] = out["zh"]["short"] + "，" + "，".join(zh for _, zh in phrases)
+    return out
 
 
 def zh_caption_words() -> List[str]:
