@@ -17,7 +17,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from seedream_jax import config_lib
 from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.parallel import distributed

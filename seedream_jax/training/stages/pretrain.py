@@ -47,41 +47,36 @@ def resolved_vae_config(cfg, workdir: str, stage_cfg):
     return config_lib.build_model_configs(cfg.model)[2], None
 
 
-def build_pipeline(cfg, workdir: str, stage_cfg):
-    """(TextToImage, tokenizer, vae stage dir) for this config."""
+def make_pipeline(cfg, stage_cfg, vae_cfg, tokenizer) -> TextToImage:
+    """The TextToImage pipeline of ``cfg.model`` with this stage's resolution-shift settings."""
     conditioner_cfg, mmdit_cfg, _ = config_lib.build_model_configs(cfg.model)
-    vae_cfg, vae_dir = resolved_vae_config(cfg, workdir, stage_cfg)
-    tokenizer = common.load_tokenizer(cfg, workdir)
-    pipe = TextToImage(conditioner_cfg, mmdit_cfg, vae_cfg, tokenizer,
+    return TextToImage(conditioner_cfg, mmdit_cfg, vae_cfg, tokenizer,
                        shift_base_tokens=int(stage_cfg.shift_base_tokens), shift_max_tokens=int(stage_cfg.shift_max_tokens),
                        shift_base=float(stage_cfg.shift_base), shift_max=float(stage_cfg.shift_max))
-    return pipe, tokenizer, vae_dir
 
 
-def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
-    s = cfg.pretrain if stage_cfg is None else stage_cfg
-    pipe, tokenizer, _ = build_pipeline(cfg, workdir, s)
+def build_pipeline(cfg, workdir: str, stage_cfg):
+    """(TextToImage, tokenizer, vae stage dir) for this config."""
+    vae_cfg, vae_dir = resolved_vae_config(cfg, workdir, stage_cfg)
+    tokenizer = common.load_tokenizer(cfg, workdir)
+    return make_pipeline(cfg, stage_cfg, vae_cfg, tokenizer), tokenizer, vae_dir
+
+
+def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
+    """(init_params, loss_fn) of the pretrain Task for images of ``height`` x ``width`` pixels.
+
+    init_params: rng -> (trainable, frozen) boxed trees {'conditioner', 'mmdit', 'vae'} split by
+      ``stage_cfg.frozen``. loss_fn: (params, frozen, batch, rng) -> (flow-matching loss, metrics);
+      the batch holds either ``image`` [B, H, W, 3] in [-1, 1] or cached VAE posteriors
+      ``latent_mean``/``latent_logvar`` [B, H/f, W/f, C], plus the conditioner's token arrays.
+    """
+    s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
-    images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
-    height, width = images.shape[1:3]
     mu = pipe.mu(height, width)
-    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
-    latents = None
-    if "vae" in [p.strip("/") for p in s.frozen] and "vae" in sources:
-        # The VAE does not train here: encode the dataset once (posterior mean and logvar).
-        latents = vae_stage.encode_images(vae, load_component(sources["vae"], "vae")[0], images)
-
-    def make_batch(idx, rng):
-        idx = np.sort(idx)
-        tokens = tokenize_prompts(choose_captions([records[i] for i in idx], rng, cfg.data), tokenizer,
-                                  pipe.conditioner_cfg)
-        if latents is not None:
-            return {"latent_mean": latents[0][idx], "latent_logvar": latents[1][idx], **tokens}
-        return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
 
     def init_params(rng):
         r1, r2, r3 = jax.random.split(rng, 3)
-        dummy = tokenize_prompts(["a"], tokenizer, pipe.conditioner_cfg)
+        dummy = tokenize_prompts(["a"], pipe.tokenizer, pipe.conditioner_cfg)
         cond_params = conditioner.init(r1, **dummy)["params"]
         ctx, mask, pooled = jax.eval_shape(lambda: conditioner.apply({"params": cond_params}, **dummy))
         lat = jnp.zeros((1,) + pipe.latent_shape(height, width))
@@ -104,6 +99,29 @@ def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
         cond = pipe.encode(p, tokens)
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
+
+    return init_params, loss_fn
+
+
+def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
+    s = cfg.pretrain if stage_cfg is None else stage_cfg
+    pipe, tokenizer, _ = build_pipeline(cfg, workdir, s)
+    images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
+    height, width = images.shape[1:3]
+    init_params, loss_fn = model_functions(pipe, s, height, width)
+    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
+    latents = None
+    if "vae" in [p.strip("/") for p in s.frozen] and "vae" in sources:
+        # The VAE does not train here: encode the dataset once (posterior mean and logvar).
+        latents = vae_stage.encode_images(pipe.vae, load_component(sources["vae"], "vae")[0], images)
+
+    def make_batch(idx, rng):
+        idx = np.sort(idx)
+        tokens = tokenize_prompts(choose_captions([records[i] for i in idx], rng, cfg.data), tokenizer,
+                                  pipe.conditioner_cfg)
+        if latents is not None:
+            return {"latent_mean": latents[0][idx], "latent_logvar": latents[1][idx], **tokens}
+        return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
 
     def initialise(trainable, frozen):
         return apply_init_from(trainable, frozen, sources)
