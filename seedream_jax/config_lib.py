@@ -126,7 +126,14 @@ def base_config(size: str = "tiny") -> ConfigDict:
         num_images=2000, image_size=c.model.resolution, seed=0,
         caption_languages=("en", "zh"), language_probs=(0.5, 0.5),
         caption_types=("short", "long"), caption_type_probs=(0.5, 0.5),
-        cfg_drop_prob=0.1))
+        cfg_drop_prob=0.1,
+        # "synthetic": the in-memory world in ``dir`` (tiny default); "arrayrecord": a record dataset
+        # at ``path`` read by the Grain pipeline (seedream_jax/data/pipeline.py), with aspect-ratio
+        # buckets of base resolution ``image_size`` and the latent cache in ``cache_dir`` or
+        # ``<path>-latents`` when present.
+        format="synthetic", path="", cache_dir="",
+        bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
+        num_workers=0, worker_mode="threads"))
     c.tokenizer = ConfigDict(dict(
         kind="sentencepiece",            # or "hf": a local directory holding an HF tokenizer
         path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir

@@ -1,7 +1,10 @@
 """Stage ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
 
+Data: the in-memory synthetic world (``data.format = "synthetic"``, the tiny default) or an
+ArrayRecord dataset through the Grain pipeline (``data.format = "arrayrecord"``, ``data.path``).
 Per step: latents are a posterior sample of the VAE (normalised with the fitted shift/scale;
-when the VAE is frozen its posteriors are computed once for the dataset at start), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
+when the VAE is frozen its posteriors are computed once for the synthetic world at start, or
+read from the latent cache of an ArrayRecord dataset when there is one), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
 the empty prompt with ``data.cfg_drop_prob`` for classifier-free guidance), and the MMDiT
 learns the velocity ``eps - x0`` at logit-normal times shifted by resolution.
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
@@ -18,6 +21,7 @@ from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, load_component
 from seedream_jax.data import synthetic
 from seedream_jax.data.batches import IndexedBatches
+from seedream_jax.data.captions import choose_captions
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.conditioner import tokenize_prompts
 from seedream_jax.models.vae import scale_latents
@@ -25,18 +29,9 @@ from seedream_jax.sampling.generate import TextToImage
 from seedream_jax.training import loop
 from seedream_jax.training.losses import flow_matching_loss
 from seedream_jax.training.partition import merge_params, split_params
-from seedream_jax.training.stages import common, vae as vae_stage
+from seedream_jax.training.stages import common, record_data, vae as vae_stage
 
 NAME = "pretrain"
-
-
-def choose_captions(records, rng: np.random.Generator, data_cfg) -> list:
-    """One caption per record: language and caption type drawn with the configured ratios,
-    replaced by the empty prompt with probability ``cfg_drop_prob``."""
-    langs = rng.choice(list(data_cfg.caption_languages), size=len(records), p=list(data_cfg.language_probs))
-    kinds = rng.choice(list(data_cfg.caption_types), size=len(records), p=list(data_cfg.caption_type_probs))
-    drop = rng.random(len(records)) < float(data_cfg.cfg_drop_prob)
-    return ["" if d else r["captions"][lang][kind] for r, lang, kind, d in zip(records, langs, kinds, drop)]
 
 
 def resolved_vae_config(cfg, workdir: str, stage_cfg):
@@ -103,25 +98,50 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
     return init_params, loss_fn
 
 
-def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
-    s = cfg.pretrain if stage_cfg is None else stage_cfg
-    pipe, tokenizer, _ = build_pipeline(cfg, workdir, s)
+def synthetic_data(cfg, workdir: str, stage_cfg, pipe, vae_source):
+    """(IndexedBatches over the in-memory synthetic world in ``data.dir``, (height, width)).
+
+    When the VAE is frozen and loaded from ``vae_source``, its posteriors are computed once for
+    the whole dataset at start and batches carry them instead of images."""
     images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
-    height, width = images.shape[1:3]
-    init_params, loss_fn = model_functions(pipe, s, height, width)
-    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
     latents = None
-    if "vae" in [p.strip("/") for p in s.frozen] and "vae" in sources:
-        # The VAE does not train here: encode the dataset once (posterior mean and logvar).
-        latents = vae_stage.encode_images(pipe.vae, load_component(sources["vae"], "vae")[0], images)
+    if "vae" in [p.strip("/") for p in stage_cfg.frozen] and vae_source:
+        latents = vae_stage.encode_images(pipe.vae, load_component(vae_source, "vae")[0], images)
 
     def make_batch(idx, rng):
         idx = np.sort(idx)
-        tokens = tokenize_prompts(choose_captions([records[i] for i in idx], rng, cfg.data), tokenizer,
-                                  pipe.conditioner_cfg)
+        tokens = tokenize_prompts(choose_captions([records[i]["captions"] for i in idx], rng, cfg.data),
+                                  pipe.tokenizer, pipe.conditioner_cfg)
         if latents is not None:
             return {"latent_mean": latents[0][idx], "latent_logvar": latents[1][idx], **tokens}
         return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
+
+    data = IndexedBatches(len(images), int(stage_cfg.train.batch_size), int(cfg.data.seed), make_batch)
+    return data, tuple(images.shape[1:3])
+
+
+def record_dataset(cfg, workdir: str, stage_cfg, pipe, vae_source):
+    """(Grain pipeline over the ArrayRecord dataset ``data.path``, (height, width) of the base bucket).
+
+    Batches hold images of one aspect-ratio bucket each (the step recompiles once per bucket
+    shape; the resolution shift ``mu`` is the base resolution's), or the latent cache's posteriors
+    when the VAE is frozen and a cache is present (``training/stages/record_data.py``)."""
+    frozen_vae = "vae" in [p.strip("/") for p in stage_cfg.frozen] and bool(vae_source)
+    data = record_data.record_pipeline(
+        cfg, workdir, int(stage_cfg.train.batch_size),
+        lambda caps: tokenize_prompts(caps, pipe.tokenizer, pipe.conditioner_cfg), vae_source, use_cache=frozen_vae)
+    return data, (int(cfg.data.image_size), int(cfg.data.image_size))
+
+
+def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
+    s = cfg.pretrain if stage_cfg is None else stage_cfg
+    pipe, _, _ = build_pipeline(cfg, workdir, s)
+    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
+    readers = {"synthetic": synthetic_data, "arrayrecord": record_dataset}
+    if cfg.data.format not in readers:
+        raise ValueError(f"data.format must be one of {sorted(readers)}, got {cfg.data.format!r}")
+    data, (height, width) = readers[cfg.data.format](cfg, workdir, s, pipe, sources.get("vae"))
+    init_params, loss_fn = model_functions(pipe, s, height, width)
 
     def initialise(trainable, frozen):
         return apply_init_from(trainable, frozen, sources)
@@ -133,7 +153,6 @@ def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
         pics = pipe(p, prompts, height=height, width=width, num_steps=int(s.eval_steps), guidance_scale=4.0)
         return {"samples": image_grid(list(pics), prompts, columns=min(4, len(prompts)), scale=2)}
 
-    data = IndexedBatches(len(images), int(s.train.batch_size), int(cfg.data.seed), make_batch)
     return loop.Task(name=name, init_params=init_params, loss_fn=loss_fn, data=data,
                      initialise=initialise if sources else None, evaluate=evaluate if prompts else None)
 
