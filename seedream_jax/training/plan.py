@@ -83,7 +83,9 @@ def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], fro
     MMDiT: N_mmdit over T = image tokens (H/16 x W/16) + text tokens, plus attention scores
     4 T^2 d per block forward (QK^T and AV). Text encoders: the LLM over ``llm_max_length`` and
     ByT5 over ``byt5_max_length`` tokens. The VAE encoder runs only without cached latents and is
-    left out (convolutions; small next to the DiT). Returns {'mmdit', 'attention', 'text', 'total'}.
+    left out (convolutions; small next to the DiT). N counts every parameter, so embedding tables
+    (lookups, not matmuls; 0.5B of a 7B LLM) and the per-stream weights of double blocks (each sees
+    only its own stream's tokens) make it an upper bound. Returns {'mmdit', 'attention', 'text', 'total'}.
     """
     m = cfg.model
     frozen_top = {p.strip("/") for p in frozen}
