@@ -125,6 +125,30 @@ def torch_inputs(setup: Setup, batch: int, device: str, seed: int = 0):
                 timestep=as_t(t), img_ids=as_t(img_ids), txt_ids=as_t(txt_ids))
 
 
+# ----------------------------------------------------------------------------- command line
+
+def base_parser(doc: str, batch: int, iters: int):
+    """The options both benchmarks take: --size, --batch, --iters, --gpu."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="cpu46m", choices=sorted(SIZES))
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--gpu", action="store_true", help="bf16 compute, cuDNN attention, PyTorch on cuda")
+    return ap
+
+
+def setup_from_args(args, **kwargs):
+    """(Setup, torch device, matmul FLOP/s): bf16 + cuDNN on GPU, fp32 on CPU with PyTorch on every core."""
+    import torch
+    if not args.gpu:
+        torch.set_num_threads(os.cpu_count())
+    dtype, impl = ("bfloat16", "cudnn") if args.gpu else ("float32", None)
+    setup = make_setup(args.size, dtype=dtype, attention_impl=impl, **kwargs)
+    matmul = jax_matmul_rate(8192 if args.gpu else 2048, jnp.bfloat16 if args.gpu else jnp.float32)
+    return setup, "cuda" if args.gpu else "cpu", matmul
+
+
 # ----------------------------------------------------------------------------- timing
 
 def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, sync: Callable[[object], None]) -> List[float]:

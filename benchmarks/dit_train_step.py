@@ -11,13 +11,11 @@ PyTorch: autocast), ours with cuDNN attention, PyTorch with SDPA (optionally tor
 Prints a table: step time (median), image tokens/s, model TFLOP/s, MFU against the peak and
 against the matmul rate measured in the same run, and the JAX / PyTorch speed ratio.
 """
-import argparse
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -85,12 +83,8 @@ def torch_step_fn(setup, batch: int, device: str, compile_model: bool):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="cpu46m", choices=sorted(bench_lib.SIZES))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--iters", type=int, default=10)
+    ap = bench_lib.base_parser(__doc__, batch=4, iters=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--gpu", action="store_true", help="bf16 compute, cuDNN attention, PyTorch on cuda")
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile(model)")
     ap.add_argument("--skip-torch", action="store_true")
@@ -98,13 +92,8 @@ def main():
     args = ap.parse_args()
 
     import torch
-    if not args.gpu:
-        torch.set_num_threads(os.cpu_count())
-    device = "cuda" if args.gpu else "cpu"
-    dtype, impl = ("bfloat16", "cudnn") if args.gpu else ("float32", None)
-    setup = bench_lib.make_setup(args.size, dtype=dtype, attention_impl=impl, remat_policy=args.remat)
+    setup, device, matmul = bench_lib.setup_from_args(args, remat_policy=args.remat)
     flops = bench_lib.model_flops_per_sample(setup) * args.batch
-    matmul = bench_lib.jax_matmul_rate(8192 if args.gpu else 2048, jnp.bfloat16 if args.gpu else jnp.float32)
     print(f"{args.size}: {bench_lib.num_params(setup.params) / 1e6:.1f}M params, batch {args.batch}, "
           f"{setup.image_tokens} image + {setup.text_tokens} text tokens, {flops / 1e12:.3f} model TFLOP/step, "
           f"device {jax.devices()[0].device_kind}, matmul rate {matmul / 1e12:.2f} TFLOP/s", flush=True)

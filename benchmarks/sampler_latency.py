@@ -5,7 +5,6 @@ with the same weights. The one-time compile cost of ours is reported separately.
     python benchmarks/sampler_latency.py --size cpu46m            # CPU, issue 6b
     python benchmarks/sampler_latency.py --size small --gpu       # H100
 """
-import argparse
 import os
 import sys
 import time
@@ -64,23 +63,14 @@ def torch_sampler(setup, batch: int, steps: int, guidance: float, device: str, d
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="cpu46m", choices=sorted(bench_lib.SIZES))
-    ap.add_argument("--batch", type=int, default=1)
+    ap = bench_lib.base_parser(__doc__, batch=1, iters=3)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--guidance", type=float, default=4.0)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--gpu", action="store_true")
     args = ap.parse_args()
 
     import torch
-    device = "cuda" if args.gpu else "cpu"
-    if not args.gpu:
-        torch.set_num_threads(os.cpu_count())
-    dtype, impl = ("bfloat16", "cudnn") if args.gpu else ("float32", None)
-    setup = bench_lib.make_setup(args.size, dtype=dtype, attention_impl=impl)
+    setup, device, matmul = bench_lib.setup_from_args(args)
     flops = bench_lib.model_flops_per_sample(setup, training=False) * 2 * args.batch * args.steps
-    matmul = bench_lib.jax_matmul_rate(8192 if args.gpu else 2048, jnp.bfloat16 if args.gpu else jnp.float32)
     print(f"{args.size}: {bench_lib.num_params(setup.params) / 1e6:.1f}M params, batch {args.batch} (x2 for CFG), "
           f"{args.steps} steps, {flops / 1e12:.3f} model TFLOP per sample call, matmul rate {matmul / 1e12:.2f} TFLOP/s",
           flush=True)
