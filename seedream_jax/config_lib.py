@@ -129,11 +129,11 @@ def base_config(size: str = "tiny") -> ConfigDict:
         cfg_drop_prob=0.1,
         # "synthetic": the in-memory world in ``dir`` (tiny default); "arrayrecord": a record dataset
         # at ``path`` read by the Grain pipeline (seedream_jax/data/pipeline.py), with aspect-ratio
-        # buckets of base resolution ``image_size`` and the latent cache in ``cache_dir`` or
-        # ``<path>-latents`` when present.
-        format="synthetic", path="", cache_dir="",
+        # buckets of base resolution ``image_size``, the latent cache in ``cache_dir`` or
+        # ``<path>-latents`` and the text cache in ``text_cache_dir`` or ``<path>-text`` when present.
+        format="synthetic", path="", cache_dir="", text_cache_dir="",
         bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
-        num_workers=0, worker_mode="threads"))
+        num_workers=0))                  # Grain reader threads decoding records (0 = inline)
     c.tokenizer = ConfigDict(dict(
         kind="sentencepiece",            # or "hf": a local directory holding an HF tokenizer
         path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir

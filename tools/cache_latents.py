@@ -1,7 +1,15 @@
-"""Precompute the frozen VAE's posterior (mean, logvar) of every record of a dataset (latent cache).
+"""Precompute the frozen VAE's posterior of every record (latent cache) and/or the frozen
+conditioner's outputs for every caption of every record (text cache).
 
     python tools/cache_latents.py --dataset data/world --vae runs/x/vae \\
         --base_resolution 256 --bucket_multiple 32 --bucket_max_ratio 3.0 [--out data/world-latents]
+    python tools/cache_latents.py --dataset data/world --text_config configs/tiny.py --workdir runs/x \\
+        [--text_dtype float16] [--text_out data/world-text]
+
+Text cache (``seedream_jax/data/text_cache.py``): the conditioner is the one the training config
+loads (``pretrain.init_from.conditioner``, resolved in ``--workdir``), with its ``model`` section
+and tokenizer; training uses the cache only with the whole conditioner frozen and checks its
+weights (CRC32), config and tokenizer.
 
 The cache (``seedream_jax/data/latent_cache.py``) holds, per record, the posterior of the image
 fitted to its aspect-ratio bucket (centre crop); captions are not cached (caption sampling stays
@@ -12,24 +20,43 @@ must be the one pretraining loads (checked by step and parameter CRC32). Interru
 """
 import argparse
 import json
+import runpy
 import time
 
 from seedream_jax.checkpoint.init_from import load_component
-from seedream_jax.data import arrayrecord_io, latent_cache
+from seedream_jax.data import arrayrecord_io, latent_cache, text_cache
 from seedream_jax.training.stages import record_data, vae as vae_stage
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="seedream ArrayRecord dataset directory")
-    p.add_argument("--vae", required=True, help="VAE stage directory (checkpoints/ and vae_config.json)")
-    p.add_argument("--out", default="", help="cache directory (default <dataset>-latents)")
-    p.add_argument("--base_resolution", type=int, required=True)
+    p.add_argument("--vae", default="", help="VAE stage directory (checkpoints/ and vae_config.json)")
+    p.add_argument("--out", default="", help="latent cache directory (default <dataset>-latents)")
+    p.add_argument("--base_resolution", type=int, default=0, help="bucket base resolution (with --vae)")
     p.add_argument("--bucket_multiple", type=int, default=32)
     p.add_argument("--bucket_max_ratio", type=float, default=3.0)
-    p.add_argument("--chunk", type=int, default=64, help="records read and encoded together")
+    p.add_argument("--chunk", type=int, default=64, help="records (latents) or captions (text) encoded together")
+    p.add_argument("--text_config", default="", help="training config file whose frozen conditioner to cache")
+    p.add_argument("--workdir", default=".", help="workdir the config's relative paths are inside")
+    p.add_argument("--text_dtype", default="float16", choices=sorted(text_cache.DTYPES))
+    p.add_argument("--text_out", default="", help="text cache directory (default <dataset>-text)")
     a = p.parse_args()
+    if not a.vae and not a.text_config:
+        p.error("nothing to cache: give --vae (latent cache) and/or --text_config (text cache)")
     source = arrayrecord_io.ArrayRecordSource(a.dataset)
+    if a.text_config:
+        cfg = runpy.run_path(a.text_config)["get_config"]()
+        encode, identity = record_data.text_stack(cfg, a.workdir, cfg.pretrain)
+        out = a.text_out or text_cache.default_text_cache_dir(a.dataset)
+        t = time.time()
+        manifest = text_cache.write_text_cache(source, out, encode, identity, dtype=a.text_dtype, chunk=a.chunk)
+        print(f"text cache of {manifest['num_records']} records in {out} [{time.time() - t:.1f}s]")
+        print(json.dumps({k: v for k, v in manifest["summary"]["text"].items() if k != "conditioner_config"}))
+    if not a.vae:
+        return
+    if a.base_resolution <= 0:
+        p.error("--vae needs --base_resolution (the training config's data.image_size)")
     params, step = load_component(a.vae, "vae")
     encode = record_data.vae_encoder(vae_stage.load_fitted_config(a.vae), params)
     out = a.out or latent_cache.default_cache_dir(a.dataset)

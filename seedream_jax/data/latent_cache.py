@@ -32,7 +32,7 @@ BUCKET_KEYS = ("base_resolution", "bucket_multiple", "bucket_max_ratio")
 
 
 class CacheMismatchError(ValueError):
-    """A latent cache does not belong to the dataset, bucket settings or VAE it is used with."""
+    """A cache does not belong to the dataset, bucket settings, VAE or text stack it is used with."""
 
 
 def default_cache_dir(dataset_path: str) -> str:
@@ -41,7 +41,7 @@ def default_cache_dir(dataset_path: str) -> str:
 
 
 def params_fingerprint(params) -> int:
-    """CRC32 of every parameter array (sorted by path): identifies the exact VAE weights."""
+    """CRC32 of every parameter array (sorted by path): identifies exact weights (VAE, text stack)."""
     import jax
     crc = 0
     for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda x: jax.tree_util.keystr(x[0])):
@@ -56,6 +56,25 @@ def dataset_identity(source) -> dict:
     if isinstance(source, arrayrecord_io.ArrayRecordSource):
         ident["manifests"] = [{"settings": m["settings"], "num_records": m["num_records"]} for m in source.manifests]
     return ident
+
+
+def open_cache(path: str, kind: str, what: str):
+    """(ArrayRecordSource, identity summary) of the cache at ``path``; ``CacheMismatchError`` unless
+    its manifest summary says ``kind`` (shared by the latent and the text cache)."""
+    source = arrayrecord_io.ArrayRecordSource(path)
+    identity = source.manifests[0]["summary"]
+    if identity.get("kind") != kind:
+        raise CacheMismatchError(f"{path} is an ArrayRecord dataset but not a {what} "
+                                 f"(summary kind {identity.get('kind')!r}, expected {kind!r})")
+    return source, identity
+
+
+def check_dataset(identity: dict, source, path: str, what: str) -> None:
+    """Raises ``CacheMismatchError`` unless the cache ``identity`` was built from ``source``."""
+    want = dataset_identity(source)
+    if identity["dataset"] != want:
+        raise CacheMismatchError(f"{what} {path} was built for dataset {identity['dataset']}, "
+                                 f"not this one {want}; rebuild it with tools/cache_latents.py")
 
 
 def _pack(mean: np.ndarray, logvar: np.ndarray) -> bytes:
@@ -108,18 +127,11 @@ class LatentCache:
 
     def __init__(self, path: str):
         self.path = path
-        self.source = arrayrecord_io.ArrayRecordSource(path)
-        self.identity = self.source.manifests[0]["summary"]
-        if self.identity.get("kind") != CACHE_KIND:
-            raise CacheMismatchError(f"{path} is an ArrayRecord dataset but not a latent cache "
-                                     f"(summary kind {self.identity.get('kind')!r})")
+        self.source, self.identity = open_cache(path, CACHE_KIND, "latent cache")
 
     def check_matches(self, source, cfg) -> None:
         """Raises ``CacheMismatchError`` unless the cache was built from ``source`` with ``cfg``'s buckets."""
-        want = dataset_identity(source)
-        if self.identity["dataset"] != want:
-            raise CacheMismatchError(f"latent cache {self.path} was built for dataset {self.identity['dataset']}, "
-                                     f"not this one {want}; rebuild it with tools/cache_latents.py")
+        check_dataset(self.identity, source, self.path, "latent cache")
         buckets = {k: getattr(cfg, k) for k in BUCKET_KEYS}
         if {k: float(v) for k, v in self.identity["buckets"].items()} != {k: float(v) for k, v in buckets.items()}:
             raise CacheMismatchError(f"latent cache {self.path} used bucket settings {self.identity['buckets']}, "

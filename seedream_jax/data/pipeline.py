@@ -12,22 +12,26 @@ What happens, per global batch ``k`` (all processes agree on it without communic
 2. shard: process ``p`` of ``P`` (``jax.process_index()/process_count()`` unless given) takes rows
    ``p::P``; the process shards are disjoint and cover the global batch, and the loop assembles
    them with ``jax.make_array_from_process_local_data``.
-3. per record, in Grain workers (``num_workers`` threads, or worker processes with
-   ``worker_mode="processes"``; 0 = inline): read, check (``records.decode_record``), decode the
-   image, fit it to the bucket (``augment.fit_to_bucket``: scale to cover, random or centre crop,
-   optional flip) and choose its caption (``captions.choose_captions``: language/type ratios, CFG
-   drop). Randomness comes from ``default_rng([seed, k, row])`` of the global row, so a record's
+3. per record, in Grain reader threads (``num_workers``; 0 = inline): read, check
+   (``records.decode_record``), decode the image, fit it to the bucket (``augment.fit_to_bucket``:
+   scale to cover, random or centre crop, optional flip) and choose its caption
+   (``captions.choose_caption_pairs``: language/type ratios, CFG drop). Randomness comes from ``default_rng([seed, k, row])`` of the global row, so a record's
    crop and caption do not depend on the number of processes or workers.
 4. batch: the per-process rows are stacked; ``batch_fn`` (e.g. tokenisation) runs on the stacked
    batch in the consumer.
 
-A record that fails its check or image decode is counted (``skipped``, logged) and replaced by the
-next record of its bucket in the bucket's epoch order, so batches keep their size and stay
+A record that fails its check or image decode is logged and replaced by the next record of its
+bucket in the bucket's epoch order (``skipped`` counts the replacements in the batches yielded so
+far; each example carries its own count, so prefetching does not inflate it), so batches keep their size and stay
 deterministic; a source where more than ``max_bad_in_a_row`` consecutive replacements fail raises.
 
 With a latent cache (``latent_cache.LatentCache``: precomputed VAE posteriors at each record's
 bucket with the centre crop) the image is not decoded: the batch holds ``latent_mean`` and
 ``latent_logvar`` [b, h/f, w/f, C] instead of ``image``, and random crop/flip do not apply.
+With a text cache (``text_cache.TextCache``: the frozen conditioner's outputs per record and
+caption) the batch also holds ``text_context`` [b, L, D], ``text_mask`` [b, L] and
+``text_pooled`` [b, D] of the drawn caption (the empty prompt's where it is dropped for CFG);
+the draws are the same as without the cache.
 
 State (``get_state``): ``{"position": k, "seed", "global_batch", "num_records"}`` (JSON). After
 ``set_state`` the pipeline yields exactly the batches from ``k`` on, whatever was prefetched.
@@ -55,9 +59,8 @@ class PipelineConfig:
     bucket_multiple: bucket sides are multiples of this (VAE factor x patch size or more).
     bucket_max_ratio: most extreme aspect ratio kept (1.0 = square images only).
     random_crop: random offset when cropping to the bucket (else centred). flip_prob: chance of
-    a horizontal flip (0: captions name left/right and text). num_workers: parallel decoders
-    (0 = inline). worker_mode: "threads" or "processes" (Grain worker processes; the source
-    must be picklable). prefetch: batches decoded ahead per process.
+    a horizontal flip (0: captions name left/right and text). num_workers: Grain reader threads
+    decoding in parallel (0 = inline). prefetch: batches decoded ahead per process.
     caption_*: caption sampling, as in the ``data`` config (``captions.py``).
     """
     global_batch: int
@@ -68,7 +71,6 @@ class PipelineConfig:
     random_crop: bool = True
     flip_prob: float = 0.0
     num_workers: int = 0
-    worker_mode: str = "threads"
     prefetch: int = 2
     caption_languages: Tuple[str, ...] = ("en", "zh")
     language_probs: Tuple[float, ...] = (0.5, 0.5)
@@ -78,8 +80,6 @@ class PipelineConfig:
     max_bad_in_a_row: int = 16
 
     def __post_init__(self):
-        if self.worker_mode not in ("threads", "processes"):
-            raise ValueError(f"worker_mode must be 'threads' or 'processes', got {self.worker_mode!r}")
         if self.global_batch < 1 or self.num_workers < 0:
             raise ValueError(f"need global_batch >= 1 and num_workers >= 0, got {self.global_batch}, {self.num_workers}")
 
@@ -114,14 +114,14 @@ class _Positions:
 
 
 class _LoadExample:
-    """Example slot -> one training example; picklable (Grain worker processes)."""
+    """Example slot -> one training example (called from Grain reader threads)."""
 
     def __init__(self, source, plan: batch_plan.BucketBatchPlan, table, cfg: PipelineConfig,
-                 process_index: int, process_count: int, cache=None):
+                 process_index: int, process_count: int, cache=None, text_cache=None):
         self.source, self.plan, self.table, self.cfg = source, plan, table, cfg
         self.process_index, self.process_count, self.cache = process_index, process_count, cache
+        self.text_cache = text_cache
         self.local_batch = cfg.global_batch // process_count
-        self.skipped = 0
 
     def _load(self, i: int):
         data = self.source[i]
@@ -131,21 +131,19 @@ class _LoadExample:
         return rec.__dict__, records_lib.decode_image(rec.image)
 
     def _read(self, bucket: int, index: int, k: int):
-        """(record index, header dict, uint8 image or None) of ``index``, or of the next good record
-        of its bucket (in the bucket's epoch order) where it is corrupt."""
+        """(record index, header dict, uint8 image or None, records skipped) of ``index``, or of the
+        next good record of its bucket (in the bucket's epoch order) where it is corrupt."""
         try:
-            return (index, *self._load(index))
+            return (index, *self._load(index), 0)
         except Exception as e:  # corrupt record or undecodable image: count, replace
-            self.skipped += 1
             logging.warning("data: skipping record %d (%s: %s)", index, type(e).__name__, e)
         order = self.plan.bucket_order(k, bucket)
         at = int(np.flatnonzero(order == index)[0])
         for attempt in range(1, min(self.cfg.max_bad_in_a_row, len(order) - 1) + 1):
             i = int(order[(at + attempt) % len(order)])
             try:
-                return (i, *self._load(i))
+                return (i, *self._load(i), attempt)
             except Exception as e:
-                self.skipped += 1
                 logging.warning("data: skipping record %d (%s: %s)", i, type(e).__name__, e)
         raise RuntimeError(f"data: record {index} and the {self.cfg.max_bad_in_a_row} records after it in bucket "
                            f"{self.table[bucket]} failed to decode; check the dataset")
@@ -154,10 +152,14 @@ class _LoadExample:
         k, local_row = divmod(int(slot), self.local_batch)
         row = self.process_index + local_row * self.process_count
         bucket, indices = self.plan.batch(k)
-        index, header, image = self._read(bucket, int(indices[row]), k)
-        caption = captions_lib.choose_captions([header["captions"]], np.random.default_rng(
+        index, header, image, skipped = self._read(bucket, int(indices[row]), k)
+        pair = captions_lib.choose_caption_pairs([header["captions"]], np.random.default_rng(
             [self.cfg.seed, _CAPTION, k, row]), self.cfg, keys=[header["key"]])[0]
-        out = {"caption": np.asarray(caption), "index": np.int64(index)}
+        caption = "" if pair is None else header["captions"][pair[0]][pair[1]]
+        out = {"caption": np.asarray(caption), "index": np.int64(index), "skipped": np.int32(skipped)}
+        if self.text_cache is not None:
+            context, mask, pooled = self.text_cache.conditioning(index, pair)
+            out.update(text_context=context, text_mask=mask, text_pooled=pooled)
         if self.cache is not None:
             mean, logvar = self.cache.posterior(index, self.table[bucket])
             return {**out, "latent_mean": mean, "latent_logvar": logvar}
@@ -180,11 +182,12 @@ class RecordPipeline:
       batch_fn: optional ``Batch -> Batch`` applied to each stacked per-process batch.
       sizes: (height, width) per record if known (else read from the record headers once).
       cache: an optional ``latent_cache.LatentCache`` matching ``source``.
+      text_cache: an optional ``text_cache.TextCache`` matching ``source``.
     """
 
     def __init__(self, source, cfg: PipelineConfig, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, *, batch_fn: Optional[Callable[[Batch], Batch]] = None,
-                 sizes: Optional[Sequence[Tuple[int, int]]] = None, cache=None):
+                 sizes: Optional[Sequence[Tuple[int, int]]] = None, cache=None, text_cache=None):
         if process_index is None or process_count is None:
             import jax
             process_index, process_count = jax.process_index(), jax.process_count()
@@ -194,6 +197,8 @@ class RecordPipeline:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if cache is not None:
             cache.check_matches(source, cfg)
+        if text_cache is not None:
+            text_cache.check_matches(source)
         self.source, self.cfg, self.batch_fn = source, cfg, batch_fn
         self.process_index, self.process_count = process_index, process_count
         self.bucket_table = cfg.bucket_table()
@@ -203,14 +208,11 @@ class RecordPipeline:
         self.bucket_ids = batch_plan.assign_buckets(sizes, self.bucket_table)
         self.plan = batch_plan.BucketBatchPlan(self.bucket_ids, len(self.bucket_table), cfg.global_batch, cfg.seed)
         self.local_batch = cfg.global_batch // process_count
-        self._load = _LoadExample(source, self.plan, self.bucket_table, cfg, process_index, process_count, cache)
+        self._load = _LoadExample(source, self.plan, self.bucket_table, cfg, process_index, process_count, cache,
+                                  text_cache)
         self.position = 0
+        self.skipped = 0  # records replaced because they failed to decode, in the batches yielded so far
         self._iter = None
-
-    @property
-    def skipped(self) -> int:
-        """Records replaced because they failed to decode (counted in this process's threads)."""
-        return self._load.skipped
 
     def bucket_of(self, k: int) -> Tuple[int, int]:
         """(height, width) of global batch ``k``."""
@@ -219,14 +221,10 @@ class RecordPipeline:
     def _start(self) -> None:
         cfg = self.cfg
         slots = grain.MapDataset.source(_Positions())[self.position * self.local_batch:].map(self._load)
-        threads = cfg.num_workers if cfg.worker_mode == "threads" else 0
+        threads = cfg.num_workers
         ds = slots.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                      prefetch_buffer_size=cfg.prefetch * self.local_batch if threads else 0))
-        ds = ds.batch(self.local_batch)
-        if cfg.worker_mode == "processes" and cfg.num_workers > 0:
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
-                                                             per_worker_buffer_size=cfg.prefetch))
-        self._iter = iter(ds)
+        self._iter = iter(ds.batch(self.local_batch))
 
     def __iter__(self):
         return self
@@ -234,7 +232,8 @@ class RecordPipeline:
     def __next__(self) -> Batch:
         if self._iter is None:
             self._start()
-        batch = next(self._iter)
+        batch = dict(next(self._iter))
+        self.skipped += int(batch.pop("skipped").sum())
         self.position += 1
         return self.batch_fn(batch) if self.batch_fn is not None else batch
 
@@ -252,5 +251,5 @@ class RecordPipeline:
         self._iter = None
 
     def close(self) -> None:
-        """Drops the running Grain iterator (its threads / worker processes)."""
+        """Drops the running Grain iterator (its reader threads)."""
         self._iter = None

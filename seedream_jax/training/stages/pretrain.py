@@ -4,8 +4,10 @@ Data: the in-memory synthetic world (``data.format = "synthetic"``, the tiny def
 ArrayRecord dataset through the Grain pipeline (``data.format = "arrayrecord"``, ``data.path``).
 Per step: latents are a posterior sample of the VAE (normalised with the fitted shift/scale;
 when the VAE is frozen its posteriors are computed once for the synthetic world at start, or
-read from the latent cache of an ArrayRecord dataset when there is one), the conditioner encodes the captions (LLM + Glyph-ByT5; a caption is dropped to
-the empty prompt with ``data.cfg_drop_prob`` for classifier-free guidance), and the MMDiT
+read from the latent cache of an ArrayRecord dataset when there is one), the conditioner encodes
+the captions (LLM + Glyph-ByT5; a caption is dropped to the empty prompt with
+``data.cfg_drop_prob`` for classifier-free guidance; a frozen conditioner's outputs may come from
+the text cache of an ArrayRecord dataset instead), and the MMDiT
 learns the velocity ``eps - x0`` at logit-normal times shifted by resolution.
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
 stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
@@ -24,6 +26,7 @@ from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.captions import choose_captions
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.conditioner import tokenize_prompts
+from seedream_jax.models.layers import compute_dtype
 from seedream_jax.models.vae import scale_latents
 from seedream_jax.sampling.generate import TextToImage
 from seedream_jax.training import loop
@@ -63,7 +66,9 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
     init_params: rng -> (trainable, frozen) boxed trees {'conditioner', 'mmdit', 'vae'} split by
       ``stage_cfg.frozen``. loss_fn: (params, frozen, batch, rng) -> (flow-matching loss, metrics);
       the batch holds either ``image`` [B, H, W, 3] in [-1, 1] or cached VAE posteriors
-      ``latent_mean``/``latent_logvar`` [B, H/f, W/f, C], plus the conditioner's token arrays.
+      ``latent_mean``/``latent_logvar`` [B, H/f, W/f, C], plus the conditioner's token arrays or
+      its cached outputs ``text_context`` [B, L, D], ``text_mask`` [B, L], ``text_pooled`` [B, D]
+      (then the conditioner does not run).
     """
     s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
@@ -90,8 +95,13 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
             mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(enc_rng, mean.shape)
         x0 = jax.lax.stop_gradient(scale_latents(z, pipe.vae_cfg)).astype(jnp.float32)
-        tokens = {k: v for k, v in batch.items() if k not in ("image", "latent_mean", "latent_logvar")}
-        cond = pipe.encode(p, tokens)
+        if "text_context" in batch:  # the frozen conditioner's outputs, from the text cache
+            dt = compute_dtype(pipe.conditioner_cfg.dtype)
+            cond = {"context": batch["text_context"].astype(dt), "mask": batch["text_mask"].astype(bool),
+                    "pooled": batch["text_pooled"].astype(dt)}
+        else:
+            tokens = {k: v for k, v in batch.items() if k not in ("image", "latent_mean", "latent_logvar")}
+            cond = pipe.encode(p, tokens)
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
 
@@ -125,11 +135,13 @@ def record_dataset(cfg, workdir: str, stage_cfg, pipe, vae_source):
 
     Batches hold images of one aspect-ratio bucket each (the step recompiles once per bucket
     shape; the resolution shift ``mu`` is the base resolution's), or the latent cache's posteriors
-    when the VAE is frozen and a cache is present (``training/stages/record_data.py``)."""
+    when the VAE is frozen and a cache is present, and the text cache's conditioner outputs
+    when the conditioner is frozen and a text cache is present (``training/stages/record_data.py``)."""
     frozen_vae = "vae" in [p.strip("/") for p in stage_cfg.frozen] and bool(vae_source)
     data = record_data.record_pipeline(
         cfg, workdir, int(stage_cfg.train.batch_size),
-        lambda caps: tokenize_prompts(caps, pipe.tokenizer, pipe.conditioner_cfg), vae_source, use_cache=frozen_vae)
+        lambda caps: tokenize_prompts(caps, pipe.tokenizer, pipe.conditioner_cfg), vae_source, use_cache=frozen_vae,
+        text_cache=record_data.open_text_cache(cfg, workdir, stage_cfg))
     return data, (int(cfg.data.image_size), int(cfg.data.image_size))
 
 

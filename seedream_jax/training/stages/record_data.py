@@ -3,21 +3,32 @@
 Builds the Grain pipeline (``data/pipeline.py``) from the ``data`` config section and the stage's
 batch size, attaches the latent cache when there is one (``data.cache_dir``, or
 ``<data.path>-latents`` next to the dataset; it must match the dataset, buckets and the VAE that
-trains), and turns the sampled captions into the conditioner's token arrays. Also the VAE side of
-``tools/cache_latents.py`` (``vae_encoder``, ``vae_identity``).
+trains) and the text cache (``data.text_cache_dir``, or ``<data.path>-text``; only with a frozen
+conditioner loaded by ``init_from``, and it must match the dataset, those weights, the model
+config and the tokenizer), and turns the sampled captions into the conditioner's token arrays
+where no text cache serves them. Also both sides of ``tools/cache_latents.py``
+(``vae_encoder``/``vae_identity``, ``text_stack``).
 """
+import dataclasses
+import json
 import logging
 import os
+import zlib
 from typing import Callable, Optional, Tuple
 
 import jax
 import numpy as np
 
+from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import load_component
-from seedream_jax.data import arrayrecord_io, latent_cache
+from seedream_jax.data import arrayrecord_io, latent_cache, text_cache as text_cache_lib
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
+from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.vae import AutoencoderKL
+from seedream_jax.training.partition import split_params
 from seedream_jax.training.stages import common
+
+TEXT_KEYS = ("text_context", "text_mask", "text_pooled")
 
 
 def pipeline_config(data_cfg, global_batch: int) -> PipelineConfig:
@@ -27,7 +38,7 @@ def pipeline_config(data_cfg, global_batch: int) -> PipelineConfig:
         global_batch=int(global_batch), seed=int(d.seed), base_resolution=int(d.image_size),
         bucket_multiple=int(d.bucket_multiple), bucket_max_ratio=float(d.bucket_max_ratio),
         random_crop=bool(d.random_crop), flip_prob=float(d.flip_prob), num_workers=int(d.num_workers),
-        worker_mode=str(d.worker_mode), caption_languages=tuple(d.caption_languages),
+        caption_languages=tuple(d.caption_languages),
         language_probs=tuple(d.language_probs), caption_types=tuple(d.caption_types),
         caption_type_probs=tuple(d.caption_type_probs), cfg_drop_prob=float(d.cfg_drop_prob))
 
@@ -64,10 +75,103 @@ def find_cache(cfg, workdir: str) -> Optional[str]:
     return path if os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)) else None
 
 
+def tokenizer_fingerprint(path: str) -> int:
+    """CRC32 of a tokenizer: the SentencePiece model file, or every file of an HF tokenizer folder."""
+    files = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in sorted(os.listdir(path))
+                                                   if os.path.isfile(os.path.join(path, n))]
+    crc = 0
+    for name in files:
+        with open(name, "rb") as f:
+            crc = zlib.crc32(f.read(), zlib.crc32(os.path.basename(name).encode(), crc))
+    return crc
+
+
+def conditioner_source(cfg, workdir: str, stage_cfg) -> str:
+    """The stage dir the frozen conditioner is loaded from; ``ValueError`` saying why a text cache
+    cannot be used unless every conditioner parameter is in ``stage_cfg.frozen`` and
+    ``stage_cfg.init_from.conditioner`` names its checkpoint."""
+    conditioner_cfg = config_lib.build_model_configs(cfg.model)[0]
+    tokens = {k: np.zeros(v.shape, v.dtype) for k, v in tokenize_prompts(
+        [""], lambda texts, n: (np.zeros((len(texts), n), np.int32), np.zeros((len(texts), n), bool)),
+        conditioner_cfg).items()}
+    shapes = jax.eval_shape(lambda: Conditioner(conditioner_cfg).init(jax.random.PRNGKey(0), **tokens)["params"])
+    prefixes = [p for p in stage_cfg.frozen if p.strip("/").split("/")[0] == "conditioner"]
+    trainable, _ = split_params({"conditioner": shapes}, prefixes)
+    if trainable:
+        raise ValueError(f"a text cache needs the whole conditioner frozen, but pretrain.frozen={tuple(stage_cfg.frozen)} "
+                         "leaves conditioner parameters trainable; add 'conditioner' to pretrain.frozen or drop the cache")
+    source = stage_cfg.init_from.get("conditioner") if "conditioner" in stage_cfg.init_from else None
+    if not source:
+        raise ValueError("a text cache needs the frozen conditioner loaded from a checkpoint: set "
+                         "pretrain.init_from.conditioner to the stage dir the cache was encoded with")
+    return common.resolve(workdir, source)
+
+
+def text_identity(cfg, workdir: str, stage_dir: str, params, step: int) -> dict:
+    """What a text cache records about the text stack: the conditioner's stage, checkpoint step,
+    parameter CRC32 and config, and the tokenizer's CRC32."""
+    conditioner_cfg = config_lib.build_model_configs(cfg.model)[0]
+    return {"stage": os.path.basename(os.path.normpath(stage_dir)), "step": int(step),
+            "params_crc32": latent_cache.params_fingerprint(params),
+            "conditioner_config": json.loads(json.dumps(dataclasses.asdict(conditioner_cfg))),
+            "tokenizer_crc32": tokenizer_fingerprint(common.resolve(workdir, cfg.tokenizer.path))}
+
+
+def text_stack(cfg, workdir: str, stage_cfg) -> Tuple[text_cache_lib.EncodeFn, dict]:
+    """(encode, identity) of the frozen conditioner a stage trains with (``conditioner_source``):
+    encode maps a list of captions to the conditioner's (context [B, L, D], mask [B, L],
+    pooled [B, D]) NumPy arrays (jitted per batch size); identity is ``text_identity``."""
+    source = conditioner_source(cfg, workdir, stage_cfg)
+    params, step = load_component(source, "conditioner")
+    conditioner_cfg = config_lib.build_model_configs(cfg.model)[0]
+    tokenizer = common.load_tokenizer(cfg, workdir)
+    model = Conditioner(conditioner_cfg)
+    apply = jax.jit(lambda p, tokens: model.apply({"params": p}, **tokens))
+
+    def encode(texts):
+        tokens = tokenize_prompts(list(texts), tokenizer, conditioner_cfg)
+        return tuple(np.asarray(a) for a in jax.device_get(apply(params, tokens)))
+
+    return encode, text_identity(cfg, workdir, source, params, step)
+
+
+def open_text_cache(cfg, workdir: str, stage_cfg) -> Optional[text_cache_lib.TextCache]:
+    """The checked text cache to train with, or None.
+
+    ``data.text_cache_dir`` (must exist) or ``<data.path>-text`` when present. A cache named in
+    the config that cannot be used (conditioner not fully frozen or not loaded by
+    ``init_from``) raises ``ValueError``; one merely found next to the dataset is then ignored
+    with a warning. A cache of other weights, config or tokenizer raises ``CacheMismatchError``.
+    """
+    explicit = bool(cfg.data.text_cache_dir)
+    if explicit:
+        path = common.resolve(workdir, cfg.data.text_cache_dir)
+        if not os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)):
+            raise FileNotFoundError(f"data.text_cache_dir: no complete text cache at {path} "
+                                    "(tools/cache_latents.py --text_config writes it)")
+    else:
+        path = text_cache_lib.default_text_cache_dir(dataset_path(cfg, workdir))
+        if not os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)):
+            return None
+    try:
+        source = conditioner_source(cfg, workdir, stage_cfg)
+    except ValueError as e:
+        if explicit:
+            raise ValueError(f"data.text_cache_dir={path}: {e}") from None
+        logging.warning("data: not using the text cache %s: %s", path, e)
+        return None
+    cache = text_cache_lib.TextCache(path)
+    params, step = load_component(source, "conditioner")
+    cache.check_text_stack(text_identity(cfg, workdir, source, params, step))
+    logging.info("data: using text cache %s", path)
+    return cache
+
+
 def record_pipeline(cfg, workdir: str, global_batch: int, tokenize: Callable, vae_source: Optional[str],
-                    use_cache: bool) -> RecordPipeline:
+                    use_cache: bool, text_cache: Optional[text_cache_lib.TextCache] = None) -> RecordPipeline:
     """The stage's ``DataSource``: batches of ``image`` (or cached ``latent_mean``/``latent_logvar``)
-    plus the token arrays of ``tokenize(list of captions)``.
+    plus the token arrays of ``tokenize(list of captions)``, or with ``text_cache`` (from
+    ``open_text_cache``) the cached ``text_context``/``text_mask``/``text_pooled`` instead.
 
     ``use_cache``: whether cached posteriors may replace images (the VAE is frozen and loaded
     from ``vae_source``, whose weights the cache must have been encoded with).
@@ -82,7 +186,8 @@ def record_pipeline(cfg, workdir: str, global_batch: int, tokenize: Callable, va
         logging.info("data: using latent cache %s", cache_dir)
 
     def batch_fn(batch):
-        out = {k: v for k, v in batch.items() if k in ("image", "latent_mean", "latent_logvar")}
-        return {**out, **tokenize([str(c) for c in batch["caption"]])}
+        out = {k: v for k, v in batch.items() if k in ("image", "latent_mean", "latent_logvar") + TEXT_KEYS}
+        return out if text_cache is not None else {**out, **tokenize([str(c) for c in batch["caption"]])}
 
-    return RecordPipeline(source, pipeline_config(cfg.data, global_batch), batch_fn=batch_fn, cache=cache)
+    return RecordPipeline(source, pipeline_config(cfg.data, global_batch), batch_fn=batch_fn, cache=cache,
+                          text_cache=text_cache)

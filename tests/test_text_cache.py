@@ -1,0 +1,111 @@
+"""Text cache: the pretrain loss on cached conditioner outputs equals the loss that runs the
+conditioner, for the same rng and caption draws; stale caches and a trainable text stack are refused."""
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from seedream_jax.checkpoint.init_from import apply_init_from
+from seedream_jax.checkpoint.manager import Checkpointer
+from seedream_jax.data import arrayrecord_io, latent_cache, text_cache
+from seedream_jax.data import synthetic as S
+from seedream_jax.data import synthetic_records as SR
+from seedream_jax.data.tokenizer import train_sentencepiece
+from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
+from seedream_jax.training.stages import pretrain, record_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=24, image_size=32, seed=5), sizes=((32, 32),))
+
+
+def _config(root):
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import tiny
+    cfg = tiny.get_config()
+    cfg.model.resolution = 32
+    cfg.model.mmdit.rope_base_grid = 4
+    cfg.model.mmdit.update(num_double_blocks=1, num_single_blocks=1)
+    cfg.model.llm.num_hidden_layers = cfg.model.byt5.num_layers = 1
+    cfg.model.vae.block_out_channels = (8, 8, 8)
+    cfg.tokenizer.vocab_size = 512
+    cfg.pretrain.train.batch_size = 4
+    cfg.pretrain.frozen = ("vae", "conditioner")
+    cfg.pretrain.init_from = {"conditioner": str(root / "text_stage")}
+    cfg.data.update(dict(format="arrayrecord", path=str(root / "ds"), image_size=32, bucket_multiple=8,
+                         caption_types=("short", "long", "text"), caption_type_probs=(0.4, 0.3, 0.3),
+                         cfg_drop_prob=0.3))
+    return cfg
+
+
+def _save_conditioner(stage_dir, cfg, workdir, seed):
+    """A checkpoint whose 'conditioner' component is a random conditioner of ``cfg.model``."""
+    pipe = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)[0]
+    tokens = tokenize_prompts(["a"], pipe.tokenizer, pipe.conditioner_cfg)
+    model = Conditioner(pipe.conditioner_cfg)
+    params = jax.jit(lambda r: nn.meta.unbox(model.init(r, **tokens)["params"]))(jax.random.PRNGKey(seed))
+    ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), async_save=False)
+    ckpt.save(1, {"params": {"conditioner": params}}, {}, force=True)
+    ckpt.wait()
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    SR.write_record_world(WORLD, str(root / "ds"), records_per_shard=10)
+    texts = [c for i in range(24) for by in S.all_captions(SR.extended_scene(WORLD, i)[0]).values() for c in by.values()]
+    os.makedirs(root / "tokenizer")
+    train_sentencepiece(texts, str(root / "tokenizer" / "spm"), 512, user_defined_symbols=S.zh_caption_words())
+    cfg = _config(root)
+    _save_conditioner(str(root / "text_stage"), cfg, str(root), seed=1)
+    encode, identity = record_data.text_stack(cfg, str(root), cfg.pretrain)
+    source = arrayrecord_io.ArrayRecordSource(str(root / "ds"))
+    manifest = text_cache.write_text_cache(source, text_cache.default_text_cache_dir(str(root / "ds")), encode,
+                                           identity, dtype="float32", chunk=16, records_per_shard=10)
+    return cfg, str(root), source, manifest
+
+
+def test_cached_conditioning_gives_the_same_loss(setup):
+    cfg, workdir, source, manifest = setup
+    assert manifest["num_records"] == len(source) and manifest["summary"]["dtype"] == "float32"
+    task = pretrain.build_task(cfg, workdir)  # finds <ds>-text and checks it against the checkpoint
+    assert task.data._load.text_cache is not None
+    pipe = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)[0]
+    plain = record_data.record_pipeline(cfg, workdir, 4, lambda caps: tokenize_prompts(
+        caps, pipe.tokenizer, pipe.conditioner_cfg), None, use_cache=False)
+    init_params, loss_fn = pretrain.model_functions(pipe, cfg.pretrain, 32, 32)
+    trainable, frozen = jax.jit(lambda r: nn.meta.unbox(init_params(r)))(jax.random.PRNGKey(0))
+    trainable, frozen = apply_init_from(jax.device_get(trainable), jax.device_get(frozen),
+                                        {"conditioner": cfg.pretrain.init_from["conditioner"]})
+    assert "conditioner" not in trainable
+    loss = jax.jit(lambda t, f, b, r: loss_fn(t, f, b, r)[0])
+    dropped = 0
+    for k in range(2):
+        a, b = next(plain), next(task.data)
+        assert "llm_ids" in a and "llm_ids" not in b and b["text_context"].shape[1:] == (
+            pipe.conditioner_cfg.num_tokens, pipe.conditioner_cfg.context_dim)
+        dropped += int((~a["llm_mask"].any(axis=1)).sum())
+        latents = {"latent_mean": a.pop("image")[:, ::4, ::4, :1].repeat(4, -1), "latent_logvar": np.zeros((4, 8, 8, 4))}
+        a, b = {**a, **latents}, {**{k: v for k, v in b.items() if k != "image"}, **latents}  # no VAE to compile
+        rng = jax.random.PRNGKey(10 + k)
+        np.testing.assert_allclose(float(loss(trainable, frozen, b, rng)), float(loss(trainable, frozen, a, rng)),
+                                   rtol=0, atol=1e-5)
+    assert dropped > 0  # the unconditional (CFG-dropped) embedding was served from the cache too
+
+
+def test_stale_cache_and_trainable_text_stack_are_refused(setup, tmp_path):
+    cfg, workdir, source, _ = setup
+    _save_conditioner(str(tmp_path / "text_stage"), cfg, workdir, seed=2)  # other weights, same stage name
+    stale = _config(tmp_path)
+    stale.data.path, stale.tokenizer.path = cfg.data.path, os.path.join(workdir, cfg.tokenizer.path)
+    with pytest.raises(latent_cache.CacheMismatchError, match="params_crc32"):
+        record_data.open_text_cache(stale, workdir, stale.pretrain)
+    trainable = _config(tmp_path)
+    trainable.data.path, trainable.pretrain.frozen = cfg.data.path, ("vae", "conditioner/text_encoder")
+    assert record_data.open_text_cache(trainable, workdir, trainable.pretrain) is None  # found, not usable: ignored
+    trainable.data.text_cache_dir = text_cache.default_text_cache_dir(cfg.data.path)
+    with pytest.raises(ValueError, match="whole conditioner frozen"):
+        record_data.open_text_cache(trainable, workdir, trainable.pretrain)
