@@ -115,6 +115,16 @@ def test_corrupt_record_is_counted_and_replaced_from_its_bucket(world):
     assert pipe.bucket_ids[replacement] == pipe.bucket_ids[victim]
 
 
+def test_skipped_counts_only_yielded_batches_with_prefetching_threads(world):
+    data = [world[i] for i in range(len(world))]
+    pipe = RecordPipeline(data, dataclasses.replace(CFG, num_workers=2, prefetch=2), 0, 1)
+    victim = int(pipe.plan.batch(1)[1][0])
+    data[victim] = data[victim][:-20] + b"\0" * 20
+    next(pipe)  # batch 1 (holding the victim) is decoded ahead by the threads, not yielded yet
+    assert pipe.skipped == 0
+    assert victim not in next(pipe)["index"].tolist() and pipe.skipped == 1
+
+
 def test_caption_fallback_and_one_implementation():
     data_cfg = dataclasses.replace(CFG, caption_languages=("zh", "en"), language_probs=(1.0, 0.0),
                                    caption_types=("long",), caption_type_probs=(1.0,), cfg_drop_prob=0.0)

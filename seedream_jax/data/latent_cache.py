@@ -5,9 +5,9 @@ What is cached: for record ``i`` of a dataset, entry ``i`` of the cache holds th
 its aspect-ratio bucket with the deterministic centre crop (``augment.fit_to_bucket`` without
 randomness; the bucket table is the pipeline's, from ``base_resolution``, ``bucket_multiple`` and
 ``bucket_max_ratio``). Training then samples ``z = mean + exp(logvar / 2) * eps`` per step as it
-would on the fly, so only the random crop and flip are lost. Captions are not cached: they stay
-in the dataset records and caption sampling (language, type, CFG drop) works per step exactly
-as without a cache; the text encoders still run in the training step (they may be trained).
+would on the fly, so only the random crop and flip are lost. Captions are not in this cache:
+the frozen conditioner's outputs have their own (``text_cache.py``, sharing ``open_cache``,
+``check_dataset`` and ``params_fingerprint`` from here).
 
 The cache is a seedream ArrayRecord dataset (``arrayrecord_io``) whose manifest ``summary`` says
 what it matches: ``dataset`` (record count and the dataset manifests' settings), ``buckets``
