@@ -8,7 +8,8 @@ read from the latent cache of an ArrayRecord dataset when there is one), the con
 the captions (LLM + Glyph-ByT5; a caption is dropped to the empty prompt with
 ``data.cfg_drop_prob`` for classifier-free guidance; a frozen conditioner's outputs may come from
 the text cache of an ArrayRecord dataset instead), and the MMDiT
-learns the velocity ``eps - x0`` at logit-normal times shifted by resolution.
+learns the velocity ``eps - x0`` at logit-normal times shifted by the batch's own resolution
+(each aspect-ratio bucket of an ArrayRecord dataset has its own token count, hence its own shift).
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
 stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
 """
@@ -68,11 +69,12 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
       the batch holds either ``image`` [B, H, W, 3] in [-1, 1] or cached VAE posteriors
       ``latent_mean``/``latent_logvar`` [B, H/f, W/f, C], plus the conditioner's token arrays or
       its cached outputs ``text_context`` [B, L, D], ``text_mask`` [B, L], ``text_pooled`` [B, D]
-      (then the conditioner does not run).
+      (then the conditioner does not run). ``height`` x ``width`` only shapes the initialisation:
+      the loss takes the resolution shift ``mu`` of each batch's own image size (static under jit,
+      so one compiled step per bucket shape).
     """
     s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
-    mu = pipe.mu(height, width)
 
     def init_params(rng):
         r1, r2, r3 = jax.random.split(rng, 3)
@@ -95,6 +97,8 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
             mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(enc_rng, mean.shape)
         x0 = jax.lax.stop_gradient(scale_latents(z, pipe.vae_cfg)).astype(jnp.float32)
+        f = pipe.vae_cfg.downsample_factor
+        mu = pipe.mu(x0.shape[1] * f, x0.shape[2] * f)  # this batch's pixels (its bucket), not the base size
         if "text_context" in batch:  # the frozen conditioner's outputs, from the text cache
             dt = compute_dtype(pipe.conditioner_cfg.dtype)
             cond = {"context": batch["text_context"].astype(dt), "mask": batch["text_mask"].astype(bool),
@@ -134,7 +138,7 @@ def record_dataset(cfg, workdir: str, stage_cfg, pipe, vae_source):
     """(Grain pipeline over the ArrayRecord dataset ``data.path``, (height, width) of the base bucket).
 
     Batches hold images of one aspect-ratio bucket each (the step recompiles once per bucket
-    shape; the resolution shift ``mu`` is the base resolution's), or the latent cache's posteriors
+    shape, each with its own resolution shift ``mu``), or the latent cache's posteriors
     when the VAE is frozen and a cache is present, and the text cache's conditioner outputs
     when the conditioner is frozen and a text cache is present (``training/stages/record_data.py``)."""
     frozen_vae = "vae" in [p.strip("/") for p in stage_cfg.frozen] and bool(vae_source)
