@@ -40,12 +40,20 @@ def _config(root):
     return cfg
 
 
+def _random_params(shapes, seed):
+    """NumPy N(0, 0.05**2) values for a tree of (boxed) ``jax.ShapeDtypeStruct``: weights without
+    compiling an init program."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
+                                  nn.meta.unbox(shapes))
+
+
 def _save_conditioner(stage_dir, cfg, workdir, seed):
     """A checkpoint whose 'conditioner' component is a random conditioner of ``cfg.model``."""
     pipe = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)[0]
     tokens = tokenize_prompts(["a"], pipe.tokenizer, pipe.conditioner_cfg)
     model = Conditioner(pipe.conditioner_cfg)
-    params = jax.jit(lambda r: nn.meta.unbox(model.init(r, **tokens)["params"]))(jax.random.PRNGKey(seed))
+    params = _random_params(jax.eval_shape(lambda r: model.init(r, **tokens)["params"], jax.random.PRNGKey(0)), seed)
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), async_save=False)
     ckpt.save(1, {"params": {"conditioner": params}}, {}, force=True)
     ckpt.wait()
@@ -68,20 +76,28 @@ def setup(tmp_path_factory):
     return cfg, str(root), source, manifest
 
 
-def test_cached_conditioning_gives_the_same_loss(setup):
+@pytest.fixture(scope="module")
+def loss_model(setup):
+    """(pipe, jitted pretrain loss (trainable, frozen, batch, rng) -> scalar, trainable, frozen):
+    random MMDiT weights (so the velocity depends on the conditioning) and the checkpoint's
+    conditioner; compiled once per batch structure for the whole module."""
+    cfg, workdir, _, _ = setup
+    pipe = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)[0]
+    init_params, loss_fn = pretrain.model_functions(pipe, cfg.pretrain, 32, 32)
+    trainable, frozen = _random_params(jax.eval_shape(init_params, jax.random.PRNGKey(0)), seed=3)
+    trainable, frozen = apply_init_from(trainable, frozen, {"conditioner": cfg.pretrain.init_from["conditioner"]})
+    assert "conditioner" not in trainable
+    return pipe, jax.jit(lambda t, f, b, r: loss_fn(t, f, b, r)[0]), trainable, frozen
+
+
+def test_cached_conditioning_gives_the_same_loss(setup, loss_model):
     cfg, workdir, source, manifest = setup
+    pipe, loss, trainable, frozen = loss_model
     assert manifest["num_records"] == len(source) and manifest["summary"]["dtype"] == "float32"
     task = pretrain.build_task(cfg, workdir)  # finds <ds>-text and checks it against the checkpoint
     assert task.data._load.text_cache is not None
-    pipe = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)[0]
     plain = record_data.record_pipeline(cfg, workdir, 4, lambda caps: tokenize_prompts(
         caps, pipe.tokenizer, pipe.conditioner_cfg), None, use_cache=False)
-    init_params, loss_fn = pretrain.model_functions(pipe, cfg.pretrain, 32, 32)
-    trainable, frozen = jax.jit(lambda r: nn.meta.unbox(init_params(r)))(jax.random.PRNGKey(0))
-    trainable, frozen = apply_init_from(jax.device_get(trainable), jax.device_get(frozen),
-                                        {"conditioner": cfg.pretrain.init_from["conditioner"]})
-    assert "conditioner" not in trainable
-    loss = jax.jit(lambda t, f, b, r: loss_fn(t, f, b, r)[0])
     dropped = 0
     for k in range(2):
         a, b = next(plain), next(task.data)
