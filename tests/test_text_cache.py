@@ -1,6 +1,7 @@
 """Text cache: the pretrain loss on cached conditioner outputs equals the loss that runs the
 conditioner, for the same rng and caption draws; stale caches and a trainable text stack are refused."""
 import os
+import shutil
 import sys
 
 import flax.linen as nn
@@ -60,11 +61,15 @@ def _save_conditioner(stage_dir, cfg, workdir, seed):
     ckpt.close()
 
 
+def _texts():
+    return [c for i in range(24) for by in S.all_captions(SR.extended_scene(WORLD, i)[0]).values() for c in by.values()]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     SR.write_record_world(WORLD, str(root / "ds"), records_per_shard=10)
-    texts = [c for i in range(24) for by in S.all_captions(SR.extended_scene(WORLD, i)[0]).values() for c in by.values()]
+    texts = _texts()
     os.makedirs(root / "tokenizer")
     train_sentencepiece(texts, str(root / "tokenizer" / "spm"), 512, user_defined_symbols=S.zh_caption_words())
     cfg = _config(root)
@@ -125,3 +130,26 @@ def test_stale_cache_and_trainable_text_stack_are_refused(setup, tmp_path):
     trainable.data.text_cache_dir = text_cache.default_text_cache_dir(cfg.data.path)
     with pytest.raises(ValueError, match="whole conditioner frozen"):
         record_data.open_text_cache(trainable, workdir, trainable.pretrain)
+
+
+def test_cache_of_another_tokenizer_is_refused(setup, tmp_path):
+    """The cache records the tokenizer's CRC32: a copy of the same file elsewhere is accepted, a
+    tokenizer trained otherwise (same config, same conditioner) is refused naming only the tokenizer;
+    an HF tokenizer folder is fingerprinted over all its files."""
+    cfg, workdir, _, _ = setup
+    os.makedirs(tmp_path / "copy")
+    shutil.copyfile(os.path.join(workdir, cfg.tokenizer.path), tmp_path / "copy" / "spm.model")
+    cfg = cfg.copy_and_resolve_references()
+    cfg.tokenizer.path = str(tmp_path / "copy" / "spm.model")
+    assert record_data.open_text_cache(cfg, workdir, cfg.pretrain) is not None
+    train_sentencepiece(_texts(), str(tmp_path / "other"), 500, user_defined_symbols=S.zh_caption_words())
+    cfg.tokenizer.path = str(tmp_path / "other.model")
+    with pytest.raises(latent_cache.CacheMismatchError, match=r"differs in \['tokenizer_crc32'\]"):
+        record_data.open_text_cache(cfg, workdir, cfg.pretrain)
+    folder = tmp_path / "hf"
+    os.makedirs(folder)
+    (folder / "tokenizer.json").write_text('{"model": 1}')
+    (folder / "vocab.txt").write_text("a\nb\n")
+    before = record_data.tokenizer_fingerprint(str(folder))
+    (folder / "vocab.txt").write_text("a\nc\n")
+    assert record_data.tokenizer_fingerprint(str(folder)) != before
