@@ -72,7 +72,7 @@ def compile_cache(tmp_path_factory):
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     before = {n: getattr(jax.config, n) for n in names}
-    for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 0.0, 0)):
+    for name, value in zip(names, (str(tmp_path_factory.mktemp("xla_cache")), 1.0, 0)):
         jax.config.update(name, value)
     compilation_cache.reset_cache()
     yield
