@@ -5,7 +5,6 @@ resumed from its checkpoint ends bit-identical to an uninterrupted run (the data
 exactly)."""
 import os
 import signal
-import sys
 
 import flax.linen as nn
 import jax
@@ -19,29 +18,19 @@ from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.tokenizer import train_sentencepiece
 from seedream_jax.training import loop
 from seedream_jax.training.stages import pretrain
+from record_configs import tiny_record_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=40, image_size=32, seed=8), sizes=((32, 32), (24, 40)))
 BUCKETS = {(32, 32), (24, 40)}
 STEPS, PREEMPT_AT = 6, 3
 
 
 def _config(root):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import tiny
-    cfg = tiny.get_config()
-    cfg.model.resolution = 32
-    cfg.model.mmdit.rope_base_grid = 4
-    cfg.model.mmdit.update(num_double_blocks=1, num_single_blocks=1)
-    cfg.model.llm.num_hidden_layers = cfg.model.byt5.num_layers = 1
-    cfg.model.vae.block_out_channels = (8, 8, 8)
-    cfg.tokenizer.vocab_size = 512
-    cfg.pretrain.frozen = ("vae", "conditioner")  # the MMDiT trains: half the compile time of training all
+    cfg = tiny_record_config(root / "ds")  # the MMDiT trains: half the compile time of training all
     cfg.pretrain.init_from = {}
     cfg.pretrain.eval_prompts = ()
     cfg.pretrain.train.update(steps=STEPS, batch_size=8, checkpoint_every=2, log_every=1, async_checkpoint=False)
-    cfg.data.update(dict(format="arrayrecord", path=str(root / "ds"), image_size=32, bucket_multiple=8,
-                         caption_types=("short", "text"), caption_type_probs=(0.5, 0.5), cfg_drop_prob=0.2))
+    cfg.data.update(dict(caption_types=("short", "text"), caption_type_probs=(0.5, 0.5), cfg_drop_prob=0.2))
     return cfg
 
 

@@ -2,7 +2,6 @@
 conditioner, for the same rng and caption draws; stale caches and a trainable text stack are refused."""
 import os
 import shutil
-import sys
 
 import flax.linen as nn
 import jax
@@ -17,26 +16,16 @@ from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.tokenizer import train_sentencepiece
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.training.stages import pretrain, record_data
+from record_configs import tiny_record_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=24, image_size=32, seed=5), sizes=((32, 32),))
 
 
 def _config(root):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import tiny
-    cfg = tiny.get_config()
-    cfg.model.resolution = 32
-    cfg.model.mmdit.rope_base_grid = 4
-    cfg.model.mmdit.update(num_double_blocks=1, num_single_blocks=1)
-    cfg.model.llm.num_hidden_layers = cfg.model.byt5.num_layers = 1
-    cfg.model.vae.block_out_channels = (8, 8, 8)
-    cfg.tokenizer.vocab_size = 512
+    cfg = tiny_record_config(root / "ds")
     cfg.pretrain.train.batch_size = 4
-    cfg.pretrain.frozen = ("vae", "conditioner")
     cfg.pretrain.init_from = {"conditioner": str(root / "text_stage")}
-    cfg.data.update(dict(format="arrayrecord", path=str(root / "ds"), image_size=32, bucket_multiple=8,
-                         caption_types=("short", "long", "text"), caption_type_probs=(0.4, 0.3, 0.3),
+    cfg.data.update(dict(caption_types=("short", "long", "text"), caption_type_probs=(0.4, 0.3, 0.3),
                          cfg_drop_prob=0.3))
     return cfg
 
