@@ -17,6 +17,14 @@ class LaunchError(ValueError):
     """A bad launcher argument; the message says which and what was expected."""
 
 
+def add_run_arguments(parser, workdir_help: str) -> None:
+    """--config, --workdir and repeatable --set KEY=VALUE: what every launcher passes to main."""
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
+    parser.add_argument("--workdir", required=True, help=workdir_help)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable: --set pretrain.train.steps=1000")
+
+
 def config_overrides(items: Sequence[str]) -> List[str]:
     """``['pretrain.train.steps=100', 'sample.prompts=("a b", "c")']`` -> ``--config.<key>=<value>`` flags."""
     flags = []

@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import List
 
-from launch.common import LaunchError, execute, main_command
+from launch.common import LaunchError, add_run_arguments, execute, main_command
 
 _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 
@@ -77,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-dir", default=".", help="the repository on the shared filesystem")
     p.add_argument("--venv", default="", help="virtualenv to activate on each node")
     p.add_argument("--python", default="python")
-    p.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
-    p.add_argument("--workdir", required=True, help="run directory on the shared filesystem")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable: --set pretrain.train.steps=1000")
+    add_run_arguments(p, "run directory on the shared filesystem")
     p.add_argument("--script", default="", help="where to write the sbatch script (default <job-name>.sbatch)")
     p.add_argument("--dry-run", action="store_true", help="print the script and the sbatch command, run nothing")
     return p

@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import List
 
-from launch.common import LaunchError, execute, main_command
+from launch.common import LaunchError, add_run_arguments, execute, main_command
 
 REPO_DIR = "~/seedream-jax"  # on each worker
 # Default TPU VM software versions per generation (``gcloud compute tpus versions list``).
@@ -140,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", required=True, help="bucket name, without gs://")
     p.add_argument("--mount-point", default="/mnt/gcs")
     p = sub.add_parser("run", parents=[common], help="run seedream_jax.main on every worker")
-    p.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
-    p.add_argument("--workdir", required=True, help="shared run directory, e.g. /mnt/gcs/runs/v5p")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable: --set pretrain.train.steps=1000")
+    add_run_arguments(p, "shared run directory, e.g. /mnt/gcs/runs/v5p")
     p.add_argument("--detach", action="store_true", help="run in the background (nohup); follow with 'logs'")
     p.add_argument("--log-name", default="run", help="log file logs/<name>.log on each worker")
     p = sub.add_parser("logs", parents=[common], help="follow a worker's log")
