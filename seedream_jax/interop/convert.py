@@ -18,6 +18,7 @@ checkpoint); ``write_component`` plans the output tensors from the shapes alone,
 bounded chunk of leaves at a time, converts and writes each tensor and drops it, so exporting
 never holds a second copy of the model.
 """
+import abc
 import json
 import os
 import re
@@ -174,7 +175,7 @@ def export_dtype(dtype) -> np.dtype:
 Path = Tuple[str, ...]
 
 
-class ParamSource:
+class ParamSource(abc.ABC):
     """Parameters readable leaf by leaf.
 
     ``shapes()`` gives every leaf's ``jax.ShapeDtypeStruct`` keyed by its Flax path (a tuple of
@@ -183,11 +184,13 @@ class ParamSource:
     """
     describe = "<parameters>"
 
+    @abc.abstractmethod
     def shapes(self) -> Dict[Path, jax.ShapeDtypeStruct]:
-        raise NotImplementedError
+        """Every leaf's shape and dtype, keyed by its Flax path."""
 
+    @abc.abstractmethod
     def read(self, paths: Sequence[Path]) -> Dict[Path, np.ndarray]:
-        raise NotImplementedError
+        """{path: NumPy array} for ``paths``."""
 
     def scoped(self, prefix) -> "ParamSource":
         """The leaves under ``prefix`` ('a/b' or a tuple), with paths relative to it."""

@@ -60,7 +60,7 @@ class Filter:
         self.stats = FilterStats(self.name)
 
     def check(self, record: records_lib.Record) -> Union[records_lib.Record, Drop]:
-        raise NotImplementedError
+        raise TypeError(f"filter {type(self).__name__} must implement check() or override __call__()")
 
     def __call__(self, records: Iterable[records_lib.Record]) -> Iterator[records_lib.Record]:
         for record in records:
