@@ -13,6 +13,11 @@ Model sizes (parameter counts: ``python tools/param_count.py``):
           bilingual LLM and loads directly), byt5-small, a Flux-style 16-channel 8x VAE.
           The report does not publish its DiT size; 2-3B is what its description implies.
 """
+import ast
+import os
+import runpy
+from typing import Optional, Sequence
+
 from ml_collections import ConfigDict
 
 
@@ -106,7 +111,8 @@ def train_section(**overrides) -> ConfigDict:
     """Loop settings of one stage (``<stage>.train``)."""
     return ConfigDict(dict(dict(
         steps=1000, batch_size=32, seed=0, log_every=50, eval_every=0, checkpoint_every=500,
-        keep_checkpoints=2, ema_decay=0.999, async_checkpoint=True), **overrides))
+        keep_checkpoints=2, ema_decay=0.999, async_checkpoint=True), **overrides))  # ema_decay: the ceiling
+    # of the warmed-up EMA rule min(ema_decay, (1 + step) / (10 + step)) (training/state.ema_decay_at); 0 = no EMA
 
 
 def optimizer_section(**overrides) -> ConfigDict:
@@ -125,6 +131,10 @@ def base_config(size: str = "tiny") -> ConfigDict:
         dir="data/synthetic",            # relative paths are inside --workdir
         num_images=2000, image_size=c.model.resolution, seed=0,
         caption_languages=("en", "zh"), language_probs=(0.5, 0.5),
+        # the scene mix of the synthetic world (data/synthetic.py SyntheticWorldConfig)
+        world=ConfigDict(dict(max_objects=4, object_count_weights=(), text_probability=0.4,
+                              zh_text_probability=0.5, vertical_text_probability=0.2, same_probability=0.3,
+                              group_probability=0.0, shuffle_objects=False)),
         caption_types=("short", "long"), caption_type_probs=(0.5, 0.5),
         cfg_drop_prob=0.1,
         # "synthetic": the in-memory world in ``dir`` (tiny default); "arrayrecord": a record dataset
@@ -171,3 +181,44 @@ def base_config(size: str = "tiny") -> ConfigDict:
         suite_seed=0, max_items_per_group=0,  # first n items per (category, split); 0 = the whole suite
         output="eval"))
     return c
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """Set ``key.path=value`` items on ``cfg`` in place (values parsed as Python literals, else
+    strings); an unknown key raises KeyError naming it. Returns ``cfg``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        key, raw = key.strip(), raw.strip()
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, last = key.split(".")
+        node = cfg
+        for k in parents:
+            if k not in node:
+                raise KeyError(f"override {key!r}: the config has no {k!r}")
+            node = node[k]
+        if last not in node:
+            raise KeyError(f"override {key!r}: the config has no {last!r} (have {sorted(node.keys())})")
+        node[last] = value
+    return cfg
+
+
+def load_run_config(config_file: Optional[str] = None, size: Optional[str] = None, overrides: Sequence[str] = ()):
+    """A run config from ``configs/<name>.py`` (its ``get_config()``) or a size preset
+    (``base_config(size)``), with ``key.path=value`` overrides (``apply_overrides``)."""
+    if (config_file is None) == (size is None):
+        raise ValueError("give exactly one of a config file or a size preset")
+    if config_file is not None:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        namespace = runpy.run_path(config_file)
+        if "get_config" not in namespace:
+            raise ValueError(f"{config_file} defines no get_config()")
+        cfg = namespace["get_config"]()
+    else:
+        cfg = base_config(size)
+    return apply_overrides(cfg, overrides)

@@ -20,6 +20,17 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
+def perturbed(params, seed: int = 0, scale: float = 0.05):
+    """``params`` plus N(0, scale^2) noise on every leaf (boxed trees keep their axis names).
+
+    A freshly initialised MMDiT is adaLN-Zero: its modulation and output layers are zero and it
+    outputs exactly 0, so parity and sharding tests perturb it first or they would compare zeros."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     try:

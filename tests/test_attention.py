@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import max_abs_diff
+from conftest import max_abs_diff, perturbed
 from seedream_jax.models import attention
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig, block_remat_policies
 from seedream_jax.parallel import mesh as mesh_lib
@@ -48,7 +48,7 @@ def _mmdit_inputs():
 
 def test_mmdit_with_splash_matches_xla_on_one_device_and_sharded():
     inputs = _mmdit_inputs()
-    params = MMDiT(CFG).init(jax.random.PRNGKey(0), *inputs)["params"]
+    params = perturbed(MMDiT(CFG).init(jax.random.PRNGKey(0), *inputs)["params"])
     ref = MMDiT(CFG).apply({"params": params}, *inputs)
     splash = MMDiT(MMDiTConfig(**{**CFG.__dict__, "attention_impl": "splash_interpret"}))
     d_single = max_abs_diff(splash.apply({"params": params}, *inputs), ref)
@@ -80,7 +80,7 @@ def test_remat_policy_per_block_kind():
     with pytest.raises(ValueError, match="policy 'most'"):
         block_remat_policies("double=most")
     inputs = _mmdit_inputs()
-    params = MMDiT(CFG).init(jax.random.PRNGKey(0), *inputs)["params"]
+    params = perturbed(MMDiT(CFG).init(jax.random.PRNGKey(0), *inputs)["params"])
 
     def grads(policy):
         model = MMDiT(MMDiTConfig(**{**CFG.__dict__, "remat_policy": policy}))

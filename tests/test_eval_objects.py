@@ -88,7 +88,8 @@ def _free_cell(scene):
 
 def test_wrong_images_fail():
     items = _object_items()
-    by_kind = {k: [it for it in items if it.kind == k] for k in ("single", "count", "position", "relation")}
+    by_kind = {k: [it for it in items if it.kind == k]
+               for k in ("single", "count", "position", "relation", "binding", "groups")}
     results = {}
 
     def wrong(kind, edit):
@@ -122,6 +123,18 @@ def test_wrong_images_fail():
         return dataclasses.replace(s, objects=[dataclasses.replace(s.objects[0], colour=_other(
             S.visible_colours(s.background), s.objects[0].colour))] + list(s.objects[1:]))
 
+    def swapped_shapes(s):  # both colours and both shapes drawn, bound the wrong way round
+        a, b = s.objects
+        return dataclasses.replace(s, objects=[dataclasses.replace(a, shape=b.shape), dataclasses.replace(b, shape=a.shape)])
+
+    def moved_to_other_group(s):  # one object of the first group redrawn as the other group's kind
+        first = s.objects[0]
+        other = next(o for o in s.objects if (o.colour, o.shape) != (first.colour, first.shape))
+        return dataclasses.replace(s, objects=[dataclasses.replace(first, colour=other.colour, shape=other.shape)]
+                                   + list(s.objects[1:]))
+
+    wrong("binding", swapped_shapes)
+    wrong("groups", moved_to_other_group)
     wrong("single", wrong_colour)
     wrong("single", wrong_shape)
     wrong("count", wrong_count)
@@ -135,6 +148,8 @@ def test_wrong_images_fail():
     assert results["wrong_position"]["position"] == 0.0
     assert results["swapped_relation"]["relation"] == 0.0
     assert results["missing_object"]["relation"] == 0.0
+    assert results["swapped_shapes"]["binding"] == 0.0
+    assert results["moved_to_other_group"]["groups"] == 0.0
 
 
 def test_consistency_compares_the_two_languages():

@@ -12,11 +12,12 @@ from seedream_jax.eval.stage import select_items
 
 def test_suite_covers_every_category_and_split():
     items = SU.build_suite()
-    assert len(items) == 121 and len({it.id for it in items}) == 121
+    assert len(items) == 153 and len({it.id for it in items}) == 153
     assert SU.suite_summary(items) == {
         "colour": {"seen": 16, "heldout": 8}, "shape": {"seen": 16, "heldout": 8},
         "count": {"seen": 12, "heldout": 8}, "position": {"seen": 9, "heldout": 8},
-        "relation": {"seen": 8, "heldout": 8},
+        "relation": {"seen": 8, "heldout": 8}, "binding": {"seen": 8, "heldout": 8},
+        "groups": {"seen": 8, "heldout": 8},
         "text_zh_char": {"seen": 8}, "text_zh_word": {"seen": 16}, "text_en_word": {"seen": 20}}
     single = [it.scene.objects[0] for it in items if it.kind == "single" and it.split == "seen"]
     assert {o.colour for o in single} == set(S.COLOURS) and {o.shape for o in single} == set(S.SHAPES)
@@ -29,6 +30,14 @@ def test_suite_covers_every_category_and_split():
     relations = collections.Counter(it.prompt("en").rsplit(" is ", 1)[1].split()[0]
                                     for it in items if it.kind == "relation")
     assert relations == {"to": 8, "above": 8}
+    # Binding and groups: two kinds of object that differ in colour and in shape.
+    for it in items:
+        if it.kind in ("binding", "groups"):
+            kinds = {(o.colour, o.shape) for o in it.scene.objects}
+            assert len(kinds) == 2 and len({c for c, _ in kinds}) == 2 and len({s for _, s in kinds}) == 2, it.id
+    groups = collections.Counter(tuple(sorted(collections.Counter((o.colour, o.shape) for o in it.scene.objects).values()))
+                                 for it in items if it.kind == "groups")
+    assert set(groups) == {(1, 2), (2, 2), (1, 3)} and sum(groups.values()) == 16
 
 
 def test_prompts_are_the_specs_matched_captions():
@@ -54,8 +63,11 @@ def test_heldout_split_uses_only_heldout_pairs():
     for it in SU.build_suite():
         pairs = [heldout.is_heldout(o.colour, o.shape) for o in it.scene.objects]
         if it.split == "heldout":
-            assert pairs[0], it.id  # the first (or only) object is a held-out pair
-            assert all(pairs) or it.kind == "relation"
+            if it.kind == "groups":  # objects in cell order: one of the two groups is held out
+                assert any(pairs) and not all(pairs), it.id
+            else:
+                assert pairs[0], it.id  # the first (or only) object is a held-out pair
+                assert all(pairs) or it.kind in ("relation", "binding")
         else:
             assert not any(pairs), it.id
     # Every held-out pair is valid: known names, visible on every background.
@@ -81,6 +93,6 @@ def test_select_items_keeps_the_first_per_group():
     items = SU.build_suite()
     few = select_items(items, 2)
     groups = collections.Counter((it.categories, it.split) for it in few)
-    assert set(groups.values()) == {2} and len(groups) == 11
+    assert set(groups.values()) == {2} and len(groups) == 15
     assert select_items(items, 0) == items
     assert np.all([it in items for it in few])

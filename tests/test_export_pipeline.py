@@ -46,7 +46,7 @@ OVERRIDES = {"data.image_size": 32, "model.resolution": 32, "model.mmdit.rope_ba
 
 def mini_run_config():
     """The run config: configs/tiny.py with OVERRIDES, 16 images, no VAE stage."""
-    from seedream_jax.interop.pipeline import load_run_config
+    from seedream_jax.config_lib import load_run_config
     cfg = load_run_config(os.path.join(REPO, "configs", "tiny.py"),
                           overrides=[f"{k}={v!r}" for k, v in OVERRIDES.items()])
     cfg.stages = ("data", "tokenizer")

@@ -126,3 +126,29 @@ def test_init_from_rejects_mismatched_component(uninterrupted, tmp_path):
 
     with pytest.raises(KeyError, match="no component 'nothere'"):
         apply_init_from({"toy": {}}, {}, {"nothere": uninterrupted[0]})
+
+
+def test_ema_warmup_rule_matches_a_hand_computation():
+    """decay_t = min(decay, (1 + t) / (10 + t)): 1/10 at step 0, 2/11 at step 1, 1001/1010 at
+    step 1000, and the ceiling once the warmup passes it; one update blends by that weight."""
+    from seedream_jax.training.state import ema_decay_at, ema_update
+    for step, expected in ((0, 0.1), (1, 2 / 11), (1000, 1001 / 1010), (20000, 0.999)):
+        np.testing.assert_allclose(float(ema_decay_at(jnp.int32(step), 0.999)), expected, rtol=1e-6)
+    ema = ema_update({"w": jnp.full((2,), 4.0)}, {"w": jnp.full((2,), 14.0)}, ema_decay_at(jnp.int32(0), 0.999))
+    np.testing.assert_allclose(np.asarray(ema["w"]), [0.1 * 4.0 + 0.9 * 14.0] * 2, rtol=1e-6)
+
+
+def test_loop_ema_follows_the_warmup_rule(tmp_path):
+    """The loop's EMA after step 2 is the rule's blend of its EMA after step 1 and the step-2
+    parameters, with decay min(0.9, 2/11) (the toy stage's ceiling is 0.9)."""
+    from seedream_jax.training.state import ema_decay_at
+    cfg, stage = toy_stage_config(2)
+    stage.train.checkpoint_every = 1
+    stage.train.keep_checkpoints = 3
+    loop.train(toy_task(), cfg, stage, str(tmp_path))
+    (s1, _), (s2, _) = restore_raw_state(str(tmp_path), 1), restore_raw_state(str(tmp_path), 2)
+    d1 = float(ema_decay_at(1, 0.9))
+    assert abs(d1 - 2 / 11) < 1e-7
+    for e1, e2, p2 in zip(*(jax.tree_util.tree_leaves(t) for t in (s1["ema_params"], s2["ema_params"], s2["params"]))):
+        np.testing.assert_allclose(np.asarray(e2), d1 * np.asarray(e1) + (1 - d1) * np.asarray(p2), rtol=1e-5, atol=1e-7)
+        assert np.abs(np.asarray(e2) - np.asarray(e1)).max() > 0

@@ -1,11 +1,12 @@
 """MMDiT: parity with diffusers FluxTransformer2DModel, padding invariance, buckets, bf16, remat."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from conftest import max_abs_diff
+from conftest import max_abs_diff, perturbed
 from seedream_jax.data.buckets import aspect_ratio_buckets
 from seedream_jax.interop import convert
 from seedream_jax.interop.flux import export_mmdit, flux_position_ids, load_mmdit, mmdit_to_diffusers_config
@@ -60,7 +61,7 @@ def test_parity_with_diffusers_flux(tmp_path, num_single):
 @pytest.fixture(scope="module")
 def params():
     latents, t, ctx, mask, pooled = _inputs()
-    return MMDiT(CFG).init(jax.random.PRNGKey(0), latents, t, ctx, mask, pooled)["params"]
+    return perturbed(MMDiT(CFG).init(jax.random.PRNGKey(0), latents, t, ctx, mask, pooled)["params"])
 
 
 def test_export_round_trip(tmp_path, params):
@@ -140,3 +141,63 @@ def test_bf16_close_to_fp32_and_remat_identical(params):
         # Recomputation lets XLA fuse differently: equal up to float32 reassociation.
         for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+
+
+def test_adaln_zero_init_outputs_zero_and_every_block_is_the_identity():
+    """adaLN-Zero: a fresh MMDiT outputs exactly 0, and each double / single block returns its
+    residual streams unchanged (every gate is 0), whatever the inputs."""
+    from seedream_jax.models import rope
+    from seedream_jax.models.mmdit import DoubleStreamBlock, SingleStreamBlock
+    latents, t, ctx, mask, pooled = _inputs()
+    params = nn.meta.unbox(MMDiT(CFG).init(jax.random.PRNGKey(0), latents, t, ctx, mask, pooled)["params"])
+    out = MMDiT(CFG).apply({"params": params}, latents, t, ctx, mask, pooled)
+    assert out.shape == latents.shape and float(jnp.max(jnp.abs(out))) == 0.0
+    for name in ("norm_out", "transformer_blocks_0/norm1", "transformer_blocks_1/norm1_context",
+                 "single_transformer_blocks_1/norm"):
+        leaf = params
+        for key in name.split("/"):
+            leaf = leaf[key]
+        assert not np.any(np.asarray(leaf["linear"]["kernel"])), name
+    r = np.random.default_rng(3)
+    d, n_img, n_txt = CFG.hidden_size, 12, 6
+    img, txt = (jnp.asarray(r.normal(size=(2, n, d)), jnp.float32) for n in (n_img, n_txt))
+    temb = jnp.asarray(r.normal(size=(2, d)), jnp.float32)
+    ids = np.concatenate([rope.text_position_ids(n_txt, 3, 4, base_grid=4), rope.image_position_ids(3, 4, base_grid=4)])
+    cos, sin = rope.rope_frequencies(jnp.asarray(ids), CFG.axes_dims, CFG.rope_theta)
+    key_mask = jnp.ones((2, n_txt + n_img), bool)
+    for i in range(CFG.num_double_blocks):
+        name = f"transformer_blocks_{i}"
+        img_out, txt_out = DoubleStreamBlock(CFG).apply({"params": params[name]}, img, txt, temb, cos, sin, key_mask)
+        np.testing.assert_array_equal(np.asarray(img_out), np.asarray(img))
+        np.testing.assert_array_equal(np.asarray(txt_out), np.asarray(txt))
+    x = jnp.concatenate([txt, img], axis=1)
+    for i in range(CFG.num_single_blocks):
+        x_out = SingleStreamBlock(CFG).apply({"params": params[f"single_transformer_blocks_{i}"]},
+                                             x, temb, cos, sin, key_mask)
+        np.testing.assert_array_equal(np.asarray(x_out), np.asarray(x))
+
+
+def test_patch_size_4_exports_to_diffusers_flux(tmp_path):
+    """A 4x4-patch MMDiT (a 2x VAE's 32x32 latent as 8x8 tokens) is a Flux transformer on
+    4x4-packed tokens (in_channels = 16 C): exported, loaded by diffusers and fed
+    ``torch_pipeline.pack_latents(x, 4)``, it matches ours; loading it back needs patch_size=4."""
+    from diffusers import FluxTransformer2DModel
+    from seedream_jax.interop.torch_pipeline import pack_latents, unpack_latents
+    cfg = MMDiTConfig(**{**CFG.__dict__, "patch_size": 4})
+    latents, t, ctx, mask, pooled = _inputs(h=16, w=8)
+    params = perturbed(nn.meta.unbox(MMDiT(cfg).init(jax.random.PRNGKey(0), latents, t, ctx, mask, pooled)["params"]))
+    ours = MMDiT(cfg).apply({"params": params}, latents, t, ctx, mask, pooled)
+    export_mmdit(params, cfg, str(tmp_path))
+    model = FluxTransformer2DModel.from_pretrained(str(tmp_path)).eval()
+    img_ids, txt_ids = flux_position_ids(cfg, 16, 8, ctx.shape[1])
+    with torch.no_grad():
+        out = model(hidden_states=pack_latents(torch.from_numpy(latents), 4), encoder_hidden_states=torch.from_numpy(ctx),
+                    pooled_projections=torch.from_numpy(pooled), timestep=torch.from_numpy(t),
+                    img_ids=torch.from_numpy(img_ids), txt_ids=torch.from_numpy(txt_ids)).sample
+    d = max_abs_diff(ours, unpack_latents(out, 16, 8, 4))
+    print(f"MMDiT patch 4 vs diffusers Flux on 4x4-packed tokens: max abs diff {d:.2e}")
+    assert d <= 1e-5
+    loaded_cfg, _ = load_mmdit(str(tmp_path), patch_size=4, rope_base_grid=4)
+    assert loaded_cfg == cfg
+    with pytest.raises(ValueError, match="patch size 3"):
+        load_mmdit(str(tmp_path), patch_size=3)

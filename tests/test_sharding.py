@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import perturbed
+
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
 from seedream_jax.models.text_encoder import Qwen2Config, Qwen2Model
 from seedream_jax.parallel import mesh as mesh_lib
@@ -52,7 +54,7 @@ def loss_and_grads(mesh_spec, rules, devices):
     mesh = mesh_lib.make_mesh(mesh_spec, devices)
     rules = sharding_lib.resolve_rules(rules)
     batch = _batch()
-    init = lambda r: MODEL.init(r, batch["x0"][:1], jnp.zeros((1,)), batch["ids"][:1], batch["mask"][:1])["params"]
+    init = lambda r: perturbed(MODEL.init(r, batch["x0"][:1], jnp.zeros((1,)), batch["ids"][:1], batch["mask"][:1])["params"])
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -34,6 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from seedream_jax import config_lib  # noqa: E402
 from seedream_jax.interop import pipeline  # noqa: E402
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         print(f"error: --out {args.out} is not empty (pass --overwrite to write into it)", file=sys.stderr)
         return 2
     try:
-        cfg = pipeline.load_run_config(args.config, args.size, args.set)
+        cfg = config_lib.load_run_config(args.config, args.size, args.set)
         t0 = time.time()
         result = pipeline.export_checkpoint(cfg, os.path.abspath(args.workdir), args.out, stage=args.stage,
                                             step=args.step, weights=args.weights, dtype=args.dtype,

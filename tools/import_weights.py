@@ -35,6 +35,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from seedream_jax import config_lib  # noqa: E402
 from seedream_jax.interop import convert, orbax_io, pipeline  # noqa: E402
 
 
@@ -55,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_configs(cfg):
-    from seedream_jax import config_lib
     conditioner_cfg, mmdit_cfg, vae_cfg = config_lib.build_model_configs(cfg.model)
     return {"text_encoder": conditioner_cfg.text_encoder.llm, "byt5": conditioner_cfg.byt5,
             "conditioner": conditioner_cfg, "transformer": mmdit_cfg, "vae": vae_cfg}
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         print("error: pass either --pipeline or component folders, not both", file=sys.stderr)
         return 2
     try:
-        cfg = (pipeline.load_run_config(args.config, args.size, args.set)
+        cfg = (config_lib.load_run_config(args.config, args.size, args.set)
                if (args.config or args.size) else None)
         expected = _expected_configs(cfg) if cfg is not None else {}
         if args.pipeline:
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
             mmdit_overrides = None
             if "transformer" in expected:
                 m = expected["transformer"]
-                mmdit_overrides = dict(rope_rule=m.rope_rule, rope_base_grid=m.rope_base_grid, text_ids=m.text_ids)
+                mmdit_overrides = dict(rope_rule=m.rope_rule, rope_base_grid=m.rope_base_grid, text_ids=m.text_ids,
+                                       patch_size=m.patch_size)
             configs, params = pipeline.import_components(
                 **folders, conditioner_cfg=expected.get("conditioner") if args.conditioner else None,
                 mmdit_overrides=mmdit_overrides)

@@ -27,6 +27,15 @@ def _sizes(text: str):
         raise argparse.ArgumentTypeError(f"--sizes wants HxW[,HxW...], e.g. 256x256,192x320; got {text!r}") from e
 
 
+def _field_type(default):
+    """argparse type for a SyntheticWorldConfig field: bools from true/false, tuples from 'a,b,c'."""
+    if isinstance(default, bool):
+        return lambda text: {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+    if isinstance(default, tuple):
+        return lambda text: tuple(float(v) for v in text.split(",") if v)
+    return type(default)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
@@ -36,7 +45,7 @@ def main():
                    "(default: image_size square)")
     p.add_argument("--records_per_shard", type=int, default=1024, help="arrayrecord: records per shard")
     for f in dataclasses.fields(synthetic.SyntheticWorldConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"default {f.default}")
+        p.add_argument(f"--{f.name}", type=_field_type(f.default), default=f.default, help=f"default {f.default}")
     a = p.parse_args()
     cfg = synthetic.SyntheticWorldConfig(**{f.name: getattr(a, f.name)
                                             for f in dataclasses.fields(synthetic.SyntheticWorldConfig)})

@@ -8,8 +8,10 @@ from seedream_jax.training.stages.common import resolve
 
 
 def world_config(cfg) -> "synthetic.SyntheticWorldConfig":
+    """The synthetic world of ``cfg.data`` (size, seed) and ``cfg.data.world`` (the scene mix)."""
     d = cfg.data
-    return synthetic.SyntheticWorldConfig(num_images=int(d.num_images), image_size=int(d.image_size), seed=int(d.seed))
+    return synthetic.SyntheticWorldConfig(num_images=int(d.num_images), image_size=int(d.image_size), seed=int(d.seed),
+                                          **d.world.to_dict())
 
 
 def run_data(cfg, workdir: str) -> dict:

@@ -206,10 +206,14 @@ class Scene:
 class SyntheticWorldConfig:
     """A world of ``num_images`` scenes rendered at ``image_size`` x ``image_size`` px.
 
-    max_objects: 1-4 shapes per scene. text_probability: chance of a rendered word, Chinese with
+    max_objects: 1-4 shapes per scene, drawn with ``object_count_weights`` (weights of 1, 2, ...
+    objects; () = uniform). text_probability: chance of a rendered word, Chinese with
     zh_text_probability, written vertically (multi-character Chinese only) with
     vertical_text_probability. same_probability: chance that all objects of a multi-object
-    scene share shape, colour and size (counting scenes: "three small red circles"). seed.
+    scene share shape, colour and size (counting scenes: "three small red circles");
+    group_probability: chance that a multi-object scene is instead two groups of identical
+    objects ("two red circles and a blue square"). shuffle_objects: list the objects (hence
+    name them in the captions) in random order instead of grid (row-major) order. seed.
     """
     num_images: int = 2000
     image_size: int = 64
@@ -218,11 +222,22 @@ class SyntheticWorldConfig:
     zh_text_probability: float = 0.5
     vertical_text_probability: float = 0.2
     same_probability: float = 0.3
+    group_probability: float = 0.0
+    object_count_weights: Tuple[float, ...] = ()
+    shuffle_objects: bool = False
     seed: int = 0
 
     def __post_init__(self):
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
+        object.__setattr__(self, "object_count_weights", tuple(float(w) for w in self.object_count_weights))
+        w = self.object_count_weights
+        if w and (len(w) != self.max_objects or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(f"object_count_weights {w} must hold max_objects = {self.max_objects} "
+                             "non-negative weights (of 1, 2, ... objects) with a positive sum")
+        if self.same_probability + self.group_probability > 1:
+            raise ValueError(f"same_probability + group_probability must be <= 1, got "
+                             f"{self.same_probability} + {self.group_probability}")
         if self.num_images < 1 or self.image_size < 8:
             raise ValueError(f"need num_images >= 1 and image_size >= 8, got {self.num_images}, {self.image_size}")
 
@@ -256,16 +271,35 @@ def sample_scene(rng: np.random.Generator, cfg: SyntheticWorldConfig) -> Scene:
     colours = visible_colours(background)
     text = _sample_text(rng, cfg, colours) if rng.random() < cfg.text_probability else None
     free = [p for p in POSITIONS if text is None or not text.covers(p)]
-    n = int(rng.integers(1, min(cfg.max_objects, len(free)) + 1))
+    most = min(cfg.max_objects, len(free))
+    if cfg.object_count_weights:
+        w = np.asarray(cfg.object_count_weights[:most])
+        n = 1 + int(rng.choice(most, p=w / w.sum())) if w.sum() > 0 else 1
+    else:
+        n = int(rng.integers(1, most + 1))
     cells = sorted(rng.choice(len(free), size=n, replace=False))
-    same = n > 1 and rng.random() < cfg.same_probability
-    objects = []
-    for i in cells:
-        if not (same and objects):
+    layout = "mixed"
+    if n > 1:
+        u = rng.random()
+        layout = "same" if u < cfg.same_probability else (
+            "groups" if u < cfg.same_probability + cfg.group_probability else "mixed")
+    # kind k of each object: all one kind ("same"), two kinds ("groups"), or a new kind each
+    kinds = {"same": [0] * n, "mixed": list(range(n))}.get(layout)
+    if kinds is None:
+        first = 1 + int(rng.integers(n - 1))  # objects of the first kind, 1..n-1
+        kinds = [int(k) for k in rng.permutation([0] * first + [1] * (n - first))]
+    drawn = {}
+    for k in sorted(set(kinds)):
+        while True:
             shape, colour, size = _pick(rng, list(SHAPES)), _pick(rng, colours), _pick(rng, list(SIZES))
             while heldout.is_heldout(colour, shape):  # reserved for evaluation
                 shape, colour = _pick(rng, list(SHAPES)), _pick(rng, colours)
-        objects.append(ShapeObject(shape, colour, size, free[i]))
+            if layout != "groups" or all((colour, shape) != d[:2] and colour != d[0] for d in drawn.values()):
+                break
+        drawn[k] = (colour, shape, size)
+    objects = [ShapeObject(drawn[k][1], drawn[k][0], drawn[k][2], free[i]) for k, i in zip(kinds, cells)]
+    if cfg.shuffle_objects:
+        objects = [objects[i] for i in rng.permutation(n)]
     return Scene(background, objects, text)
 
 
@@ -524,7 +558,8 @@ def generate(cfg: SyntheticWorldConfig) -> Iterator[dict]:
 
 
 def _identity(cfg: SyntheticWorldConfig) -> dict:
-    return {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(cfg)}
+    """What meta.json records of the world, as JSON reads it back (tuples become lists)."""
+    return json.loads(json.dumps({"format_version": FORMAT_VERSION, "config": dataclasses.asdict(cfg)}))
 
 
 def _counts(specs: List[dict]) -> dict:

@@ -8,6 +8,9 @@ colour), so that each category measures one thing:
   position  the largest object of the prompted colour lies in the prompted grid cell
   relation  both prompted colours are present and the first named is left of (or above) the
             second, compared by centroid
+  binding   for each of the two prompted objects, the largest object of its colour has its shape
+  groups    for each prompted group, the number of objects of its colour is its count and the
+            largest of them has its shape
 Each is 1.0 (pass) or 0.0. Text items get Ra, Rh and exact (``text_metrics``) from the OCR.
 
 Consistency of a zh/en pair: the Jaccard overlap of the attributes detected in the two images
@@ -44,6 +47,14 @@ def _relation_holds(item: SuiteItem, found) -> bool:
     return first.centroid[axis] < second.centroid[axis]
 
 
+def _groups_hold(item: SuiteItem, found) -> bool:
+    """Every (colour, shape) group of the spec: count of that colour and shape of its largest."""
+    groups = collections.Counter((o.colour, o.shape) for o in item.scene.objects)
+    return all(sum(o.colour == colour for o in found) == n
+               and getattr(_largest(found, colour), "shape", None) == shape
+               for (colour, shape), n in groups.items())
+
+
 def object_scores(item: SuiteItem, found: Sequence[objects_lib.DetectedObject]) -> Dict[str, float]:
     """{category: 1.0 or 0.0} for each object category of ``item``."""
     target = item.scene.objects[0]
@@ -54,6 +65,8 @@ def object_scores(item: SuiteItem, found: Sequence[objects_lib.DetectedObject]) 
         "count": lambda: sum(o.colour == target.colour for o in found) == len(item.scene.objects),
         "position": lambda: getattr(_largest(found, target.colour), "position", None) == target.position,
         "relation": lambda: _relation_holds(item, found),
+        "binding": lambda: _groups_hold(item, found),
+        "groups": lambda: _groups_hold(item, found),
     }
     return {cat: float(bool(checks[cat]())) for cat in item.categories}
 

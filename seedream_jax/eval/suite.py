@@ -9,6 +9,10 @@ be checked against its spec. Items by kind (``build_suite``, fixed for a seed):
   position  one object, long caption (background, object, grid cell)
   relation  two objects of different colours, long caption ending "A is to the left of B." or
             "A is above B." (objects in one column)
+  binding   two objects of different colours and shapes, short caption ("a large red circle and
+            a small blue square"): scored as right only when each object's colour and shape are
+  groups    two counted groups of different colours and shapes, short caption ("two small red
+            circles and a large blue square"): each group's count and shape must be right
   text      one object and a horizontal word, short caption ('... and the text "你好"'): every
             single Chinese character, every 2-4 character Chinese word and every English word
             of the world
@@ -23,16 +27,20 @@ import numpy as np
 
 from seedream_jax.data import fonts, heldout, synthetic
 
-OBJECT_CATEGORIES = ("colour", "shape", "count", "position", "relation")
+OBJECT_CATEGORIES = ("colour", "shape", "count", "position", "relation", "binding", "groups")
 TEXT_CATEGORIES = ("text_zh_char", "text_zh_word", "text_en_word")
 CATEGORIES = OBJECT_CATEGORIES + TEXT_CATEGORIES
 SPLITS = ("seen", "heldout")
 LANGUAGES = ("en", "zh")
 # Items per (kind, split).
 SIZES = {("single", "seen"): 16, ("single", "heldout"): 8, ("count", "seen"): 12, ("count", "heldout"): 8,
-         ("position", "seen"): 9, ("position", "heldout"): 8, ("relation", "seen"): 8, ("relation", "heldout"): 8}
-_KINDS = ("single", "count", "position", "relation", "text")
-_CAPTION = {"single": "short", "count": "short", "position": "long", "relation": "long", "text": "short"}
+         ("position", "seen"): 9, ("position", "heldout"): 8, ("relation", "seen"): 8, ("relation", "heldout"): 8,
+         ("binding", "seen"): 8, ("binding", "heldout"): 8, ("groups", "seen"): 8, ("groups", "heldout"): 8}
+_OBJECT_KINDS = ("single", "count", "position", "relation", "binding", "groups")
+_KINDS = _OBJECT_KINDS + ("text",)
+_TEXT_RNG_INDEX = 4  # the text items' rng stream (fixed when object kinds were added after 'relation')
+_CAPTION = {"single": "short", "count": "short", "position": "long", "relation": "long", "binding": "short",
+            "groups": "short", "text": "short"}
 
 
 @dataclasses.dataclass
@@ -130,6 +138,44 @@ def _relation(rng, split: str, k: int) -> synthetic.Scene:
     return synthetic.Scene(_background(rng, [first[0], second[0]]), objects)
 
 
+def _two_kinds(rng, split: str):
+    """Two (colour, shape) pairs differing in both colour and shape; a held-out item's first
+    pair is held out."""
+    seen = _pairs("seen")
+    while True:
+        first = _pairs("heldout")[int(rng.integers(4))] if split == "heldout" else seen[int(rng.integers(len(seen)))]
+        second = seen[int(rng.integers(len(seen)))]
+        if first[0] != second[0] and first[1] != second[1]:
+            return first, second
+
+
+def _binding(rng, split: str, k: int) -> synthetic.Scene:
+    """k-th pair of objects that differ in colour and shape, in two random cells."""
+    (c1, s1), (c2, s2) = _two_kinds(rng, split)
+    cells = _cells(rng, 2)
+    if rng.random() < 0.5:  # the caption names objects in cell order: vary which kind comes first
+        cells = cells[::-1]
+    objects = [synthetic.ShapeObject(s1, c1, _size(rng), cells[0]), synthetic.ShapeObject(s2, c2, _size(rng), cells[1])]
+    return synthetic.Scene(_background(rng, [c1, c2]), objects)
+
+
+_GROUP_COUNTS = ((2, 1), (1, 2), (2, 2), (3, 1), (1, 3))
+
+
+def _groups(rng, split: str, k: int) -> synthetic.Scene:
+    """k-th scene of two counted groups (n1, n2 from _GROUP_COUNTS, k-th in turn), each group one
+    (colour, shape, size), the groups' cells interleaved at random."""
+    (c1, s1), (c2, s2) = _two_kinds(rng, split)
+    n1, n2 = _GROUP_COUNTS[k % len(_GROUP_COUNTS)]
+    cells = _cells(rng, n1 + n2)
+    order = rng.permutation(n1 + n2)
+    size1, size2 = _size(rng), _size(rng)
+    objects = [synthetic.ShapeObject(s1, c1, size1, cells[i]) if j < n1 else
+               synthetic.ShapeObject(s2, c2, size2, cells[i]) for j, i in enumerate(order)]
+    objects.sort(key=lambda o: list(synthetic.POSITIONS).index(o.position))
+    return synthetic.Scene(_background(rng, [c1, c2]), objects)
+
+
 def _text(rng, word: str, language: str) -> synthetic.Scene:
     """A horizontal ``word`` in a random band and one object in the row farthest from it (so
     that the OCR never reads the two as one line)."""
@@ -156,19 +202,20 @@ def text_category(word: str) -> str:
 
 
 def build_suite(seed: int = 0) -> List[SuiteItem]:
-    """The whole suite (121 items, 242 prompts with seed 0's sizes), deterministic in ``seed``."""
-    builders = {"single": _single, "count": _count, "position": _position, "relation": _relation}
+    """The whole suite (153 items, 306 prompts with seed 0's sizes), deterministic in ``seed``."""
+    builders = {"single": _single, "count": _count, "position": _position, "relation": _relation,
+                "binding": _binding, "groups": _groups}
     categories = {"single": ("colour", "shape"), "count": ("count",), "position": ("position",),
-                  "relation": ("relation",)}
+                  "relation": ("relation",), "binding": ("binding",), "groups": ("groups",)}
     items = []
-    for kind_index, kind in enumerate(_KINDS[:-1]):
+    for kind_index, kind in enumerate(_OBJECT_KINDS):
         for split in SPLITS:
             rng = np.random.default_rng([seed, kind_index, SPLITS.index(split)])
             for k in range(SIZES[(kind, split)]):
                 scene = builders[kind](rng, split, k)
                 scene.validate()
                 items.append(SuiteItem(f"{kind}/{split}/{k:02d}", kind, split, categories[kind], scene, _CAPTION[kind]))
-    rng = np.random.default_rng([seed, len(_KINDS) - 1])
+    rng = np.random.default_rng([seed, _TEXT_RNG_INDEX])
     words = [(w, "zh") for w in synthetic.WORDS["zh"]] + [(w, "en") for w in synthetic.WORDS["en"]]
     words.sort(key=lambda wl: CATEGORIES.index(text_category(wl[0])))
     for k, (word, language) in enumerate(words):

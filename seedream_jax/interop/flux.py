@@ -1,8 +1,9 @@
 """MMDiT <-> diffusers ``FluxTransformer2DModel`` (no guidance embedding).
 
-diffusers' Flux model takes already-packed 2x2 patches (its ``patch_size`` is 1 and its
-``in_channels`` is latent channels x 4); our MMDiT patchifies inside with the same feature
-order, so the weights are identical. Position ids: pass ``flux_position_ids`` to diffusers as
+diffusers' Flux model takes already-packed p x p patches (its ``patch_size`` is 1 and its
+``in_channels`` is latent channels x p^2; Flux itself uses p = 2); our MMDiT patchifies inside
+with the same feature order (c, ph, pw), so the weights are identical. The folder's config does
+not say p: give it as ``patch_size`` (the exported pipeline's ``seedream_pipeline.json`` records it). Position ids: pass ``flux_position_ids`` to diffusers as
 ``img_ids`` / ``txt_ids`` to reproduce our rotary embedding.
 """
 import json
@@ -36,9 +37,10 @@ def flux_name_fn(path: Tuple[str, ...], ndim: int) -> convert.TorchParam:
     return convert.TorchParam(name, tp.layout)
 
 
-def mmdit_config_from_diffusers(cfg: dict, **overrides) -> MMDiTConfig:
-    """Our config from a diffusers Flux ``config.json`` dict; ``overrides`` set our own fields
-    (rope_rule, text_ids, dtype, ...)."""
+def mmdit_config_from_diffusers(cfg: dict, patch_size: int = 2, **overrides) -> MMDiTConfig:
+    """Our config from a diffusers Flux ``config.json`` dict whose tokens are packed
+    ``patch_size`` x ``patch_size`` patches (2 for every Flux checkpoint); ``overrides`` set our
+    own fields (rope_rule, text_ids, dtype, ...)."""
     if cfg.get("guidance_embeds"):
         raise ValueError("guidance-distilled Flux (guidance_embeds=True) is not supported: "
                          "our MMDiT uses true classifier-free guidance")
@@ -46,24 +48,25 @@ def mmdit_config_from_diffusers(cfg: dict, **overrides) -> MMDiTConfig:
         raise ValueError(f"expected diffusers patch_size 1 (packing outside the model), got {cfg['patch_size']}")
     in_ch = cfg["in_channels"]
     out_ch = cfg.get("out_channels") or in_ch
-    if in_ch % 4 or out_ch != in_ch:
-        raise ValueError(f"in_channels {in_ch} / out_channels {out_ch}: expected equal and 4 x latent channels")
+    p2 = patch_size * patch_size
+    if in_ch % p2 or out_ch != in_ch:
+        raise ValueError(f"in_channels {in_ch} / out_channels {out_ch}: expected equal and {p2} (patch size "
+                         f"{patch_size} squared) x latent channels")
     heads, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
-    return MMDiTConfig(in_channels=in_ch // 4, patch_size=2, num_heads=heads, head_dim=hd,
+    return MMDiTConfig(in_channels=in_ch // p2, patch_size=patch_size, num_heads=heads, head_dim=hd,
                        num_double_blocks=cfg["num_layers"], num_single_blocks=cfg["num_single_layers"],
                        context_dim=cfg["joint_attention_dim"], pooled_dim=cfg["pooled_projection_dim"],
                        axes_dims=tuple(cfg.get("axes_dims_rope", (16, 56, 56))), **overrides)
 
 
 def mmdit_to_diffusers_config(cfg: MMDiTConfig) -> dict:
-    if cfg.patch_size != 2:
-        raise ValueError("diffusers Flux packs 2x2 patches; patch_size must be 2")
     if cfg.mlp_ratio != 4.0:
         raise ValueError("diffusers Flux has mlp_ratio 4")
     if cfg.rope_theta != FLUX_ROPE_THETA or cfg.qk_norm_eps != FLUX_QK_NORM_EPS:
         raise ValueError(f"diffusers Flux fixes rope_theta {FLUX_ROPE_THETA} and qk_norm_eps {FLUX_QK_NORM_EPS}; "
                          f"this model has {cfg.rope_theta} and {cfg.qk_norm_eps}")
-    return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": cfg.in_channels * 4,
+    return {"_class_name": "FluxTransformer2DModel", "patch_size": 1,
+            "in_channels": cfg.in_channels * cfg.patch_size ** 2,
             "out_channels": None, "num_layers": cfg.num_double_blocks, "num_single_layers": cfg.num_single_blocks,
             "attention_head_dim": cfg.head_dim, "num_attention_heads": cfg.num_heads,
             "joint_attention_dim": cfg.context_dim, "pooled_projection_dim": cfg.pooled_dim,

@@ -297,7 +297,8 @@ def import_pipeline(folder: str):
     configs, params = import_components(
         text_encoder=path("text_encoder"), byt5=path("byt5"), conditioner=path("conditioner"),
         transformer=path("transformer"), vae=path("vae"),
-        mmdit_overrides=dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"]))
+        mmdit_overrides=dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"],
+                             patch_size=info["latent"]["patch_size"]))
     return configs["conditioner"], configs["transformer"], configs["vae"], params
 
 
@@ -337,7 +338,7 @@ def readme(info: dict, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfi
     layer = te.output_layer
     hidden = ("out.last_hidden_state" if layer in (-1, te.llm.num_hidden_layers)
               else f"out.hidden_states[{layer}]  # output_hidden_states=True")
-    f, c = info["latent"]["vae_downsample_factor"], info["latent"]["latent_channels"]
+    f, c, p = (info["latent"][k] for k in ("vae_downsample_factor", "latent_channels", "patch_size"))
     glyph = conditioner_cfg.byt5 is not None
     glyph_inputs = f"""
    Glyph text: the quoted spans of the prompt ("..", “..”, 「..」, 『..』, '..'; an apostrophe inside a
@@ -396,10 +397,10 @@ Exported by seedream-jax from `{src.get('checkpoint', '<in-memory parameters>')}
    {stack}`context_proj`, padded tokens zeroed, pooled = masked mean. Layout of
    `conditioner.safetensors`: the section below.
 3. **Latents.** An image of H x W has latents [B, H/{f}, W/{f}, {c}] (NHWC). The transformer takes
-   2x2-packed tokens [B, (h/2)(w/2), {4 * c}], features ordered (channel, row, column) as diffusers'
-   Flux pipeline packs them (`pack_latents`).
+   {p}x{p}-packed tokens [B, (h/{p})(w/{p}), {p * p * c}], features ordered (channel, row, column) as diffusers'
+   Flux pipeline packs its 2x2 patches (`pack_latents(x, {p})`).
 4. **Position ids** (`img_ids` [N, 3], `txt_ids` [T, 3], passed to the transformer). Image patch (i, j) of a
-   gh x gw grid: d = i + 0.5 - gh/2 (rows; columns alike), then rule `{r['rule']}` with base grid {r['base_grid']}:
+   gh x gw grid (gh = h/{p}): d = i + 0.5 - gh/2 (rows; columns alike), then rule `{r['rule']}` with base grid {r['base_grid']}:
    `scaled` keeps d where |d| <= B/2 and maps the rest to sign(d) (B/2 + (|d| - B/2) B/g); ids (0, row, col).
    Text token k: `{r['text_ids']}` ('diagonal': (0, m + k, m + k) with m = 1 + the largest |image id|).
 5. **Sampling** (rectified flow, t = 1 is noise, the model predicts v = noise - x0). For N image tokens
@@ -423,45 +424,3 @@ Tensors of this export:
 |---|---|
 {conditioner_rows}
 """
-
-
-# ----------------------------------------------------------------------------- run configs for the tools
-
-def load_run_config(config_file: Optional[str] = None, size: Optional[str] = None, overrides: Sequence[str] = ()):
-    """A run config from ``configs/<name>.py`` (its ``get_config()``) or a size preset
-    (``config_lib.base_config(size)``), with ``key.path=value`` overrides (values parsed as Python
-    literals, else strings). An unknown key raises KeyError naming it."""
-    import ast
-    import runpy
-
-    from seedream_jax import config_lib
-
-    if (config_file is None) == (size is None):
-        raise ValueError("give exactly one of a config file or a size preset")
-    if config_file is not None:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        namespace = runpy.run_path(config_file)
-        if "get_config" not in namespace:
-            raise ValueError(f"{config_file} defines no get_config()")
-        cfg = namespace["get_config"]()
-    else:
-        cfg = config_lib.base_config(size)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key.path=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        *parents, last = key.split(".")
-        node = cfg
-        for k in parents:
-            if k not in node:
-                raise KeyError(f"override {key!r}: the config has no {k!r}")
-            node = node[k]
-        if last not in node:
-            raise KeyError(f"override {key!r}: the config has no {last!r} (have {sorted(node.keys())})")
-        node[last] = value
-    return cfg

@@ -158,17 +158,17 @@ def sampling_times(num_steps: int, mu: float) -> torch.Tensor:
     return torch.where(t <= 0.0, torch.zeros_like(t), shifted)
 
 
-def pack_latents(x: torch.Tensor) -> torch.Tensor:
-    """NHWC latents [B, h, w, C] -> Flux tokens [B, (h/2)(w/2), 4C], features ordered (c, ph, pw)."""
+def pack_latents(x: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """NHWC latents [B, h, w, C] -> Flux tokens [B, (h/p)(w/p), C p^2], features ordered (c, ph, pw)."""
     b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, (h // 2) * (w // 2), c * 4)
+    return x.reshape(b, h // p, p, w // p, p, c).permute(0, 1, 3, 5, 2, 4).reshape(b, (h // p) * (w // p), c * p * p)
 
 
-def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of ``pack_latents``: [B, N, 4C] -> NHWC [B, h, w, C]."""
+def unpack_latents(x: torch.Tensor, h: int, w: int, p: int = 2) -> torch.Tensor:
+    """Inverse of ``pack_latents``: [B, N, C p^2] -> NHWC [B, h, w, C]."""
     b, _, f = x.shape
-    c = f // 4
-    return x.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
+    c = f // (p * p)
+    return x.reshape(b, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
 
 
 # ----------------------------------------------------------------------------- conditioner layers
@@ -352,20 +352,25 @@ class SeedreamPipeline:
             glyph_mask = t("byt5_mask").bool() & t("has_glyphs").bool()[:, None]
         return self.conditioner(hidden, t("llm_mask"), glyph, glyph_mask)
 
+    @property
+    def patch_size(self) -> int:
+        """Side of the latent patches packed into one transformer token (2 for Flux)."""
+        return self.config["latent"]["patch_size"]
+
     def latent_shape(self, height: int, width: int) -> Tuple[int, int, int]:
-        f = self.config["latent"]["vae_downsample_factor"]
-        if height % (2 * f) or width % (2 * f):
-            raise ValueError(f"image size {height}x{width} must be a multiple of {2 * f}")
+        f, p = self.config["latent"]["vae_downsample_factor"], self.patch_size
+        if height % (p * f) or width % (p * f):
+            raise ValueError(f"image size {height}x{width} must be a multiple of {p * f}")
         return height // f, width // f, self.config["latent"]["latent_channels"]
 
     def mu(self, height: int, width: int) -> float:
         h, w, _ = self.latent_shape(height, width)
-        return resolution_shift((h // 2) * (w // 2), **self.config["schedule"])
+        return resolution_shift((h // self.patch_size) * (w // self.patch_size), **self.config["schedule"])
 
     def position_ids(self, latent_h: int, latent_w: int, num_text_tokens: int):
         """(img_ids [N, 3], txt_ids [T, 3]) float32 tensors for FluxTransformer2DModel."""
         r = self.config["rope"]
-        gh, gw = latent_h // 2, latent_w // 2
+        gh, gw = latent_h // self.patch_size, latent_w // self.patch_size
         img = image_position_ids(gh, gw, r["rule"], r["base_grid"])
         txt = text_position_ids(num_text_tokens, gh, gw, r["text_ids"], r["rule"], r["base_grid"])
         return torch.from_numpy(img).to(self.device), torch.from_numpy(txt).to(self.device)
@@ -394,7 +399,7 @@ class SeedreamPipeline:
         b = len(prompts)
         if noise is None:
             noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
-        x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device))
+        x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device), self.patch_size)
         context, mask, pooled = self.encode(self.text_inputs(prompts))
         if g != 1.0:
             u_ctx, u_mask, u_pooled = self.encode(self.text_inputs([""]))
@@ -414,5 +419,5 @@ class SeedreamPipeline:
                 v = self.velocity(x.to(self.dtype), t_cur.repeat(b).to(self.device), context, mask, pooled,
                                   img_ids, txt_ids).float()
             x = x + (t_next - t_cur) * v
-        images = self.decode(unpack_latents(x, h, w)).float()
+        images = self.decode(unpack_latents(x, h, w, self.patch_size)).float()
         return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()

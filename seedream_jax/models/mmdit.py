@@ -3,9 +3,14 @@
 Double-stream blocks keep separate weights for text and image (QKV and output projections,
 MLPs, adaLN-Zero modulation) and attend jointly over [text; image]; optional single-stream
 blocks (the Flux layout) then process the concatenation with shared weights. QK RMSNorm,
-2x2 patches, sinusoidal timestep embedding + pooled text vector driving adaLN, final adaLN
-and linear. Parameter names and math follow diffusers' ``FluxTransformer2DModel`` (without
-guidance embedding), so import/export is renames and transposes.
+p x p patches (2 by default), sinusoidal timestep embedding + pooled text vector driving adaLN,
+final adaLN and linear. Parameter names and math follow diffusers' ``FluxTransformer2DModel``
+(without guidance embedding), so import/export is renames and transposes.
+
+adaLN-Zero (DiT, Peebles & Xie 2023): every modulation linear (``norm1``, ``norm1_context``,
+``norm``, ``norm_out``) and the final ``proj_out`` start at zero, so at initialisation every
+gate is 0 (each block passes its residual stream through unchanged) and the model outputs
+exactly 0. Loaded weights (Flux / diffusers) replace the initial values and are unaffected.
 """
 import dataclasses
 import math
@@ -115,14 +120,16 @@ class MLPEmbedder(nn.Module):
 
 
 class Modulation(nn.Module):
-    """adaLN: ``linear(silu(temb))`` split into ``n`` [B, 1, D] chunks."""
+    """adaLN-Zero: ``linear(silu(temb))`` split into ``n`` [B, 1, D] chunks; the linear starts at
+    zero, so every shift, scale and gate is 0 at initialisation."""
     dim: int
     n: int
     dtype: jnp.dtype
 
     @nn.compact
     def __call__(self, temb):
-        out = layers.dense(self.n * self.dim, axes.EMBED, axes.MLP, dtype=self.dtype, name="linear")(nn.silu(temb))
+        out = layers.dense(self.n * self.dim, axes.EMBED, axes.MLP, dtype=self.dtype, name="linear",
+                           kernel_init=nn.initializers.zeros)(nn.silu(temb))
         return [c[:, None, :] for c in jnp.split(out, self.n, axis=-1)]
 
 
@@ -274,5 +281,6 @@ class MMDiT(nn.Module):
 
         scale, shift = Modulation(d, 2, dt, name="norm_out")(temb)
         img = layers.LayerNorm(eps=1e-6, use_affine=False)(img) * (1 + scale) + shift
-        out = layers.dense(p * p * c, axes.EMBED, None, dtype=dt, name="proj_out")(img)
+        out = layers.dense(p * p * c, axes.EMBED, None, dtype=dt, name="proj_out",
+                           kernel_init=nn.initializers.zeros)(img)
         return unpatchify(out.astype(jnp.float32), h, w, p)

@@ -33,7 +33,7 @@ from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.parallel import sharding as sharding_lib
 from seedream_jax.training import optimizer as optimizer_lib
-from seedream_jax.training.state import TrainState, ema_update, global_norm
+from seedream_jax.training.state import TrainState, ema_decay_at, ema_update, global_norm
 from seedream_jax.training.writers import MetricWriter
 
 Batch = Dict[str, np.ndarray]
@@ -125,7 +125,8 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: flo
         (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_decay) if state.ema_params else state.ema_params
+        ema = (ema_update(state.ema_params, params, ema_decay_at(state.step, ema_decay)) if state.ema_params
+               else state.ema_params)
         metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads), "param_norm": global_norm(params)}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         return new_state, metrics
