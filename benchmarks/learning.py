@@ -171,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.py")
     parser.add_argument("--workdir", required=True, help="one folder per variant, plus _shared/")
     parser.add_argument("--variant", action="append", default=[], help="name[:key=value;key=value] (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="key=value override for every variant (repeatable)")
     parser.add_argument("--eval_items", type=int, default=0,
                         help="eval.max_items_per_group: first n items per (kind, split); 0 = the whole suite")
     parser.add_argument("--force", action="store_true", help="rerun variants that already have a result")
@@ -181,7 +182,7 @@ def main(argv=None):
         raise ValueError(f"variant names must be unique, got {names}")
 
     from seedream_jax.main import run_stages
-    base = load_run_config(args.config, overrides=[f"eval.max_items_per_group={args.eval_items}"])
+    base = load_run_config(args.config, overrides=args.set + [f"eval.max_items_per_group={args.eval_items}"])
     root = os.path.abspath(args.workdir)
     os.makedirs(root, exist_ok=True)
     results = []

@@ -172,7 +172,9 @@ def base_config(size: str = "tiny") -> ConfigDict:
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,
-        height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples"))
+        height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples",
+        prompt_labels=()))              # optional label per prompt of sample.prompts, shown in the grid
+                                        # as "[label] prompt" (e.g. "off-template"); "" = none
     c.eval = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir (absolute: another run's; a VAE stage: ground truth round trip)
                                         # or "ground_truth" (the renderer itself)

@@ -141,3 +141,20 @@ def test_export_samples_like_jax_in_pytorch(tiny_run, tmp_path):
                                 guidance_scale=4.0)
     print(f"trained tiny run exported, PyTorch vs JAX sampler: max pixel diff {report['max_pixel_diff']}")
     assert report["max_pixel_diff"] <= 1
+
+
+def test_grid_captions_label_prompts_and_tiny_grid_follows_the_world():
+    """A labelled prompt reads '[label] prompt' under its image; the tiny config's grid prompts
+    are the world's own captions except the two labelled off-template ones."""
+    from seedream_jax.data import synthetic
+    from seedream_jax.sampling.stage import grid_captions
+    assert grid_captions(["a", "b", "c"], ("", "off-template")) == ["a", "[off-template] b", "c"]
+    with pytest.raises(ValueError, match="prompt_labels has 2 labels for 1 prompts"):
+        grid_captions(["a"], ("x", "y"))
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import tiny
+    cfg = tiny.get_config()
+    labelled = dict(zip(cfg.sample.prompts, cfg.sample.prompt_labels))
+    world = {synthetic.captions(scene)[lang][kind] for scene, kind, langs in tiny.GRID_SCENES for lang in langs}
+    assert {p for p, label in labelled.items() if label != "off-template"} == world
+    assert sum(label == "off-template" for label in labelled.values()) == 2 and len(world) == 14

@@ -26,6 +26,16 @@ def read_prompts(sample_cfg) -> list:
     return prompts
 
 
+def grid_captions(prompts, labels) -> list:
+    """Captions under the grid's images: ``[label] prompt`` where ``sample.prompt_labels`` gives a
+    label (aligned with ``sample.prompts``), else the prompt."""
+    labels = list(labels)
+    if len(labels) > len(prompts):
+        raise ValueError(f"sample.prompt_labels has {len(labels)} labels for {len(prompts)} prompts")
+    labels += [""] * (len(prompts) - len(labels))
+    return [f"[{label}] {p}" if label else p for p, label in zip(prompts, labels)]
+
+
 def load_pipeline(cfg, workdir: str, checkpoint: str, use_ema: bool = True):
     """(TextToImage, params) from a stage directory's latest checkpoint."""
     stage_dir = common.resolve(workdir, checkpoint)
@@ -61,7 +71,7 @@ def run(cfg, workdir: str) -> dict:
         images.extend(pics)
     grid_path = os.path.join(out_dir, "grid.png")
     scale = max(1, 256 // max(int(s.height), int(s.width)))
-    Image.fromarray(image_grid(images, prompts, columns=4, scale=scale)).save(grid_path)
+    Image.fromarray(image_grid(images, grid_captions(prompts, s.prompt_labels), columns=4, scale=scale)).save(grid_path)
     with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(f"{os.path.basename(p)}\t{q}" for p, q in zip(paths, prompts)) + "\n")
     return {"output_dir": out_dir, "grid": grid_path, "num_images": len(images)}
