@@ -2,19 +2,17 @@
 
 python -m seedream_jax.main --config configs/tiny_long.py --workdir runs/tiny_long
 
-Same models as configs/tiny.py, trained on 8000 scenes instead of 2000 (about 11 epochs instead
-of 7) with a VAE trained 2.5x longer and 5500 DiT steps instead of 900, then the ``eval`` stage.
+Same models as configs/tiny.py (a 2x VAE read in 4x4 patches, text ids at 0, adaLN-Zero, the
+warmed-up EMA), trained on 8000 scenes instead of 2000 with a VAE trained 2.5x longer and
+5500 DiT steps instead of 900, then the ``eval`` stage.
 
 The VAE matters first: every image the DiT makes is decoded by it, so the eval of the VAE stage
-(a round trip of the suite's ground truth) is the ceiling of everything after it. A 400-step VAE
-shifts colours (red to orange, purple to grey): its round trip scores 0.46 on colour; 800 steps
-(the tiny default) reach 1.0 on colour, count, position and relation; 1600 steps also
-read about a quarter of the words back (shape stays near 0.7: small stars and triangles blur
-into blobs at 64 px).
+(a round trip of the suite's ground truth, ``--config.eval.checkpoint=vae``) is the ceiling of
+everything after it (benchmarks/RESULTS.md section (d) gives it for the 800-step VAE).
 
-Budget on an otherwise idle 2-core CPU, from the tiny run's measured rates (VAE 4.9 steps/s,
-DiT 2.6 steps/s at batch 16, an eval pass about 2-3 minutes): data ~0.5 min, VAE ~7 min, DiT
-~37 min, sample + eval ~3 min: about 48 minutes.
+Budget: at the DiT rate measured for configs/tiny.py in this round (1.5-1.7 steps/s at batch 16
+on 2 busy cores) the 5500 DiT steps alone take about 55-60 minutes; this config has not been
+run end to end with this round's models, so no eval figures are claimed for it.
 """
 import os
 import sys

@@ -15,7 +15,8 @@ def tiny_record_config(dataset_dir: str):
     cfg.model.mmdit.rope_base_grid = 4
     cfg.model.mmdit.update(num_double_blocks=1, num_single_blocks=1)
     cfg.model.llm.num_hidden_layers = cfg.model.byt5.num_layers = 1
-    cfg.model.vae.block_out_channels = (8, 8, 8)
+    cfg.model.vae.block_out_channels = (8, 8, 8)  # a 4x VAE, read in 2x2 patches
+    cfg.model.mmdit.patch_size = 2
     cfg.tokenizer.vocab_size = 512
     cfg.pretrain.frozen = ("vae", "conditioner")
     cfg.data.update(dict(format="arrayrecord", path=str(dataset_dir), image_size=32, bucket_multiple=8))

@@ -54,7 +54,7 @@ def test_ground_truth_eval_writes_the_report(tmp_path):
         assert set(json.load(f)) == {"pretrain", "eval"}  # earlier stages' entries are kept
     with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
-    assert len(report["images"]) == 2 * 11 and len(report["pairs"]) == 11 and len(report["items"]) == 11
+    assert len(report["images"]) == 2 * 15 and len(report["pairs"]) == 15 and len(report["items"]) == 15
     for cat in SU.CATEGORIES:
         for metric, cell in report["metrics"][cat].items():
             assert cell["all"]["all"] == 1.0, (cat, metric)
@@ -64,9 +64,9 @@ def test_ground_truth_eval_writes_the_report(tmp_path):
     md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "| category | metric | en seen | zh seen | en held-out | zh held-out | all | n |" in md
     assert "| colour | accuracy | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 2 x 2 |" in md
-    assert sorted(os.listdir(os.path.join(out, "grids"))) == ["count.png", "position.png", "relation.png",
-                                                             "single.png", "text.png"]
-    assert len(os.listdir(os.path.join(out, "images"))) == 22
+    assert sorted(os.listdir(os.path.join(out, "grids"))) == ["binding.png", "count.png", "groups.png", "position.png",
+                                                             "relation.png", "single.png", "text.png"]
+    assert len(os.listdir(os.path.join(out, "images"))) == 30
     tags = _tags(os.path.join(workdir, "eval", "tensorboard", "ground_truth"))
     assert {"eval/colour/accuracy/seen/en", "eval/text_zh_word/ra/all/all", "eval/consistency/count/all",
             "eval/headline/objects_heldout", "eval/grid/text"} <= tags
@@ -113,8 +113,8 @@ def test_eval_of_a_checkpoint_goes_through_the_pipeline(tmp_path, monkeypatch):
     assert loaded == [("pretrain", True)] and summary["step"] == 7
     assert summary["eval_dir"] == os.path.join(workdir, "eval", "pretrain_step7")
     assert summary["objects_seen"] == 1.0 and summary["objects_heldout"] == 1.0 and summary["text_exact"] == 1.0
-    # 11 prompts per language in batches of 4, the last padded: 3 calls per language, seeds 10, 14, 18.
-    assert pipe.calls == [(4, 10, 5), (4, 14, 5), (4, 18, 5)] * 2
+    # 15 prompts per language in batches of 4, the last padded: 4 calls per language, seeds 10, 14, 18, 22.
+    assert pipe.calls == [(4, 10, 5), (4, 14, 5), (4, 18, 5), (4, 22, 5)] * 2
     md = open(summary["report"], encoding="utf-8").read()
     assert "training records with a held-out pair: 1 of 2 records" in md
 
@@ -151,6 +151,6 @@ def test_eval_of_a_vae_checkpoint_round_trips_the_ground_truth(tmp_path):
     assert summary["eval_dir"] == os.path.join(workdir, "eval", "vae_step3")
     with open(os.path.join(summary["eval_dir"], "report.json"), encoding="utf-8") as f:
         report = json.load(f)
-    assert "VAE round trip" in report["source"] and len(report["images"]) == 22
+    assert "VAE round trip" in report["source"] and len(report["images"]) == 30
     # An untrained VAE decodes grey mush: nothing scores.
     assert report["headline"]["objects_seen"] == 0.0 and report["headline"]["text_exact"] == 0.0

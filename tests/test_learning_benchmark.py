@@ -1,5 +1,6 @@
-"""benchmarks/learning.py on a tiny budget: two variants sharing one data/tokenizer/VAE run give a
-well-formed table (the real figures come from running the benchmark, not from tests)."""
+"""benchmarks/learning.py: variants, shared stages, tables; and (marked slow, about 3 minutes) a
+whole run on a tiny budget that prints a well-formed table. The real figures come from running
+the benchmark, not from tests."""
 import json
 import os
 import sys
@@ -32,10 +33,30 @@ def test_variants_share_data_and_vae_only_when_those_settings_agree():
     base = load_run_config(os.path.join(REPO, "configs", "tiny.py"))
     fp = lambda *over: learning.shared_fingerprint(apply_overrides(base.copy_and_resolve_references(), list(over)))
     assert fp() == fp("model.mmdit.text_ids=zeros") == fp("pretrain.optimizer.lr=2e-3")
-    assert len({fp(), fp("data.world.shuffle_objects=True"), fp("model.vae.block_out_channels=(16, 32)"),
+    assert len({fp(), fp("data.world.shuffle_objects=True"), fp("model.vae.block_out_channels=(8, 16)"),
                 fp("vae.train.steps=10")}) == 4
 
 
+def _fake_result(name, value):
+    cell = {s: {lang: value for lang in ("en", "zh", "all")} for s in ("seen", "heldout", "all")}
+    categories = ("colour", "shape", "count", "position", "relation", "binding", "groups")
+    return {"name": name, "accuracy": {c: cell for c in categories}, "by_language": {"en": value, "zh": value},
+            "by_split": {"seen": value, "heldout": value}, "text_exact": None,
+            "shared_seconds": {"data": 1.0, "vae": 2.0}, "train_seconds": 30.4, "eval_seconds": 5.0}
+
+
+def test_tables_have_one_row_per_result_and_every_column():
+    table = learning.summary_table([_fake_result("a", 0.5), _fake_result("b", 1.0)])
+    header, rule, a, b = table.splitlines()
+    assert header.split(" | ")[1:8] == ["colour", "shape", "count", "position", "relation", "binding", "groups"]
+    assert a == "| a | " + " | ".join(["0.50"] * 11) + " | – | 3 | 30 | 5 |"
+    assert b.startswith("| b | 1.00 |") and all(line.count("|") == header.count("|") for line in (rule, a, b))
+    detail = learning.detail_table(_fake_result("a", 0.25)).splitlines()
+    assert detail[2] == "| category | en seen | zh seen | en heldout | zh heldout | all |"
+    assert detail[4] == "| colour | 0.25 | 0.25 | 0.25 | 0.25 | 0.25 |" and len(detail) == 4 + 7
+
+
+@pytest.mark.slow
 def test_a_tiny_run_prints_a_well_formed_table(tmp_path, capsys):
     args = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--workdir", str(tmp_path), "--eval_items", "1"]
     for item in SHRUNK:

@@ -26,6 +26,7 @@ def small_config():
     sys.path.insert(0, os.path.join(REPO, "configs"))
     import tiny
     cfg = tiny.get_config()
+    cfg.stages = ("data", "tokenizer", "vae", "pretrain", "sample")  # the eval stage has its own tests
     cfg.data.num_images = 64
     cfg.data.image_size = 32
     cfg.model.resolution = 32
@@ -39,6 +40,7 @@ def small_config():
     cfg.pretrain.eval_prompts = PROMPTS
     cfg.pretrain.eval_steps = 2
     cfg.sample.prompts = PROMPTS
+    cfg.sample.prompt_labels = ()
     cfg.sample.height = cfg.sample.width = 32
     cfg.sample.num_steps = 3
     return cfg
