@@ -91,10 +91,11 @@ def build_model_configs(model: ConfigDict):
     from seedream_jax.models.vae import VAEConfig
 
     common = dict(dtype=model.dtype)
-    # Splash (TPU Pallas) runs the MMDiT's joint attention, where the attention FLOPs are; the
-    # text encoders' masks are causal / carry T5's position bias, so they keep XLA's kernel.
-    text_impl = None if model.attention_impl in ("splash", "splash_interpret") else model.attention_impl
-    attn = dict(attention_impl=text_impl)
+    # Splash (TPU Pallas) runs the MMDiT's joint attention, where the attention FLOPs are. The text
+    # encoders (causal mask with its diagonal, T5's position bias: Splash cannot serve them) and the
+    # VAE (one head as wide as its channels, not proven on the kernel) keep XLA there, cuDNN on GPU.
+    other_impl = None if model.attention_impl in ("splash", "splash_interpret") else model.attention_impl
+    attn = dict(attention_impl=other_impl)
     llm = Qwen2Config(**model.llm.to_dict(), **common, **attn)
     text_encoder = TextEncoderConfig(llm=llm, adapter=model.adapter, adapter_layers=model.adapter_layers)
     byt5 = ByT5Config(**model.byt5.to_dict(), **common, **attn) if model.byt5 is not None else None
@@ -103,7 +104,7 @@ def build_model_configs(model: ConfigDict):
                                     byt5_max_length=model.byt5_max_length, **common)
     mmdit = MMDiTConfig(**model.mmdit.to_dict(), remat_policy=model.remat_policy, **common,
                         attention_impl=model.attention_impl)
-    vae = VAEConfig(**model.vae.to_dict(), **common)
+    vae = VAEConfig(**model.vae.to_dict(), **common, **attn)
     return conditioner, mmdit, vae
 
 
@@ -116,10 +117,11 @@ def train_section(**overrides) -> ConfigDict:
 
 
 def optimizer_section(**overrides) -> ConfigDict:
-    """AdamW settings of one stage (``<stage>.optimizer``)."""
+    """AdamW settings of one stage (``<stage>.optimizer``); ``groups`` ({name: {pattern, lr}}) and
+    ``freeze`` (path regexes) are described in ``training/optimizer.py``."""
     return ConfigDict(dict(dict(
         lr=3e-4, warmup_steps=100, final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8,
-        weight_decay=0.01, grad_clip_norm=1.0), **overrides))
+        weight_decay=0.01, grad_clip_norm=1.0, groups=ConfigDict(), freeze=()), **overrides))
 
 
 def base_config(size: str = "tiny") -> ConfigDict:

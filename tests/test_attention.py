@@ -1,6 +1,11 @@
-"""Attention kernels behind ``attention_impl``: the TPU Splash kernel (through the Pallas
-interpreter) matches XLA's attention with padding masks, alone, inside the MMDiT and sharded
-over a mesh; remat policies per block kind keep the gradients."""
+"""The one attention entry point, ``attend``, behind ``attention_impl``: every CPU-runnable kernel
+matches a hand-written softmax reference for masked, causal, biased and grouped-query cases; cases
+Splash cannot serve fall back to XLA (logged once); the TPU Splash kernel (through the Pallas
+interpreter) matches XLA alone, inside the MMDiT and sharded over a mesh; no model calls
+``dot_product_attention`` around ``attend``; remat policies per block kind keep the gradients."""
+import logging
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,11 +30,75 @@ def _qkv_mask(b=2, t=80, h=2, d=32):
     return q, k, v, jnp.asarray(mask)
 
 
+def _reference(q, k, v, mask=None, bias=None, causal=False, scale=None):
+    """softmax(scale q k^T + bias, masked) v in float64 numpy; kv heads repeated for grouped queries."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    group = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    allowed = np.ones(logits.shape, bool)
+    if mask is not None:
+        allowed &= np.asarray(mask)
+    if causal:
+        allowed &= np.tril(np.ones(logits.shape[-2:], bool))
+    logits = np.where(allowed, logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bhqk,bkhd->bqhd", probs / probs.sum(-1, keepdims=True), v)
+
+
+def _cases():
+    """name -> (q, k, v, attend kwargs, whether Splash serves it)."""
+    r = np.random.default_rng(2)
+    q, k, v, key_mask = _qkv_mask()
+    key_mask = key_mask[:, None, None, :]
+    full_mask = jnp.asarray(r.uniform(size=(2, 1, 80, 80)) < 0.6) | jnp.eye(80, dtype=bool)
+    bias = jnp.asarray(r.normal(size=(1, 2, 80, 80)), jnp.float32)
+    gqa_q = jnp.asarray(r.normal(size=(2, 80, 4, 32)), jnp.float32)
+    return {
+        "key_mask": (q, k, v, dict(mask=key_mask), True),
+        "causal_key_mask": (q, k, v, dict(mask=key_mask, causal=True), True),
+        "bias_unscaled": (q, k, v, dict(bias=bias, mask=key_mask, scale=1.0), False),
+        "full_mask": (q, k, v, dict(mask=full_mask), False),
+        "gqa_causal_full_mask": (gqa_q, k, v, dict(mask=full_mask, causal=True), False),
+    }
+
+
+@pytest.mark.parametrize("impl", [None, "xla", "splash_interpret"])
+def test_attend_matches_softmax_reference(impl):
+    for name, (q, k, v, kwargs, splash_serves) in _cases().items():
+        d = max_abs_diff(attention.attend(q, k, v, impl=impl, **kwargs), _reference(q, k, v, **kwargs))
+        print(f"attend impl={impl} {name} (splash serves: {splash_serves}): max abs diff {d:.2e}")
+        assert d <= 1e-5, (impl, name, d)
+
+
+def test_unservable_case_falls_back_to_xla_and_logs_once(caplog):
+    attention._log_fallback.cache_clear()
+    q, k, v, kwargs, _ = _cases()["bias_unscaled"]
+    with caplog.at_level(logging.WARNING):
+        outs = [attention.attend(q, k, v, impl="splash_interpret", **kwargs) for _ in range(2)]
+    ref = attention.attend(q, k, v, impl="xla", **kwargs)
+    assert max(max_abs_diff(o, ref) for o in outs) == 0.0
+    notes = [r.getMessage() for r in caplog.records if "cannot serve" in r.getMessage()]
+    assert notes == ["attention_impl 'splash_interpret' cannot serve this attention (an additive bias): "
+                     "using XLA's"], notes
+
+
+def test_models_attend_only_through_the_entry_point():
+    models = pathlib.Path(attention.__file__).parent
+    direct = [p.name for p in models.glob("*.py") if p.name != "attention.py"
+              and "dot_product_attention" in p.read_text()]
+    assert not direct, f"call models.attention.attend instead of dot_product_attention in {direct}"
+
+
 def test_splash_matches_xla_forward_and_gradients():
     q, k, v, mask = _qkv_mask()
-    loss = lambda impl: lambda q, k, v: jnp.sum(attention.key_masked_attention(q, k, v, mask, impl) ** 2)
-    ref = attention.key_masked_attention(q, k, v, mask, None)
-    out = attention.key_masked_attention(q, k, v, mask, "splash_interpret")
+    attend = lambda impl: lambda q, k, v: attention.attend(q, k, v, mask=mask[:, None, None, :], impl=impl)
+    loss = lambda impl: lambda q, k, v: jnp.sum(attend(impl)(q, k, v) ** 2)
+    ref = attend(None)(q, k, v)
+    out = attend("splash_interpret")(q, k, v)
     d_fwd = max_abs_diff(out, ref)
     grads = jax.grad(loss("splash_interpret"), argnums=(0, 1, 2))(q, k, v)
     ref_grads = jax.grad(loss(None), argnums=(0, 1, 2))(q, k, v)
@@ -64,12 +133,16 @@ def test_mmdit_with_splash_matches_xla_on_one_device_and_sharded():
     assert d_single <= 1e-5 and d_mesh <= 1e-5
 
 
-def test_splash_off_tpu_and_unknown_impl_fail_clearly():
+def test_kernel_off_its_hardware_and_unknown_impl_fail_clearly():
     q, k, v, mask = _qkv_mask(t=16)
     with pytest.raises(ValueError, match="needs a TPU"):
-        attention.key_masked_attention(q, k, v, mask, "splash")
+        attention.attend(q, k, v, mask=mask[:, None, None, :], impl="splash")
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        attention.attend(q, k, v, impl="cudnn")
     with pytest.raises(ValueError, match="attention_impl 'flash'"):
         MMDiTConfig(**{**CFG.__dict__, "attention_impl": "flash"})
+    with pytest.raises(ValueError, match="attention_impl 'flash'"):
+        attention.attend(q, k, v, impl="flash")
 
 
 def test_remat_policy_per_block_kind():

@@ -40,6 +40,27 @@ def toy_task(seed: int = 0) -> Task:
                 data=IndexedBatches(512, 32, seed, make_batch))
 
 
+def rollout_task(seed: int = 0) -> Task:
+    """The toy task with a rollout and two updates per batch, PPO-like: the rollout records the
+    current model's noisy predictions ``old_pred`` [B, 1] (and ``probe`` [B, 1], the output bias it
+    ran with), and the loss adds a proximal term pulling the predictions towards ``old_pred``."""
+    task = toy_task(seed)
+    model, base_loss = ToyModel(), task.loss_fn
+
+    def rollout(params, frozen, batch, r):
+        old = model.apply({"params": params["toy"]}, batch["x"])
+        probe = jnp.broadcast_to(params["toy"]["fc2"]["bias"], old.shape)
+        return {**batch, "old_pred": old + 0.05 * jax.random.normal(r, old.shape), "probe": probe}
+
+    def loss_fn(params, frozen, batch, r):
+        loss, metrics = base_loss(params, frozen, batch, r)
+        prox = jnp.mean((model.apply({"params": params["toy"]}, batch["x"]) - batch["old_pred"]) ** 2)
+        return loss + 0.5 * prox, {**metrics, "prox": prox, "rollout_bias": batch["probe"][0, 0]}
+
+    task.loss_fn, task.rollout, task.inner_steps = loss_fn, rollout, 2
+    return task
+
+
 def toy_stage_config(steps: int):
     cfg = config_lib.base_config("tiny")
     stage = cfg.vae

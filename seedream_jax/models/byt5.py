@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.models import layers
+from seedream_jax.models import attention, layers
 from seedream_jax.parallel import axes
 
 PAD_ID, EOS_ID, BYTE_OFFSET = 0, 1, 3  # id 2 is <unk>; ids 259..383 are <extra_id_*> sentinels
@@ -25,7 +25,8 @@ class ByT5Config:
     """T5 v1.1 encoder hyper-parameters (HF ``T5Config`` names); defaults are google/byt5-small's.
 
     dtype: compute dtype ('float32' | 'bfloat16' | 'float16'); parameters stay float32.
-    attention_impl: ``jax.nn.dot_product_attention`` implementation (None = XLA, 'cudnn').
+    attention_impl: see ``models.attention`` (None = XLA, 'cudnn'; Splash cannot serve the
+    relative-position bias, so 'splash' runs on XLA).
     """
     vocab_size: int = 384
     d_model: int = 1472
@@ -44,6 +45,7 @@ class ByT5Config:
             raise ValueError(f"ByT5Config: relative_attention_num_buckets must be >= 4 (2 directions x "
                              f"exact + log-spaced halves), got {self.relative_attention_num_buckets}")
         layers.compute_dtype(self.dtype)
+        attention.check_implementation(self.attention_impl)
 
 
 def byt5_tokenize(texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -107,8 +109,8 @@ class T5SelfAttention(nn.Module):
             buckets = relative_position_buckets(length, cfg.relative_attention_num_buckets,
                                                 cfg.relative_attention_max_distance)
             bias = bias + table(buckets).transpose(2, 0, 1)[None]  # [1, H, L, L]
-        out = jax.nn.dot_product_attention(proj("q"), proj("k"), proj("v"), bias=bias.astype(dt), scale=1.0,
-                                           implementation=cfg.attention_impl)
+        out = attention.attend(proj("q"), proj("k"), proj("v"), bias=bias.astype(dt), scale=1.0,
+                               impl=cfg.attention_impl)
         out = layers.dense(cfg.d_model, axes.HEADS, axes.EMBED, use_bias=False, dtype=dt, name="o")(
             out.reshape(b, length, inner))
         return out, bias

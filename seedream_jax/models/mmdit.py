@@ -144,7 +144,7 @@ def _heads(x, head_dim):
 
 def _attention(q, k, v, key_mask, impl):
     """q, k, v [B, T, H, D]; key_mask [B, T] bool -> [B, T, H*D]."""
-    out = attention.key_masked_attention(q, k, v, key_mask, impl)
+    out = attention.attend(q, k, v, mask=key_mask[:, None, None, :], impl=impl)
     return out.reshape(out.shape[:2] + (-1,))
 
 

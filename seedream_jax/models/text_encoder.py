@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.models import layers
+from seedream_jax.models import attention, layers
 from seedream_jax.parallel import axes
 
 
@@ -28,7 +28,8 @@ class Qwen2Config:
     """Qwen2 hyper-parameters (HF ``Qwen2Config`` names); defaults are Qwen2.5-0.5B's shape.
 
     dtype: compute dtype ('float32' | 'bfloat16' | 'float16'); parameters stay float32.
-    attention_impl: ``jax.nn.dot_product_attention`` implementation (None = XLA, 'cudnn').
+    attention_impl: see ``models.attention`` (None = XLA, 'cudnn'; Splash cannot serve the
+    causal mask with its diagonal, so 'splash' runs on XLA).
     """
     vocab_size: int = 151936
     hidden_size: int = 896
@@ -49,6 +50,7 @@ class Qwen2Config:
             raise ValueError(f"Qwen2Config: num_attention_heads {self.num_attention_heads} is not divisible by "
                              f"num_key_value_heads {self.num_key_value_heads}")
         layers.compute_dtype(self.dtype)
+        attention.check_implementation(self.attention_impl)
 
     @property
     def head_dim(self) -> int:
@@ -74,18 +76,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos[:, None, :] + rotated * sin[:, None, :]).astype(x.dtype)
 
 
-def make_attention_mask(key_mask: jax.Array, causal: bool) -> jax.Array:
+def make_attention_mask(key_mask: jax.Array) -> jax.Array:
     """[B, L] bool key mask -> [B, 1, L, L] bool attention mask (True = may attend).
 
     Every query also sees its own position, so a query whose keys are all padding (a fully padded
     row, or left padding under a causal mask) never has an empty softmax; real queries are
     unaffected because their own position is a real key.
     """
-    length = key_mask.shape[-1]
-    mask = key_mask.astype(bool)[:, None, None, :] | jnp.eye(length, dtype=bool)
-    if causal:
-        mask = mask & jnp.tril(jnp.ones((length, length), bool))
-    return mask
+    return key_mask.astype(bool)[:, None, None, :] | jnp.eye(key_mask.shape[-1], dtype=bool)
 
 
 class Qwen2Attention(nn.Module):
@@ -102,8 +100,9 @@ class Qwen2Attention(nn.Module):
         v = layers.dense(kv_width, axes.EMBED, axes.KV, dtype=dt, name="v_proj")(x)
         q, k, v = (t.reshape(t.shape[:2] + (-1, hd)) for t in (q, k, v))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # Native GQA: kv heads are shared by groups of query heads; logits and softmax in float32.
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
+        # Native GQA: kv heads are shared by groups of query heads; ``mask`` is key padding plus the
+        # diagonal, ``attend`` adds the causal mask; logits and softmax in float32.
+        out = attention.attend(q, k, v, mask=mask, causal=True, impl=cfg.attention_impl)
         out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
         return layers.dense(cfg.hidden_size, axes.HEADS, axes.EMBED, use_bias=False, dtype=dt, name="o_proj")(out)
 
@@ -158,7 +157,7 @@ class Qwen2Model(nn.Module):
         dt = layers.compute_dtype(cfg.dtype)
         x = layers.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed_tokens")(input_ids)
         rope = rope_tables(input_ids.shape[1], cfg.head_dim, cfg.rope_theta)
-        mask = make_attention_mask(attention_mask, causal=True)
+        mask = make_attention_mask(attention_mask)
         for i in range(last):
             x = Qwen2DecoderLayer(cfg, name=f"layers_{i}")(x, rope, mask)
         if last == n:
@@ -212,7 +211,7 @@ class AdapterBlock(nn.Module):
             h = layers.RMSNorm(name="attn_norm")(x)
             q, k, v = (layers.dense(self.width, axes.EMBED, axes.HEADS, dtype=dt, name=f"{n}_proj")(h)
                        .reshape(h.shape[:2] + (self.heads, -1)) for n in "qkv")
-            a = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl)
+            a = attention.attend(q, k, v, mask=mask, impl=self.attention_impl)
             x = x + layers.dense(self.width, axes.HEADS, axes.EMBED, dtype=dt, name="o_proj",
                                  kernel_init=zeros)(a.reshape(x.shape))
         h = layers.RMSNorm(name="mlp_norm")(x)
@@ -228,7 +227,7 @@ class Adapter(nn.Module):
     @nn.compact
     def __call__(self, x, mask):
         cfg = self.config
-        attn_mask = make_attention_mask(mask, causal=False)
+        attn_mask = make_attention_mask(mask)
         for i in range(cfg.adapter_layers):
             x = AdapterBlock(cfg.llm.hidden_size, cfg.adapter_heads, cfg.adapter_mlp_ratio,
                              cfg.adapter == "transformer", cfg.llm.dtype, cfg.llm.attention_impl,

@@ -13,14 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seedream_jax.models import layers
+from seedream_jax.models import attention, layers
 from seedream_jax.parallel import axes
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
     """Defaults: a Flux-style 16-channel, 8x-downsampling VAE. scaling_factor / shift_factor
-    normalise latents for the DiT: z_model = (z - shift) * scale (the VAE stage fits them)."""
+    normalise latents for the DiT: z_model = (z - shift) * scale (the VAE stage fits them).
+    attention_impl: the mid-block attention's kernel, see ``models.attention`` (None = XLA)."""
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: Tuple[int, ...] = (128, 256, 512, 512)
@@ -33,11 +34,13 @@ class VAEConfig:
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
     dtype: str = "float32"
+    attention_impl: Optional[str] = None
 
     def __post_init__(self):
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(f"block_out_channels {bad} not divisible by norm_num_groups {self.norm_num_groups}")
+        attention.check_implementation(self.attention_impl)
 
     @property
     def downsample_factor(self) -> int:
@@ -74,13 +77,14 @@ class AttentionBlock(nn.Module):
     """diffusers VAE mid-block attention: GroupNorm, single-head attention over H*W, residual."""
     groups: int
     dtype: jnp.dtype
+    attention_impl: Optional[str] = None
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
         t = layers.GroupNorm(self.groups, 1e-6, name="group_norm")(x).reshape(b, h * w, 1, c)
         proj = lambda n: layers.dense(c, axes.CONV_IN, axes.CONV_OUT, dtype=self.dtype, name=n)(t)
-        out = jax.nn.dot_product_attention(proj("to_q"), proj("to_k"), proj("to_v"))
+        out = attention.attend(proj("to_q"), proj("to_k"), proj("to_v"), impl=self.attention_impl)
         out = layers.dense(c, axes.CONV_IN, axes.CONV_OUT, dtype=self.dtype, name="to_out_0")(out.reshape(b, h * w, c))
         return x + out.reshape(b, h, w, c)
 
@@ -90,12 +94,13 @@ class MidBlock(nn.Module):
     groups: int
     attention: bool
     dtype: jnp.dtype
+    attention_impl: Optional[str] = None
 
     @nn.compact
     def __call__(self, x):
         x = ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_0")(x)
         if self.attention:
-            x = AttentionBlock(self.groups, self.dtype, name="attentions_0")(x)
+            x = AttentionBlock(self.groups, self.dtype, self.attention_impl, name="attentions_0")(x)
         return ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_1")(x)
 
 
@@ -161,7 +166,7 @@ class Encoder(nn.Module):
         x = layers.conv(chans[0], (3, 3), dtype=dt, name="conv_in")(x.astype(dt))
         for i, c in enumerate(chans):
             x = DownBlock(c, cfg.layers_per_block, g, i < len(chans) - 1, dt, name=f"down_blocks_{i}")(x)
-        x = MidBlock(chans[-1], g, cfg.mid_block_add_attention, dt, name="mid_block")(x)
+        x = MidBlock(chans[-1], g, cfg.mid_block_add_attention, dt, cfg.attention_impl, name="mid_block")(x)
         x = nn.silu(layers.GroupNorm(g, 1e-6, name="conv_norm_out")(x))
         return layers.conv(2 * cfg.latent_channels, (3, 3), dtype=dt, name="conv_out")(x)
 
@@ -174,7 +179,7 @@ class Decoder(nn.Module):
         cfg = self.config
         dt, g, chans = layers.compute_dtype(cfg.dtype), cfg.norm_num_groups, tuple(reversed(cfg.block_out_channels))
         x = layers.conv(chans[0], (3, 3), dtype=dt, name="conv_in")(z.astype(dt))
-        x = MidBlock(chans[0], g, cfg.mid_block_add_attention, dt, name="mid_block")(x)
+        x = MidBlock(chans[0], g, cfg.mid_block_add_attention, dt, cfg.attention_impl, name="mid_block")(x)
         for i, c in enumerate(chans):
             x = UpBlock(c, cfg.layers_per_block + 1, g, i < len(chans) - 1, dt, name=f"up_blocks_{i}")(x)
         x = nn.silu(layers.GroupNorm(g, 1e-6, name="conv_norm_out")(x))

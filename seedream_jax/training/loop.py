@@ -1,16 +1,26 @@
 """The one training loop every stage uses.
 
-A stage hands the loop a ``Task`` (how to initialise its parameters, its loss, its data and
-its evaluation); the loop owns everything else, top to bottom:
+A stage hands the loop a ``Task`` (how to initialise its parameters, its loss, its data, its
+evaluation and optionally a rollout); the loop owns everything else, top to bottom:
 
   1. logging: TensorBoard event files + console, progress bar with steps/s and ETA;
   2. mesh and shardings: parameter shapes from ``jax.eval_shape``, shardings from logical
-     axis rules, state created by a jit with ``out_shardings``;
+     axis rules, state created by a jit with ``out_shardings``; the optimizer with its
+     parameter groups and frozen paths (``training/optimizer.py``);
   3. checkpoint: resume from the latest checkpoint (state + data position), else initialise
      (optionally from another stage's checkpoint: ``Task.initialise``);
-  4. the update step: one jitted, donated function returning (state, metrics);
-  5. the loop: prefetch batches, step, NaN/Inf guard, metrics, periodic evaluation and
-     checkpoints; SIGTERM/SIGINT save and return cleanly (preemptible VMs).
+  4. the update step: one jitted, donated function (state, batch) -> (state, metrics) that runs
+     ``Task.rollout`` (if any) with the current parameters, without gradient, then
+     ``Task.inner_steps`` optimizer updates on its batch (a ``lax.scan`` when more than one);
+  5. the loop: prefetch batches, step, NaN/Inf guard, metrics (with the learning rates ``lr``
+     and ``lr/<group>``), periodic evaluation (``Measurements``) and checkpoints; SIGTERM/SIGINT
+     save and return cleanly (preemptible VMs).
+
+Steps count optimizer updates everywhere: ``TrainState.step``, ``train.steps``, the schedule,
+checkpoint numbers and the ``*_every`` intervals. One loop iteration (one batch drawn, one
+rollout) advances ``inner_steps`` updates, so ``train.steps`` must be a multiple of it; logging,
+evaluation and checkpoints happen after an iteration that reaches or passes a multiple of their
+interval, so checkpoints always fall between iterations and resume is exact.
 """
 import dataclasses
 import logging
@@ -19,7 +29,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -51,23 +61,42 @@ class DataSource(Protocol):
 
 
 @dataclasses.dataclass
+class Measurements:
+    """What ``Task.evaluate`` returns.
+
+    scalars: {name: float}, to TensorBoard and the console.
+    images: {name: uint8 image [H, W, 3]}, to ``<stage_dir>/samples/<name>_step<N>.png`` and TensorBoard.
+    texts: {name: str}, to the console and TensorBoard.
+    """
+    scalars: Dict[str, float] = dataclasses.field(default_factory=dict)
+    images: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    texts: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class Task:
     """What a stage gives the loop.
 
     init_params: rng -> (trainable, frozen) parameter trees (boxed, with logical axes).
     loss_fn: (params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics).
-    data: the training batches.
+    data: the training batches (one per loop iteration).
     initialise: optional host hook (trainable, frozen) -> (trainable, frozen) applied to freshly
       initialised NumPy parameters, e.g. loading another stage's checkpoint (``init_from``).
-    evaluate: optional (state, step) -> {name: uint8 image [H, W, 3]}; called every
-      ``eval_every`` steps and at the end; images go to PNG files and TensorBoard.
+    evaluate: optional (state, step) -> ``Measurements`` (or, the older form, {name: uint8 image
+      [H, W, 3]}); called every ``eval_every`` steps and at the end.
+    rollout: optional (params, frozen, batch, rng) -> batch, traced into the update step and run
+      with the current trainable parameters before the updates, without gradient (e.g. sampling a
+      group of images per prompt); the batch it returns (any keys and shapes) feeds ``loss_fn``.
+    inner_steps: optimizer updates per batch (and rollout), each with its own rng.
     """
     name: str
     init_params: Callable[[jax.Array], Tuple[Any, Any]]
     loss_fn: Callable[[Any, Any, Batch, jax.Array], Tuple[jax.Array, Dict[str, jax.Array]]]
     data: DataSource
     initialise: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
-    evaluate: Optional[Callable[[TrainState, int], Dict[str, np.ndarray]]] = None
+    evaluate: Optional[Callable[[TrainState, int], Union[Measurements, Dict[str, np.ndarray]]]] = None
+    rollout: Optional[Callable[[Any, Any, Batch, jax.Array], Batch]] = None
+    inner_steps: int = 1
 
 
 @dataclasses.dataclass
@@ -116,10 +145,17 @@ def _check_finite(metrics: Dict[str, float], step: int):
                              "the last good checkpoint is kept. Lower the learning rate or check the data.")
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float):
-    """The update step: grads of ``task.loss_fn``, optimizer update, EMA, metrics."""
+def make_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float,
+                    learning_rates: Optional[Mapping[str, optax.Schedule]] = None):
+    """The step (state, batch) -> (state, metrics): ``task.rollout`` (if any), then
+    ``task.inner_steps`` updates (grads of ``task.loss_fn``, optimizer update, EMA).
 
-    def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
+    Update k (``state.step == k``) uses rng ``fold_in(state.rng, k)``; a rollout before update k
+    uses ``rollout_rng(state.rng, k)``. Metrics (scalars) are those of the last update, plus
+    ``{name: schedule(k)}`` for each of ``learning_rates`` (the rate that update applied).
+    """
+
+    def update(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
         (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng)
@@ -127,11 +163,28 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: flo
         params = optax.apply_updates(state.params, updates)
         ema = (ema_update(state.ema_params, params, ema_decay_at(state.step, ema_decay)) if state.ema_params
                else state.ema_params)
-        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads), "param_norm": global_norm(params)}
+        metrics = {**metrics, "loss": loss, "grad_norm": global_norm(grads), "param_norm": global_norm(params),
+                   **{name: schedule(state.step) for name, schedule in (learning_rates or {}).items()}}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         return new_state, metrics
 
+    def train_step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
+        if task.rollout is not None:
+            batch = task.rollout(state.params, state.frozen, batch, rollout_rng(state.rng, state.step))
+        if task.inner_steps == 1:
+            return update(state, batch)
+        state, metrics = jax.lax.scan(lambda s, _: update(s, batch), state, length=task.inner_steps)
+        return state, jax.tree_util.tree_map(lambda m: m[-1], metrics)
+
     return train_step
+
+
+_ROLLOUT_STREAM = 2 ** 31 - 1  # a step number no run reaches (the step is int32)
+
+
+def rollout_rng(rng: jax.Array, step) -> jax.Array:
+    """The key of the rollout before update ``step``: a stream apart from the updates' ``fold_in(rng, step)``."""
+    return jax.random.fold_in(jax.random.fold_in(rng, _ROLLOUT_STREAM), step)
 
 
 @dataclasses.dataclass
@@ -166,9 +219,16 @@ def state_layout(task: Task, tx: optax.GradientTransformation, use_ema: bool, ro
     return StateLayout(init_state=init_state, shardings=shardings, abstract=abstract)
 
 
-def jit_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float, state_shardings):
-    """The jitted, state-donating update step (state, batch) -> (state, metrics)."""
-    return jax.jit(make_train_step(task, tx, ema_decay), donate_argnums=(0,), out_shardings=(state_shardings, None))
+def jit_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float, state_shardings,
+                   learning_rates: Optional[Mapping[str, optax.Schedule]] = None):
+    """The jitted, state-donating step (state, batch) -> (state, metrics) of ``make_train_step``."""
+    return jax.jit(make_train_step(task, tx, ema_decay, learning_rates), donate_argnums=(0,),
+                   out_shardings=(state_shardings, None))
+
+
+def _due(step: int, advanced: int, every: int) -> bool:
+    """Whether advancing to ``step`` by ``advanced`` steps reached or passed a multiple of ``every``."""
+    return every > 0 and step // every != (step - advanced) // every
 
 
 def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) -> RunResult:
@@ -180,7 +240,10 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     """
     t_start = time.time()
     tcfg = stage_cfg.train
-    total_steps = int(tcfg.steps)
+    total_steps, inner = int(tcfg.steps), int(task.inner_steps)
+    if inner < 1 or total_steps % inner:
+        raise ValueError(f"[{task.name}] train.steps={total_steps} must be a multiple of the task's "
+                         f"inner_steps={inner} (updates per batch)")
     os.makedirs(stage_dir, exist_ok=True)
     # ---- logging
     writer = MetricWriter(os.path.join(stage_dir, "tensorboard") if jax.process_index() == 0 else None,
@@ -200,6 +263,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
         state, data_state = ckpt.restore(abstract)
         task.data.set_state(data_state)
         logging.info("[%s] resumed from %s at step %d", task.name, ckpt.directory, int(state.step))
+        if int(state.step) % inner:
+            raise ValueError(f"[{task.name}] checkpoint step {int(state.step)} in {ckpt.directory} is not a "
+                             f"multiple of inner_steps={inner}: it was written with another inner_steps")
     else:
         state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=shardings)(root_rng)
         if task.initialise is not None:
@@ -211,7 +277,8 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     start_step = int(state.step)
     # ---- the update step
     batch_shardings = None
-    step_fn = jit_train_step(task, tx, float(tcfg.ema_decay), shardings)
+    step_fn = jit_train_step(task, tx, float(tcfg.ema_decay), shardings,
+                             optimizer_lib.learning_rates(stage_cfg.optimizer, total_steps))
 
     def put(batch: Batch):
         nonlocal batch_shardings
@@ -238,24 +305,24 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
             if metrics is not None:  # fetch the previous step's metrics while this one runs
                 last = _fetch_metrics(metrics)
                 _check_finite(last, step)
-                if step % log_every == 0:
+                if _due(step, inner, log_every):
                     writer.write_scalars(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-            state, metrics, step = new_state, new_metrics, step + 1
+            state, metrics, step = new_state, new_metrics, step + inner
             data_state = data_state_after
-            bar.update(1)
+            bar.update(inner)
             if t_loop is None:
                 jax.block_until_ready(state.step)
                 t_loop = time.time()  # exclude compilation from steps/s
             else:
-                timed_steps += 1
-            if eval_every and task.evaluate is not None and step % eval_every == 0 and step < total_steps:
-                _write_images(writer, stage_dir, step, task.evaluate(state, step))
+                timed_steps += inner
+            if task.evaluate is not None and _due(step, inner, eval_every) and step < total_steps:
+                _write_measurements(writer, stage_dir, step, task.evaluate(state, step))
             if stop.signal is not None:
                 logging.warning("[%s] %s received: saving step %d and exiting", task.name, stop.signal, step)
                 preempted = True
                 break
-            if ckpt_every and step % ckpt_every == 0:
+            if _due(step, inner, ckpt_every):
                 ckpt.save(step, state, data_state)
                 last_saved = step
         if metrics is not None:
@@ -269,22 +336,29 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     ckpt.wait()
     ckpt.close()
     if not preempted and task.evaluate is not None:
-        _write_images(writer, stage_dir, step, task.evaluate(state, step))
+        _write_measurements(writer, stage_dir, step, task.evaluate(state, step))
     writer.close()
     sps = timed_steps / (time.time() - t_loop) if t_loop and timed_steps else float("nan")
     return RunResult(state=state, step=step, preempted=preempted, last_metrics=last,
                      steps_per_second=sps, wall_seconds=time.time() - t_start)
 
 
-def _write_images(writer, stage_dir: str, step: int, images: Dict[str, np.ndarray]):
-    """PNG files under ``<stage_dir>/samples`` and TensorBoard images; process 0 only."""
+def _write_measurements(writer, stage_dir: str, step: int, result: Union[Measurements, Dict[str, np.ndarray]]):
+    """An evaluation's scalars and texts to the writer, its images to PNG files under
+    ``<stage_dir>/samples`` and TensorBoard; process 0 only. A plain dict is a dict of images."""
     if jax.process_index() > 0:
         return
+    m = result if isinstance(result, Measurements) else Measurements(images=result)
     from PIL import Image
     out_dir = os.path.join(stage_dir, "samples")
     os.makedirs(out_dir, exist_ok=True)
-    for name, img in images.items():
+    for name, img in m.images.items():
         path = os.path.join(out_dir, f"{name}_step{step:06d}.png")
         Image.fromarray(np.asarray(img, np.uint8)).save(path)
         logging.info("wrote %s", path)
-    writer.write_images(step, images)
+    if m.scalars:
+        writer.write_scalars(step, {k: float(v) for k, v in m.scalars.items()})
+    if m.texts:
+        writer.write_texts(step, m.texts)
+    if m.images:
+        writer.write_images(step, m.images)

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 class TrainState:
     """Everything a run needs to continue bit-exactly (besides the data position).
 
-    step: int32 scalar, number of updates applied.
+    step: int32 scalar, number of optimizer updates applied (``inner_steps`` per loop iteration).
     params: trainable parameters (a dict keyed by component: 'mmdit', 'conditioner', 'vae', ...).
     frozen: parameters the stage uses but does not update (e.g. the VAE during DiT training).
     opt_state: optimizer state for ``params``.
     ema_params: exponential moving average of ``params`` (same tree), or an empty dict.
-    rng: base PRNG key; step ``k`` uses ``fold_in(rng, k)``, so randomness does not depend on
-      how the run was split into sessions.
+    rng: base PRNG key; update ``k`` uses ``fold_in(rng, k)`` and a rollout before update ``k``
+      ``loop.rollout_rng(rng, k)``, so randomness does not depend on how the run was split into sessions.
     """
     step: jax.Array
     params: Any

@@ -11,12 +11,13 @@ from typing import Dict, Mapping
 
 import numpy as np
 from PIL import Image
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
-    """Writes scalars to TensorBoard and the console, and images to TensorBoard.
+    """Writes scalars and texts to TensorBoard and the console, and images to TensorBoard.
 
     ``logdir`` None disables TensorBoard (non-zero processes of a multi-host run).
     """
@@ -47,6 +48,17 @@ class MetricWriter:
             Image.fromarray(img).save(buf, format="PNG")
             values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
                 height=img.shape[0], width=img.shape[1], colorspace=img.shape[2], encoded_image_string=buf.getvalue())))
+        self._add(step, values)
+
+    def write_texts(self, step: int, texts: Mapping[str, str]):
+        """Log ``texts`` at ``step`` on the console and as TensorBoard text summaries."""
+        values = []
+        for name, text in texts.items():
+            logging.info("%s[step %d] %s: %s", self.prefix, step, name, text)
+            values.append(summary_pb2.Summary.Value(
+                tag=name, metadata=text_metadata.create_summary_metadata(display_name=name, description=""),
+                tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[str(text).encode()],
+                                              tensor_shape=tensor_shape_pb2.TensorShapeProto())))
         self._add(step, values)
 
     def flush(self):
