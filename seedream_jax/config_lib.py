@@ -79,6 +79,16 @@ def model_config(size: str) -> ConfigDict:
     return ConfigDict(dict(MODEL_SIZES[size], dtype="float32", attention_impl=None, remat_policy="none"))
 
 
+def non_mmdit_attention_impl(impl):
+    """The kernel of every attention but the MMDiT's for ``model.attention_impl = impl``.
+
+    Splash (TPU Pallas) runs the MMDiT's joint attention, where the attention FLOPs are. The text
+    encoders (causal mask with its diagonal, T5's position bias: Splash cannot serve them) and the
+    VAE (one head as wide as its channels, not proven on the kernel) keep XLA there, cuDNN on GPU.
+    """
+    return None if impl in ("splash", "splash_interpret") else impl
+
+
 def build_model_configs(model: ConfigDict):
     """Turn the ``model`` config section into the model dataclasses.
 
@@ -91,11 +101,7 @@ def build_model_configs(model: ConfigDict):
     from seedream_jax.models.vae import VAEConfig
 
     common = dict(dtype=model.dtype)
-    # Splash (TPU Pallas) runs the MMDiT's joint attention, where the attention FLOPs are. The text
-    # encoders (causal mask with its diagonal, T5's position bias: Splash cannot serve them) and the
-    # VAE (one head as wide as its channels, not proven on the kernel) keep XLA there, cuDNN on GPU.
-    other_impl = None if model.attention_impl in ("splash", "splash_interpret") else model.attention_impl
-    attn = dict(attention_impl=other_impl)
+    attn = dict(attention_impl=non_mmdit_attention_impl(model.attention_impl))
     llm = Qwen2Config(**model.llm.to_dict(), **common, **attn)
     text_encoder = TextEncoderConfig(llm=llm, adapter=model.adapter, adapter_layers=model.adapter_layers)
     byt5 = ByT5Config(**model.byt5.to_dict(), **common, **attn) if model.byt5 is not None else None
@@ -147,7 +153,7 @@ def base_config(size: str = "tiny") -> ConfigDict:
         bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
         num_workers=0))                  # Grain reader threads decoding records (0 = inline)
     c.tokenizer = ConfigDict(dict(
-        kind="sentencepiece",            # or "hf": a local directory holding an HF tokenizer
+        format="sentencepiece",          # or "hf": a local directory holding an HF tokenizer
         path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir
         vocab_size=c.model.llm.vocab_size))
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,7 +1,8 @@
 """Entry point: ``python -m seedream_jax.main --config configs/<stage>.py --workdir <dir>``.
 
-The config's ``stages`` tuple lists what to run, in order; each stage writes under
-``<workdir>/<stage>/``. Overrides: ``--config.pretrain.train.steps=100``; unknown keys fail.
+The config's ``stages`` tuple lists what to run, in order: each entry is a stage name whose
+kind is ``cfg.<name>.kind`` (default: the name; ``seedream_jax/stages/``), and each stage writes
+under ``<workdir>/<name>/``. Overrides: ``--config.pretrain.train.steps=100``; unknown keys fail.
 """
 import json
 import logging
@@ -20,34 +21,19 @@ flags.DEFINE_string("workdir", None, "Directory for all outputs of this run (cre
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _stage_table():
-    from seedream_jax.data import stages as data_stages
-    from seedream_jax.eval import stage as eval_stage
-    from seedream_jax.sampling import stage as sample_stage
-    from seedream_jax.training.stages import pretrain, vae
-    return {
-        "data": data_stages.run_data,
-        "tokenizer": data_stages.run_tokenizer,
-        "vae": vae.run,
-        "pretrain": pretrain.run,
-        "sample": sample_stage.run,
-        "eval": eval_stage.run,
-    }
-
-
 def run_stages(cfg, workdir: str) -> dict:
     """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times, also merged
     into ``<workdir>/summary.json`` by process 0 (entries of stages not run now are kept)."""
-    table = _stage_table()
-    unknown = [s for s in cfg.stages if s not in table]
-    if unknown:
-        raise ValueError(f"config.stages names unknown stage(s) {unknown}; known: {sorted(table)}")
+    from seedream_jax.stages import load_kind, stage_kind
+    from seedream_jax.stages.runner import run_stage
+    for name in cfg.stages:  # fail before any stage runs
+        load_kind(stage_kind(cfg, name))
     os.makedirs(workdir, exist_ok=True)
     summaries = {}
     for name in cfg.stages:
         t0 = time.time()
         logging.info("==== stage %s ====", name)
-        summary = table[name](cfg, workdir)
+        summary = run_stage(cfg, name, workdir)
         summary["wall_seconds"] = round(time.time() - t0, 1)
         summaries[name] = summary
         logging.info("stage %s done in %.1fs: %s", name, summary["wall_seconds"], summary)

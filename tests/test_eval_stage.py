@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.data import synthetic as S
-from seedream_jax.eval import stage as eval_stage
+from seedream_jax.stages import eval as eval_stage
 from seedream_jax.eval import suite as SU
 from seedream_jax.main import run_stages
 from seedream_jax.models.vae import AutoencoderKL

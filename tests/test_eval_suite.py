@@ -7,7 +7,7 @@ import numpy as np
 from seedream_jax.data import heldout
 from seedream_jax.data import synthetic as S
 from seedream_jax.eval import suite as SU
-from seedream_jax.eval.stage import select_items
+from seedream_jax.stages.eval import select_items
 
 
 def test_suite_covers_every_category_and_split():

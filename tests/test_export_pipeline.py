@@ -25,9 +25,9 @@ from seedream_jax.models import byt5 as byt5_lib
 from seedream_jax.models import conditioner as conditioner_lib
 from seedream_jax.models import rope
 from seedream_jax.sampling import schedules
-from seedream_jax.sampling.stage import load_pipeline
-from seedream_jax.training.partition import merge_params
-from seedream_jax.training.stages import pretrain
+from seedream_jax.stages.sample import load_pipeline
+from seedream_jax.models.partition import merge_params
+from seedream_jax.stages import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -68,7 +68,7 @@ def write_stage_checkpoint(cfg, workdir: str, step: int = 2):
     tree (``pretrain.build_task(...).init_params`` shapes, trainable / frozen split of the config)
     with random values (zero-initialised layers made non-zero), EMA = 0.5 raw, an optimizer-state
     stand-in, saved with the loop's Checkpointer. Returns (raw params, ema params) merged trees."""
-    task = pretrain.build_task(cfg, workdir)
+    task = pretrain.build_task(cfg, cfg.pretrain, workdir)
     trainable, frozen = flax.linen.meta.unbox(jax.eval_shape(task.init_params, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     trainable, frozen = random_like(trainable, rng), random_like(frozen, rng)
@@ -141,7 +141,7 @@ def test_export_folder_is_complete_and_pickle_free(exported):
 
 
 def _llm_tokenizer(run):
-    from seedream_jax.training.stages.common import load_tokenizer
+    from seedream_jax.stages.common import load_tokenizer
     return load_tokenizer(run[0], run[1])
 
 

@@ -10,7 +10,7 @@ from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
 from seedream_jax.models.vae import AutoencoderKL, VAEConfig
-from seedream_jax.training.stages import record_data
+from seedream_jax.stages import record_data
 
 WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=24, image_size=32, seed=2), style_probability=0.5,
                              sizes=((32, 32), (24, 40)))

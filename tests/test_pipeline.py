@@ -14,9 +14,9 @@ import pytest
 
 from seedream_jax.main import run_stages
 from seedream_jax.sampling import sampler as sampler_lib
-from seedream_jax.sampling.stage import load_pipeline
+from seedream_jax.stages.sample import load_pipeline
 from seedream_jax.training import loop
-from seedream_jax.training.stages import pretrain
+from seedream_jax.stages import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ['a large red circle', '一个蓝色正方形和文字“你好”']
@@ -59,7 +59,7 @@ def test_all_stages_write_their_outputs(tiny_run):
     assert summary["data"]["num_images"] == 64
     assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
     assert summary["vae"]["steps"] == 4 and summary["pretrain"]["steps"] == 4
-    assert os.path.exists(os.path.join(workdir, "vae", "vae_config.json"))
+    assert os.path.exists(os.path.join(workdir, "vae", "stage.json"))
     assert os.path.exists(os.path.join(workdir, "pretrain", "samples", "samples_step000004.png"))
     assert summary["sample"]["num_images"] == 2
     assert os.path.exists(summary["sample"]["grid"])
@@ -76,7 +76,7 @@ def test_pretrain_loss_decreases_on_a_fixed_batch(tiny_run, tmp_path):
     cfg.pretrain.optimizer.warmup_steps = 2
     cfg.pretrain.optimizer.lr = 2e-3
     cfg.pretrain.train.checkpoint_every = 0
-    task = pretrain.build_task(cfg, workdir)
+    task = pretrain.build_task(cfg, cfg.pretrain, workdir)
     batch = next(task.data)
 
     class FixedBatch:
@@ -149,7 +149,7 @@ def test_grid_captions_label_prompts_and_tiny_grid_follows_the_world():
     """A labelled prompt reads '[label] prompt' under its image; the tiny config's grid prompts
     are the world's own captions except the two labelled off-template ones."""
     from seedream_jax.data import synthetic
-    from seedream_jax.sampling.stage import grid_captions
+    from seedream_jax.stages.sample import grid_captions
     assert grid_captions(["a", "b", "c"], ("", "off-template")) == ["a", "[off-template] b", "c"]
     with pytest.raises(ValueError, match="prompt_labels has 2 labels for 1 prompts"):
         grid_captions(["a"], ("x", "y"))
@@ -160,3 +160,35 @@ def test_grid_captions_label_prompts_and_tiny_grid_follows_the_world():
     world = {synthetic.captions(scene)[lang][kind] for scene, kind, langs in tiny.GRID_SCENES for lang in langs}
     assert {p for p, label in labelled.items() if label != "off-template"} == world
     assert sum(label == "off-template" for label in labelled.values()) == 2 and len(world) == 14
+
+
+def test_a_stage_directory_samples_the_same_whatever_cfg_model_says_now(tiny_run):
+    cfg, workdir, _ = tiny_run
+    pipe, params = load_pipeline(cfg, workdir, "pretrain")
+    other = small_config()
+    other.model.mmdit.num_heads = 2  # another DiT width: ignored, stage.json says what was trained
+    other.model.vae.latent_channels = 8
+    pipe2, params2 = load_pipeline(other, workdir, "pretrain")
+    assert pipe2.mmdit_cfg == pipe.mmdit_cfg and pipe2.vae_cfg == pipe.vae_cfg
+    a = pipe(params, PROMPTS, height=32, width=32, num_steps=2)
+    b = pipe2(params2, PROMPTS, height=32, width=32, num_steps=2)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_changed_tokenizer_or_source_fails_naming_it(tiny_run, tmp_path):
+    import json
+    import shutil
+    from seedream_jax.checkpoint.stage_dir import open_stage
+    cfg, workdir, _ = tiny_run
+    stage = str(tmp_path / "pretrain")
+    shutil.copytree(os.path.join(workdir, "pretrain"), stage)
+    meta_path = os.path.join(stage, "stage.json")
+    meta = json.load(open(meta_path))
+    meta["tokenizer"]["sha256"] = "0" * 64
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match="spm.model is not the one it was trained with"):
+        load_pipeline(cfg, workdir, stage)
+    meta["init_from"]["vae"].update(stored="source", checksum="0" * 64)
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match=r"component 'vae' comes from .*/vae, whose stage.json checksum"):
+        open_stage(stage)

@@ -9,7 +9,7 @@ from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.pipeline import RecordPipeline
 from seedream_jax.data.tokenizer import train_sentencepiece
-from seedream_jax.training.stages import pretrain
+from seedream_jax.stages import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def test_pretrain_task_reads_bucketed_record_batches(tmp_path):
     cfg.pretrain.train.batch_size = 4
     cfg.data.update(dict(format="arrayrecord", path=str(tmp_path / "ds"), image_size=32, bucket_multiple=8,
                          caption_types=("short", "text"), caption_type_probs=(0.5, 0.5)))
-    task = pretrain.build_task(cfg, str(tmp_path))
+    task = pretrain.build_task(cfg, cfg.pretrain, str(tmp_path))
     assert isinstance(task.data, RecordPipeline) and manifest["num_records"] == len(task.data.source)
     shapes = set()
     for k in range(task.data.plan.steps_per_epoch):
@@ -44,4 +44,4 @@ def test_pretrain_task_reads_bucketed_record_batches(tmp_path):
     assert shapes == {(32, 32), (24, 40)}
     cfg.data.format = "parquet"
     with pytest.raises(ValueError, match="data.format must be one of"):
-        pretrain.build_task(cfg, str(tmp_path))
+        pretrain.build_task(cfg, cfg.pretrain, str(tmp_path))

@@ -17,7 +17,7 @@ from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.tokenizer import train_sentencepiece
 from seedream_jax.training import loop
-from seedream_jax.training.stages import pretrain
+from seedream_jax.stages import pretrain
 from record_configs import tiny_record_config
 
 WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=40, image_size=32, seed=8), sizes=((32, 32), (24, 40)))
@@ -36,7 +36,7 @@ def _config(root):
 
 def _task(cfg, workdir, traced):
     """The pretrain task; its loss appends each traced image shape to ``traced`` (once per compile)."""
-    task = pretrain.build_task(cfg, workdir)
+    task = pretrain.build_task(cfg, cfg.pretrain, workdir)
     loss_fn = task.loss_fn
 
     def tracing_loss(params, frozen, batch, rng):

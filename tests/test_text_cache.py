@@ -15,7 +15,7 @@ from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.tokenizer import train_sentencepiece
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
-from seedream_jax.training.stages import pretrain, record_data
+from seedream_jax.stages import pretrain, record_data
 from record_configs import tiny_record_config
 
 WORLD = SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=24, image_size=32, seed=5), sizes=((32, 32),))
@@ -88,7 +88,7 @@ def test_cached_conditioning_gives_the_same_loss(setup, loss_model):
     cfg, workdir, source, manifest = setup
     pipe, loss, trainable, frozen = loss_model
     assert manifest["num_records"] == len(source) and manifest["summary"]["dtype"] == "float32"
-    task = pretrain.build_task(cfg, workdir)  # finds <ds>-text and checks it against the checkpoint
+    task = pretrain.build_task(cfg, cfg.pretrain, workdir)  # finds <ds>-text and checks it against the checkpoint
     assert task.data._load.text_cache is not None
     plain = record_data.record_pipeline(cfg, workdir, 4, lambda caps: tokenize_prompts(
         caps, pipe.tokenizer, pipe.conditioner_cfg), None, use_cache=False)

@@ -25,7 +25,7 @@ import time
 
 from seedream_jax.checkpoint.init_from import load_component
 from seedream_jax.data import arrayrecord_io, latent_cache, text_cache
-from seedream_jax.training.stages import record_data, vae as vae_stage
+from seedream_jax.stages import record_data, vae as vae_stage
 
 
 def main():
@@ -58,7 +58,7 @@ def main():
     if a.base_resolution <= 0:
         p.error("--vae needs --base_resolution (the training config's data.image_size)")
     params, step = load_component(a.vae, "vae")
-    encode = record_data.vae_encoder(vae_stage.load_fitted_config(a.vae), params)
+    encode = record_data.vae_encoder(vae_stage.fitted_config(a.vae), params)
     out = a.out or latent_cache.default_cache_dir(a.dataset)
     t = time.time()
     manifest = latent_cache.write_latent_cache(

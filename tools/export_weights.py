@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         print(f"  {component:13s} {size:10.1f} MiB  " + ", ".join(os.path.relpath(f, args.out) for f in files))
     if args.verify:
         from seedream_jax.interop.verify import compare_with_torch
-        from seedream_jax.sampling.stage import load_pipeline
+        from seedream_jax.stages.sample import load_pipeline
 
         pipe, params = load_pipeline(cfg, os.path.abspath(args.workdir), args.stage, args.weights == "ema")
         s = cfg.sample

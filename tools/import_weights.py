@@ -3,15 +3,15 @@
 Reads safetensors only (a folder with only .bin / .pt pickles is refused: unpickling can run
 code), accepts fp32, bf16 and fp16 weights (stored as float32), and checks every key and shape:
 a mismatch lists the missing, unexpected and mis-shaped keys. The result is an Orbax checkpoint
-in the layout of a trained stage (``<out>/checkpoints/0/``), with the parameters at their
-pretrain-stage paths:
+in the layout of a trained stage (``<out>/checkpoints/0/`` and ``<out>/stage.json`` recording the
+imported components' configs), with the parameters at their pretrain-stage paths:
 
     --text-encoder DIR  HF Qwen2Model / Qwen2ForCausalLM  -> conditioner/text_encoder/llm
     --byt5 DIR          HF T5EncoderModel (or T5 with decoder, ignored) -> conditioner/byt5
     --conditioner DIR   an exported conditioner/ folder    -> conditioner/{glyph_mapper, context_proj,
                                                               text_encoder/adapter}
     --transformer DIR   diffusers FluxTransformer2DModel   -> mmdit
-    --vae DIR           diffusers AutoencoderKL            -> vae (and <out>/vae_config.json)
+    --vae DIR           diffusers AutoencoderKL            -> vae
     --pipeline DIR      a whole export of tools/export_weights.py (all of the above)
 
 A stage then starts from it through its config, e.g. in configs/<name>.py:
@@ -27,8 +27,6 @@ Examples:
     python tools/import_weights.py --pipeline exports/tiny --out imports/tiny --config configs/tiny.py
 """
 import argparse
-import dataclasses
-import json
 import os
 import sys
 
@@ -36,7 +34,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from seedream_jax import config_lib  # noqa: E402
+from seedream_jax.checkpoint.stage_dir import StageDescription, write_stage_meta  # noqa: E402
 from seedream_jax.interop import convert, orbax_io, pipeline  # noqa: E402
+from seedream_jax.models.conditioner import Conditioner  # noqa: E402
+from seedream_jax.models.mmdit import MMDiT  # noqa: E402
+from seedream_jax.models.vae import AutoencoderKL  # noqa: E402
+
+# imported config name -> (component in stage.json, its module)
+_STAGE_COMPONENTS = {"conditioner": ("conditioner", Conditioner), "transformer": ("mmdit", MMDiT),
+                     "vae": ("vae", AutoencoderKL)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +106,9 @@ def main(argv=None) -> int:
             raise ValueError("the imported weights do not fit the run config:\n  " + "\n  ".join(problems))
         step_dir = orbax_io.write_params_checkpoint(args.out, params, step=args.step,
                                                     info={"imported_from": sources})
-        if "vae" in configs:  # what a VAE stage leaves for the stages that use its latents
-            with open(os.path.join(args.out, "vae_config.json"), "w") as f:
-                json.dump(dataclasses.asdict(configs["vae"]), f, indent=2)
+        write_stage_meta(args.out, "import", "import", StageDescription(components={
+            name: (module_class, configs[key]) for key, (name, module_class) in _STAGE_COMPONENTS.items()
+            if configs.get(key) is not None}))
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import flax
 import numpy as np
 
 from seedream_jax.checkpoint.manager import restore_raw_state
-from seedream_jax.training.partition import merge_params
+from seedream_jax.models.partition import merge_params
 
 
 def _subtree(tree: dict, path: str, where: str):

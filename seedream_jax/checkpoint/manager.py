@@ -49,23 +49,29 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_raw_state(stage_dir: str, step: Optional[int] = None) -> Tuple[dict, int]:
-    """Restore another stage's saved TrainState as a nested dict of host NumPy arrays.
+def restore_raw_state(stage_dir: str, step: Optional[int] = None, *, metadata_only: bool = False) -> Tuple[dict, int]:
+    """Restore a stage's saved TrainState as a nested dict of host NumPy arrays.
 
-    Used for cross-stage initialisation, where the target tree differs from the source.
-    ``stage_dir`` is the source stage's directory (holding ``checkpoints/``).
+    Used where the reader's tree differs from the writer's (cross-stage initialisation, sampling,
+    eval, export). ``stage_dir`` is the stage's directory (holding ``checkpoints/``); ``step``
+    defaults to the latest. With ``metadata_only`` the tree holds Orbax array metadata (shape,
+    dtype) instead of arrays and nothing is read.
     Returns (state dict with keys step/params/frozen/opt_state/ema_params/rng, step).
     """
     directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"init_from: no checkpoints directory at {directory}")
+        raise FileNotFoundError(f"no checkpoints directory at {directory}")
     manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers())
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"init_from: {directory} holds no finished checkpoint")
-    meta = manager.item_metadata(step).state
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), meta)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    manager.close()
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+        meta = manager.item_metadata(step).state
+        if metadata_only:
+            return dict(meta), step
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), meta)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    finally:
+        manager.close()
     return jax.tree_util.tree_map(lambda x: jax.device_get(x), restored.state), step

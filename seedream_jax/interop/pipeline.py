@@ -187,16 +187,15 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
 
 
 def stage_configs(cfg, stage_dir: str):
-    """(ConditionerConfig, MMDiTConfig, VAEConfig) of a run config, with the fitted VAE
-    normalisation of ``stage_dir/vae_config.json`` when the stage has one (as sampling does)."""
+    """(ConditionerConfig, MMDiTConfig, VAEConfig) that ``stage_dir/stage.json`` records; a
+    component the stage does not hold (a VAE-only stage has no DiT) comes from ``cfg.model``."""
     from seedream_jax import config_lib
-    from seedream_jax.training.stages import common
-    from seedream_jax.training.stages.vae import load_fitted_config
+    from seedream_jax.checkpoint.stage_dir import open_stage
 
-    conditioner_cfg, mmdit_cfg, vae_cfg = config_lib.build_model_configs(cfg.model)
-    if os.path.exists(os.path.join(stage_dir, common.VAE_CONFIG_FILE)):
-        vae_cfg = load_fitted_config(stage_dir)
-    return conditioner_cfg, mmdit_cfg, vae_cfg
+    stage = open_stage(stage_dir)
+    defaults = dict(zip(("conditioner", "mmdit", "vae"), config_lib.build_model_configs(cfg.model)))
+    return tuple(stage.component(name)[1] if stage.has_component(name) else default
+                 for name, default in defaults.items())
 
 
 def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain", step: Optional[int] = None,
@@ -209,22 +208,23 @@ def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain
     'raw' (``orbax_io.OrbaxSource``). Tensors are read from the checkpoint in bounded chunks and
     written one at a time. Returns {'files': {component: files}, 'step', 'used_ema', 'stage_dir'}.
     """
-    from seedream_jax.training.stages import common
+    from seedream_jax.checkpoint.stage_dir import open_stage
+    from seedream_jax.stages import common
 
     stage_dir = common.resolve(workdir, stage)
     source = orbax_io.OrbaxSource(stage_dir, step=step, weights=weights)
     conditioner_cfg, mmdit_cfg, vae_cfg = stage_configs(cfg, stage_dir)
     tokenizer = None
     present = _components_present(source, conditioner_cfg)
+    meta = open_stage(stage_dir).meta
     if set(components or present) >= {"text_encoder", "transformer", "vae"}:
-        common.load_tokenizer(cfg, workdir)  # exists and fits the LLM's vocabulary
-        tokenizer = TokenizerFiles(cfg.tokenizer.kind, common.resolve(workdir, cfg.tokenizer.path))
-    p, s = cfg.pretrain, cfg.sample
+        common.stage_tokenizer(open_stage(stage_dir))  # the one it was trained with, unchanged
+        tokenizer = TokenizerFiles(meta["tokenizer"]["kind"], meta["tokenizer"]["path"])
+    s = cfg.sample
     files = export_pipeline(
         source, conditioner_cfg, mmdit_cfg, vae_cfg, out_dir, dtype=dtype, components=components,
         causal_lm=causal_lm, lm_head_from=lm_head_from, tokenizer=tokenizer,
-        schedule=dict(base_tokens=int(p.shift_base_tokens), max_tokens=int(p.shift_max_tokens),
-                      base_shift=float(p.shift_base), max_shift=float(p.shift_max)),
+        schedule=meta.get("schedule"),
         defaults=dict(height=int(s.height), width=int(s.width), num_steps=int(s.num_steps),
                       guidance_scale=float(s.guidance_scale)),
         provenance={"checkpoint": source.path, "step": source.step,

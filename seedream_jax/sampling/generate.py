@@ -1,4 +1,10 @@
-"""Prompts -> images: conditioner, compiled flow sampler with CFG, VAE decode, in one XLA program."""
+"""Prompts -> images: conditioner, compiled flow sampler with CFG, VAE decode, in one XLA program.
+
+``TextToImage`` holds only static configs and modules; its ``encode_prompts``, ``sample_latents``
+and ``decode_latents`` are pure functions of the parameters that losses can differentiate through
+(reward backprop, policy gradients); ``__call__`` composes them in one jitted program and does the
+host work (tokenising, noise, the uint8 cast).
+"""
 import functools
 from typing import Dict, Sequence
 
@@ -16,9 +22,8 @@ from seedream_jax.sampling import schedules
 class TextToImage:
     """A text-to-image pipeline over parameters {'conditioner', 'mmdit', 'vae'}.
 
-    One compiled program per (batch, height, width, steps, solver, guidance) runs text
-    encoding of prompts and the empty prompt, the whole denoising loop (a ``lax`` loop) and
-    the VAE decode.
+    One compiled program per (batch, height, width, ``SamplerConfig``) runs text encoding of
+    prompts and the empty prompt, the whole denoising loop (a ``lax.scan``) and the VAE decode.
     """
 
     def __init__(self, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, vae_cfg: VAEConfig,
@@ -44,26 +49,36 @@ class TextToImage:
         p = self.mmdit_cfg.patch_size
         return float(schedules.resolution_shift((h // p) * (w // p), **self.shift))
 
-    def encode(self, params, tokens: Dict[str, jax.Array]):
-        """Conditioner forward -> {'context', 'mask', 'pooled'}."""
+    def encode_prompts(self, params, tokens: Dict[str, jax.Array]):
+        """Conditioner forward (pure) -> {'context' [B, L, D], 'mask' [B, L], 'pooled' [B, D]}."""
         context, mask, pooled = self.conditioner.apply({"params": params["conditioner"]}, **tokens)
         return {"context": context, "mask": mask, "pooled": pooled}
+
+    encode = encode_prompts  # the name the training stages and the text cache use
 
     def velocity(self, params, x, t, cond):
         return self.mmdit.apply({"params": params["mmdit"]}, x, t, cond["context"], cond["mask"], cond["pooled"])
 
-    @functools.lru_cache(maxsize=8)
-    def _program(self, num_steps: int, solver: str, guidance_scale: float):
-        sample = sampler_lib.make_sampler(self.velocity, num_steps=num_steps, solver=solver,
-                                          guidance_scale=guidance_scale)
+    def sample_latents(self, params, noise, cond, uncond, sampler_cfg: sampler_lib.SamplerConfig, *,
+                       grad_last_k: int = 0, rng=None, return_trajectory: bool = False):
+        """Normalised latents from ``noise`` [B, h, w, C] (pure): ``sampler.sample_trajectory`` over
+        the MMDiT; returns (z0, trajectory, logps) as it does, with its gradient window
+        ``grad_last_k``. ``sampler_cfg.shift`` should be ``self.mu(height, width)``."""
+        return sampler_lib.sample_trajectory(self.velocity, params, noise, cond, uncond, sampler_cfg,
+                                             grad_last_k=grad_last_k, rng=rng, return_trajectory=return_trajectory)
 
-        def run(params, tokens, uncond_tokens, noise, mu):
-            cond = self.encode(params, tokens)
-            uncond = self.encode(params, uncond_tokens) if guidance_scale != 1.0 else None
-            z = sample(params, noise, cond, uncond, mu)
-            z = unscale_latents(z, self.vae_cfg)
-            images = self.vae.apply({"params": params["vae"]}, z, method=self.vae.decode)
-            return jnp.clip((images.astype(jnp.float32) + 1.0) * 127.5, 0, 255)
+    def decode_latents(self, params, z):
+        """Normalised latents [B, h, w, C] -> float32 images [B, H, W, 3] clipped to [-1, 1] (pure)."""
+        images = self.vae.apply({"params": params["vae"]}, unscale_latents(z, self.vae_cfg), method=self.vae.decode)
+        return jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
+
+    @functools.lru_cache(maxsize=8)
+    def _program(self, sampler_cfg: sampler_lib.SamplerConfig):
+        def run(params, tokens, uncond_tokens, noise):
+            cond = self.encode_prompts(params, tokens)
+            uncond = self.encode_prompts(params, uncond_tokens) if sampler_cfg.guidance_scale != 1.0 else None
+            z, _, _ = self.sample_latents(params, noise, cond, uncond, sampler_cfg)
+            return self.decode_latents(params, z)
 
         return jax.jit(run)
 
@@ -73,6 +88,7 @@ class TextToImage:
         tokens = tokenize_prompts(prompts, self.tokenizer, self.conditioner_cfg)
         uncond = tokenize_prompts([""], self.tokenizer, self.conditioner_cfg)
         noise = sampler_lib.initial_noise(jax.random.PRNGKey(seed), len(prompts), self.latent_shape(height, width))
-        program = self._program(int(num_steps), str(solver), float(guidance_scale))
-        images = program(params, tokens, uncond, noise, jnp.float32(self.mu(height, width)))
-        return np.asarray(jnp.round(images)).astype(np.uint8)
+        sampler_cfg = sampler_lib.SamplerConfig(num_steps=int(num_steps), solver=str(solver),
+                                                guidance_scale=float(guidance_scale), shift=self.mu(height, width))
+        images = self._program(sampler_cfg)(params, tokens, uncond, noise)
+        return np.asarray(jnp.round((images + 1.0) * 127.5)).astype(np.uint8)

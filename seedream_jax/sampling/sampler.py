@@ -1,9 +1,12 @@
-"""Compiled flow sampler with batched classifier-free guidance.
+"""Compiled flow sampler with batched classifier-free guidance, made of pure parts.
 
-``make_sampler`` returns a function whose whole denoising loop is one ``lax.fori_loop``, so
-under ``jax.jit`` sampling is a single XLA program. ``reference_euler_sample`` is the same
-computation as a plain Python loop (the specification the tests compare against).
+``sample_trajectory`` runs the whole denoising loop as ``lax.scan`` (one XLA program under
+``jax.jit``), ODE or Flow-GRPO SDE, with per-step log-probabilities and a gradient window over the
+last K steps, so losses (reward backprop, policy gradients) can differentiate through sampling.
+``make_sampler`` is its deterministic form; ``reference_euler_sample`` is the Euler ODE as a plain
+Python loop (the specification the tests compare against).
 """
+import dataclasses
 from typing import Any, Callable, Optional
 
 import jax
@@ -44,26 +47,102 @@ def guided_velocity(velocity_fn: VelocityFn, params, cond, uncond, guidance_scal
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How to integrate from noise (t = 1) to data (t = 0).
+
+    num_steps: steps on the grid ``schedules.sampling_times(num_steps, shift)``.
+    solver: an ODE step of ``solvers.SOLVERS`` ('euler', 'heun'); with eta > 0 the step is
+      ``solvers.sde_step`` (Euler-Maruyama), which needs solver 'euler'.
+    guidance_scale: classifier-free guidance g (1 = conditional velocity only).
+    eta: Flow-GRPO's noise level a in sigma_t = a sqrt(t / (1 - t)); 0 = the deterministic ODE.
+    shift: mu, the resolution time shift (``schedules.resolution_shift``); a float, or a traced
+      scalar inside a jitted function (then the config is not hashable).
+    """
+    num_steps: int
+    solver: str = "euler"
+    guidance_scale: float = 1.0
+    eta: float = 0.0
+    shift: Any = 0.0
+
+    def __post_init__(self):
+        if self.solver not in solvers.SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; expected one of {sorted(solvers.SOLVERS)}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.eta > 0 and self.solver != "euler":
+            raise ValueError(f"eta > 0 samples the SDE with Euler-Maruyama steps; solver must be 'euler', "
+                             f"got {self.solver!r}")
+
+
+def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Optional[Any], cfg: SamplerConfig, *,
+                      grad_last_k: int = 0, rng=None, return_trajectory: bool = False):
+    """Integrate ``noise`` [B, ...] from t = 1 to 0; returns (x0 [B, ...], trajectory, logps).
+
+    trajectory: [num_steps + 1, B, ...] states (noise first, x0 last) if ``return_trajectory``,
+    else None. logps: [num_steps, B] log-probability of each SDE transition (``solvers.sde_step``),
+    zeros when eta == 0. ``rng`` (needed when eta > 0) gives step i the key ``fold_in(rng, i)``.
+
+    Gradient window: gradients (wrt params, noise, cond, uncond) flow only through the last
+    K = ``grad_last_k`` steps. Steps 0..N-K-1 run on stop_gradient inputs (nothing is saved for
+    the backward pass) and the state entering step N-K is a constant; each of the last K steps is
+    rematerialised (``jax.checkpoint``), so the backward pass stores one state per step, not the
+    model's activations. K = 0: no gradient at all (x0 is a constant, as for rollouts);
+    K = num_steps: through every step, from the noise. The values do not depend on K.
+    Pure and jittable (``cfg`` static, or its ``shift`` traced).
+    """
+    n, k = cfg.num_steps, int(grad_last_k)
+    if not 0 <= k <= n:
+        raise ValueError(f"grad_last_k must be in [0, num_steps={n}], got {grad_last_k}")
+    if cfg.eta > 0 and rng is None:
+        raise ValueError("sample_trajectory with eta > 0 needs an rng")
+    times = schedules.sampling_times(n, cfg.shift)
+    ode_step = solvers.SOLVERS[cfg.solver]
+
+    def run(params, x, cond, uncond, start, stop, remat):
+        v = guided_velocity(velocity_fn, params, cond, uncond, cfg.guidance_scale)
+
+        def body(x, step):
+            t_cur, t_next, i = step
+            if cfg.eta == 0:
+                x_next, logp = ode_step(v, x, t_cur, t_next), jnp.zeros((x.shape[0],), jnp.float32)
+            else:
+                x_next, logp = solvers.sde_step(v, x, t_cur, t_next, cfg.eta, jax.random.fold_in(rng, i))
+            x_next = x_next.astype(jnp.float32)
+            return x_next, (x_next if return_trajectory else None, logp)
+
+        steps = (times[start:stop], times[start + 1:stop + 1], jnp.arange(start, stop))
+        return jax.lax.scan(jax.checkpoint(body, prevent_cse=False) if remat else body, x, steps)
+
+    x = noise.astype(jnp.float32)
+    segments = []
+    if k < n:
+        frozen = jax.lax.stop_gradient((params, x, cond, uncond))
+        x, ys = run(*frozen, 0, n - k, remat=False)
+        segments.append(ys)
+    if k > 0:
+        x, ys = run(params, x, cond, uncond, n - k, n, remat=True)
+        segments.append(ys)
+    logps = jnp.concatenate([logp for _, logp in segments], axis=0)
+    trajectory = None
+    if return_trajectory:
+        trajectory = jnp.concatenate([noise.astype(jnp.float32)[None]] + [xs for xs, _ in segments], axis=0)
+    return x, trajectory, logps
+
+
 def make_sampler(velocity_fn: VelocityFn, *, num_steps: int, solver: str = "euler", guidance_scale: float = 1.0):
-    """Returns ``sample(params, noise, cond, uncond, mu) -> x0`` integrating from t = 1 to 0.
+    """Returns ``sample(params, noise, cond, uncond, mu) -> x0``: the ODE (eta = 0) of
+    ``sample_trajectory`` integrating from t = 1 to 0, without gradient window.
 
     ``mu`` is the resolution shift of the time grid (``schedules.resolution_shift``), the same
     rule used in training. Jit the result (or call it inside a jitted function).
     """
-    if solver not in solvers.SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {sorted(solvers.SOLVERS)}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    step_fn = solvers.SOLVERS[solver]
+    cfg = SamplerConfig(num_steps=num_steps, solver=solver, guidance_scale=guidance_scale)
 
     def sample(params, noise, cond, uncond: Optional[Any], mu):
-        times = schedules.sampling_times(num_steps, mu)
-        v = guided_velocity(velocity_fn, params, cond, uncond, guidance_scale)
-
-        def body(i, x):
-            return step_fn(v, x, times[i], times[i + 1]).astype(jnp.float32)
-
-        return jax.lax.fori_loop(0, num_steps, body, noise.astype(jnp.float32))
+        return sample_trajectory(velocity_fn, params, noise, cond, uncond, dataclasses.replace(cfg, shift=mu))[0]
 
     return sample
 

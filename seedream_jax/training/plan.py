@@ -24,7 +24,7 @@ from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.parallel import sharding as sharding_lib
 from seedream_jax.training import loop
 from seedream_jax.training import optimizer as optimizer_lib
-from seedream_jax.training.stages import pretrain
+from seedream_jax.stages import pretrain
 
 # Accelerator memory per chip, bytes (vendor figures, 1 GB = 1e9 bytes).
 CHIP_MEMORY = {"TPU v5p": 95e9, "H100": 80e9, "H200": 141e9}

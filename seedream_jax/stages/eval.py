@@ -1,4 +1,4 @@
-"""Stage ``eval``: the objective bilingual benchmark on a checkpoint of any stage.
+"""Stage kind ``eval``: the objective bilingual benchmark on a checkpoint of any stage.
 
 ``eval.checkpoint`` names a stage directory inside the workdir ('pretrain', 'sft', ...) or an
 absolute path to another run's stage. A checkpoint with an MMDiT is evaluated as a text-to-image
@@ -19,19 +19,17 @@ from typing import Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.init_from import load_component
+from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data import heldout
 from seedream_jax.eval import benchmark
 from seedream_jax.eval import report as report_lib
 from seedream_jax.eval.suite import SuiteItem, build_suite
 from seedream_jax.models.vae import AutoencoderKL
-from seedream_jax.sampling.stage import load_pipeline
-from seedream_jax.training.stages import common
-from seedream_jax.training.stages.vae import load_fitted_config
+from seedream_jax.stages import common
+from seedream_jax.stages.sample import load_pipeline
 from seedream_jax.training.writers import MetricWriter
 
 GROUND_TRUTH = "ground_truth"
@@ -93,23 +91,6 @@ def vae_roundtrip_generator(vae_cfg, vae_params, items: Sequence[SuiteItem], *, 
     return generate
 
 
-def checkpoint_contents(stage_dir: str):
-    """(latest step, names of the components in its parameters, e.g. {'vae'} or {'conditioner',
-    'mmdit', 'vae'}, whether it keeps EMA parameters), read from the checkpoint's metadata
-    without loading arrays."""
-    directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"eval.checkpoint: no checkpoints directory at {directory}")
-    manager = ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"eval.checkpoint: {directory} holds no finished checkpoint")
-    state = manager.item_metadata(step).state
-    manager.close()
-    return int(step), set(state["params"] or {}) | set(state.get("frozen") or {}), bool(state.get("ema_params"))
-
-
 def _heldout_in_training(cfg, workdir: str) -> str:
     """How many records of the workdir's synthetic dataset show a held-out pair (the split is
     only held out when that is 0)."""
@@ -121,24 +102,22 @@ def _heldout_in_training(cfg, workdir: str) -> str:
     return f"{heldout.count_heldout(records)} of {len(records)} records of {path}"
 
 
-def _generator(cfg, workdir: str, items: Sequence[SuiteItem]):
-    """(name, step, source description, generate, info) for ``cfg.eval.checkpoint``."""
-    e = cfg.eval
+def _generator(cfg, e, workdir: str, items: Sequence[SuiteItem]):
+    """(name, step, source description, generate, info) for ``e.checkpoint`` (``e``: the eval section)."""
     height, width = int(e.height), int(e.width)
     if e.checkpoint == GROUND_TRUTH:
         return (GROUND_TRUTH, 0, "ground truth (synthetic.render_scene of the suite's specs)",
                 benchmark.ground_truth_generator(items, height, width), {})
-    stage_dir = common.resolve(workdir, e.checkpoint)
+    stage = open_stage(common.resolve(workdir, e.checkpoint))
+    stage_dir, step = stage.directory, stage.step
     name = os.path.basename(os.path.normpath(stage_dir))
-    step, components, has_ema = checkpoint_contents(stage_dir)
-    weights = "EMA" if e.use_ema and has_ema else "raw"  # as load_pipeline / load_component choose
-    if "mmdit" not in components:
-        if "vae" not in components:
-            raise ValueError(f"eval.checkpoint {stage_dir}: neither an MMDiT nor a VAE in its parameters "
-                             f"(found {sorted(components)})")
-        vae_params, _ = load_component(stage_dir, "vae", use_ema=bool(e.use_ema))
-        vae_cfg = (load_fitted_config(stage_dir) if os.path.exists(os.path.join(stage_dir, common.VAE_CONFIG_FILE))
-                   else config_lib.build_model_configs(cfg.model)[2])
+    weights = "EMA" if e.use_ema and stage.has_ema() else "raw"
+    if not stage.has_component("mmdit"):
+        if not stage.has_component("vae"):
+            raise ValueError(f"eval.checkpoint {stage_dir}: neither an MMDiT nor a VAE in it "
+                             f"(found {sorted(stage.meta['components'])})")
+        vae_params = stage.params("ema" if e.use_ema else "raw")["vae"]
+        vae_cfg = stage.component("vae", attention_impl=config_lib.non_mmdit_attention_impl(cfg.model.attention_impl))[1]
         source = f"{stage_dir} step {step}: VAE round trip of the ground truth ({weights} weights)"
         return name, step, source, vae_roundtrip_generator(vae_cfg, vae_params, items, height=height, width=width,
                                                            batch_size=int(e.batch_size)), {}
@@ -151,10 +130,10 @@ def _generator(cfg, workdir: str, items: Sequence[SuiteItem]):
     return name, step, f"{stage_dir} step {step} ({weights} weights)", generate, info
 
 
-def run(cfg, workdir: str) -> dict:
-    e = cfg.eval
+def run(cfg, stage_cfg, workdir: str, name: str = "eval") -> dict:
+    e = stage_cfg
     items = select_items(build_suite(int(e.suite_seed)), int(e.max_items_per_group))
-    name, step, source, generate, info = _generator(cfg, workdir, items)
+    name, step, source, generate, info = _generator(cfg, e, workdir, items)
     out_root = common.resolve(workdir, e.output)
     out_dir = os.path.join(out_root, f"{name}_step{step}")
     t0 = time.time()

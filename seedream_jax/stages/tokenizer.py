@@ -1,30 +1,15 @@
-"""Stages ``data`` (build the synthetic bilingual world) and ``tokenizer`` (train SentencePiece)."""
+"""Stage kind ``tokenizer``: train the SentencePiece model on the dataset's captions."""
 import logging
 import os
 
 from seedream_jax.data import synthetic
 from seedream_jax.data.tokenizer import train_sentencepiece
-from seedream_jax.training.stages.common import resolve
+from seedream_jax.stages.common import resolve
 
 
-def world_config(cfg) -> "synthetic.SyntheticWorldConfig":
-    """The synthetic world of ``cfg.data`` (size, seed) and ``cfg.data.world`` (the scene mix)."""
-    d = cfg.data
-    return synthetic.SyntheticWorldConfig(num_images=int(d.num_images), image_size=int(d.image_size), seed=int(d.seed),
-                                          **d.world.to_dict())
-
-
-def run_data(cfg, workdir: str) -> dict:
-    """Write the synthetic dataset unless an identical one is already there."""
-    out_dir = resolve(workdir, cfg.data.dir)
-    synthetic.write_dataset(world_config(cfg), out_dir)
-    images, records = synthetic.load_dataset(out_dir)
-    return {"data_dir": out_dir, "num_images": len(records), "image_shape": tuple(images.shape[1:])}
-
-
-def run_tokenizer(cfg, workdir: str) -> dict:
+def run(cfg, stage_cfg, workdir: str, name: str = "tokenizer") -> dict:
     """Train the SentencePiece model on every caption of the dataset (skipped if present)."""
-    if cfg.tokenizer.kind != "sentencepiece":
+    if cfg.tokenizer.format != "sentencepiece":
         return {"tokenizer": resolve(workdir, cfg.tokenizer.path), "trained": False}
     path = resolve(workdir, cfg.tokenizer.path)
     if os.path.exists(path):

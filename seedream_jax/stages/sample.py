@@ -1,16 +1,15 @@
-"""Stage ``sample``: images for prompts from a trained checkpoint; PNGs plus a captioned grid."""
+"""Stage kind ``sample``: images for prompts from a trained checkpoint; PNGs plus a captioned grid."""
+import dataclasses
 import logging
 import os
 
 from PIL import Image
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.manager import restore_raw_state
+from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.sampling.generate import TextToImage
-from seedream_jax.training.partition import merge_params
-from seedream_jax.training.stages import common
-from seedream_jax.training.stages.vae import load_fitted_config
+from seedream_jax.stages import common
 
 
 def read_prompts(sample_cfg) -> list:
@@ -37,24 +36,35 @@ def grid_captions(prompts, labels) -> list:
 
 
 def load_pipeline(cfg, workdir: str, checkpoint: str, use_ema: bool = True):
-    """(TextToImage, params) from a stage directory's latest checkpoint."""
-    stage_dir = common.resolve(workdir, checkpoint)
-    state, step = restore_raw_state(stage_dir)
-    source = state["ema_params"] if use_ema and state.get("ema_params") else state["params"]
-    params = merge_params(source, state.get("frozen") or {})
-    conditioner_cfg, mmdit_cfg, vae_cfg = config_lib.build_model_configs(cfg.model)
-    if os.path.exists(os.path.join(stage_dir, common.VAE_CONFIG_FILE)):
-        vae_cfg = load_fitted_config(stage_dir)
-    p = cfg.pretrain
-    pipe = TextToImage(conditioner_cfg, mmdit_cfg, vae_cfg, common.load_tokenizer(cfg, workdir),
-                       shift_base_tokens=int(p.shift_base_tokens), shift_max_tokens=int(p.shift_max_tokens),
-                       shift_base=float(p.shift_base), shift_max=float(p.shift_max))
-    logging.info("sample: loaded %s step %d (%s weights)", stage_dir, step, "EMA" if use_ema else "raw")
-    return pipe, params
+    """(TextToImage, params) of a stage directory (``checkpoint``: a name inside ``workdir`` or an
+    absolute path), built from its ``stage.json`` alone; ``cfg`` only gives the attention kernels
+    of this machine (``model.attention_impl``)."""
+    stage = open_stage(common.resolve(workdir, checkpoint))
+    pipe = stage_pipeline(stage, attention_impl=cfg.model.attention_impl)
+    weights = "ema" if use_ema else "raw"
+    logging.info("sample: loaded %s step %d (%s weights)", stage.directory, stage.step, weights)
+    return pipe, stage.params(weights)
 
 
-def run(cfg, workdir: str) -> dict:
-    s = cfg.sample
+def stage_pipeline(stage, attention_impl=None) -> TextToImage:
+    """The TextToImage pipeline an opened stage recorded (components, time shift, tokenizer)."""
+    text_impl = config_lib.non_mmdit_attention_impl(attention_impl)
+    _, conditioner_cfg = stage.component("conditioner")
+    conditioner_cfg = dataclasses.replace(
+        conditioner_cfg, text_encoder=dataclasses.replace(
+            conditioner_cfg.text_encoder, llm=dataclasses.replace(conditioner_cfg.text_encoder.llm,
+                                                                  attention_impl=text_impl)),
+        byt5=conditioner_cfg.byt5 and dataclasses.replace(conditioner_cfg.byt5, attention_impl=text_impl))
+    _, mmdit_cfg = stage.component("mmdit", attention_impl=attention_impl)
+    _, vae_cfg = stage.component("vae", attention_impl=text_impl)
+    shift = stage.meta["schedule"]
+    return TextToImage(conditioner_cfg, mmdit_cfg, vae_cfg, common.stage_tokenizer(stage),
+                       shift_base_tokens=int(shift["base_tokens"]), shift_max_tokens=int(shift["max_tokens"]),
+                       shift_base=float(shift["base_shift"]), shift_max=float(shift["max_shift"]))
+
+
+def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
+    s = stage_cfg
     prompts = read_prompts(s)
     pipe, params = load_pipeline(cfg, workdir, s.checkpoint, bool(s.use_ema))
     out_dir = common.resolve(workdir, s.output)

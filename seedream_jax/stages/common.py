@@ -21,9 +21,6 @@ def images_from_model(x) -> np.ndarray:
     return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-VAE_CONFIG_FILE = "vae_config.json"
-
-
 def write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -46,19 +43,37 @@ def stage_section(cfg: ConfigDict, name: str) -> ConfigDict:
 
 def load_tokenizer(cfg: ConfigDict, workdir: str):
     """The LLM tokenizer named by ``cfg.tokenizer`` (a SentencePiece model or a local HF dir)."""
+    tok = open_tokenizer(cfg.tokenizer.format, resolve(workdir, cfg.tokenizer.path))
+    if tok.vocab_size > cfg.model.llm.vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer.path} has {tok.vocab_size} tokens but model.llm.vocab_size is "
+                         f"{cfg.model.llm.vocab_size}")
+    return tok
+
+
+def open_tokenizer(kind: str, path: str):
+    """A ``TextTokenizer`` of ``kind`` 'sentencepiece' (a .model file) or 'hf' (a local directory)."""
     from seedream_jax.data.tokenizer import TextTokenizer
 
-    path = resolve(workdir, cfg.tokenizer.path)
-    if cfg.tokenizer.kind == "sentencepiece":
+    if kind == "sentencepiece":
         if not os.path.exists(path):
             raise FileNotFoundError(f"tokenizer.path: SentencePiece model {path} does not exist "
                                     "(the 'tokenizer' stage trains it)")
-        tok = TextTokenizer.from_sentencepiece(path)
-    elif cfg.tokenizer.kind == "hf":
-        tok = TextTokenizer.from_hf(path)
-    else:
-        raise ValueError(f"tokenizer.kind must be 'sentencepiece' or 'hf', got {cfg.tokenizer.kind!r}")
-    if tok.vocab_size > cfg.model.llm.vocab_size:
-        raise ValueError(f"tokenizer {path} has {tok.vocab_size} tokens but model.llm.vocab_size is "
-                         f"{cfg.model.llm.vocab_size}")
-    return tok
+        return TextTokenizer.from_sentencepiece(path)
+    if kind == "hf":
+        return TextTokenizer.from_hf(path)
+    raise ValueError(f"tokenizer.format must be 'sentencepiece' or 'hf', got {kind!r}")
+
+
+def stage_tokenizer(stage):
+    """The tokenizer an opened stage (``checkpoint.stage_dir.Stage``) recorded; fails if the
+    file changed since (another tokenizer would silently change every prompt's ids)."""
+    from seedream_jax.checkpoint.stage_dir import tokenizer_record
+
+    rec = stage.meta.get("tokenizer")
+    if not rec:
+        raise ValueError(f"stage {stage.directory} records no tokenizer")
+    now = tokenizer_record(rec["kind"], rec["path"]) if os.path.exists(rec["path"]) else None
+    if now is None or now["sha256"] != rec["sha256"]:
+        raise ValueError(f"stage {stage.directory}: its tokenizer {rec['path']} is "
+                         f"{'missing' if now is None else 'not the one it was trained with (checksum differs)'}")
+    return open_tokenizer(rec["kind"], rec["path"])

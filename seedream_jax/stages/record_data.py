@@ -25,8 +25,8 @@ from seedream_jax.data import arrayrecord_io, latent_cache, text_cache as text_c
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.vae import AutoencoderKL
-from seedream_jax.training.partition import split_params
-from seedream_jax.training.stages import common
+from seedream_jax.models.partition import split_params
+from seedream_jax.stages import common
 
 TEXT_KEYS = ("text_context", "text_mask", "text_pooled")
 

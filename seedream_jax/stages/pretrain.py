@@ -1,4 +1,4 @@
-"""Stage ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
+"""Stage kind ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
 
 Data: the in-memory synthetic world (``data.format = "synthetic"``, the tiny default) or an
 ArrayRecord dataset through the Grain pipeline (``data.format = "arrayrecord"``, ``data.path``).
@@ -13,36 +13,33 @@ learns the velocity ``eps - x0`` at logit-normal times shifted by the batch's ow
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
 stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
 """
-import os
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, load_component
+from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
 from seedream_jax.data import synthetic
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.captions import choose_captions
 from seedream_jax.eval.grid import image_grid
-from seedream_jax.models.conditioner import tokenize_prompts
+from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.layers import compute_dtype
-from seedream_jax.models.vae import scale_latents
+from seedream_jax.models.mmdit import MMDiT
+from seedream_jax.models.partition import merge_params, split_params
+from seedream_jax.models.vae import AutoencoderKL, scale_latents
 from seedream_jax.sampling.generate import TextToImage
+from seedream_jax.stages import common, record_data, vae as vae_stage
 from seedream_jax.training import loop
 from seedream_jax.training.losses import flow_matching_loss
-from seedream_jax.training.partition import merge_params, split_params
-from seedream_jax.training.stages import common, record_data, vae as vae_stage
-
-NAME = "pretrain"
-
 
 def resolved_vae_config(cfg, workdir: str, stage_cfg):
     """The VAE config: the fitted one of the VAE stage named in init_from, else the config's."""
     source = stage_cfg.init_from.get("vae") if "vae" in stage_cfg.init_from else None
     if source:
-        return vae_stage.load_fitted_config(common.resolve(workdir, source)), common.resolve(workdir, source)
+        vae_dir = common.resolve(workdir, source)
+        return vae_stage.fitted_config(vae_dir, config_lib.non_mmdit_attention_impl(cfg.model.attention_impl)), vae_dir
     return config_lib.build_model_configs(cfg.model)[2], None
 
 
@@ -149,8 +146,9 @@ def record_dataset(cfg, workdir: str, stage_cfg, pipe, vae_source):
     return data, (int(cfg.data.image_size), int(cfg.data.image_size))
 
 
-def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
-    s = cfg.pretrain if stage_cfg is None else stage_cfg
+def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
+    """The flow-matching Task of this stage (its data, model functions, init_from and evaluation)."""
+    s = stage_cfg
     pipe, _, _ = build_pipeline(cfg, workdir, s)
     sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
     readers = {"synthetic": synthetic_data, "arrayrecord": record_dataset}
@@ -166,20 +164,21 @@ def build_task(cfg, workdir: str, stage_cfg=None, name: str = NAME):
 
     def evaluate(state, step):
         p = merge_params(state.ema_params or state.params, state.frozen)
-        pics = pipe(p, prompts, height=height, width=width, num_steps=int(s.eval_steps), guidance_scale=4.0)
+        pics = pipe(p, prompts, height=height, width=width, num_steps=int(s.eval_steps), solver=cfg.sample.solver,
+                    guidance_scale=float(cfg.sample.guidance_scale))
         return {"samples": image_grid(list(pics), prompts, columns=min(4, len(prompts)), scale=2)}
 
-    return loop.Task(name=name, init_params=init_params, loss_fn=loss_fn, data=data,
+    return loop.Task(name="pretrain", init_params=init_params, loss_fn=loss_fn, data=data,
                      initialise=initialise if sources else None, evaluate=evaluate if prompts else None)
 
 
-def run(cfg, workdir: str) -> dict:
-    stage_dir = os.path.join(workdir, NAME)
-    os.makedirs(stage_dir, exist_ok=True)
-    _, vae_dir = resolved_vae_config(cfg, workdir, cfg.pretrain)
-    if vae_dir:  # the sample stage reads the VAE normalisation from here
-        shutil.copyfile(os.path.join(vae_dir, common.VAE_CONFIG_FILE), os.path.join(stage_dir, common.VAE_CONFIG_FILE))
-    result = loop.train(build_task(cfg, workdir), cfg, cfg.pretrain, stage_dir)
-    return {"stage_dir": stage_dir, "steps": result.step, "preempted": result.preempted,
-            "steps_per_second": result.steps_per_second, "final_metrics": result.last_metrics,
-            "wall_seconds": result.wall_seconds}
+def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
+    """Conditioner, MMDiT and VAE configs, the time-shift rule, the tokenizer and init_from sources."""
+    pipe, _, _ = build_pipeline(cfg, workdir, stage_cfg)
+    sources = {k: source_record(common.resolve(workdir, v)) for k, v in stage_cfg.init_from.items() if v}
+    return StageDescription(
+        components={"conditioner": (Conditioner, pipe.conditioner_cfg), "mmdit": (MMDiT, pipe.mmdit_cfg),
+                    "vae": (AutoencoderKL, pipe.vae_cfg)},
+        schedule=dict(pipe.shift), tokenizer=tokenizer_record(cfg.tokenizer.format,
+                                                              common.resolve(workdir, cfg.tokenizer.path)),
+        init_from=sources)

@@ -8,24 +8,25 @@ fine texture are blurrier than a production VAE's; for the synthetic world's fla
 and glyphs the pixel losses suffice.
 
 At the end the stage fits the latent normalisation (``shift_factor`` = mean,
-``scaling_factor`` = 1/std of the posterior means over the dataset) and writes the VAE
-config with those values to ``<stage_dir>/vae_config.json`` for the DiT stages.
+``scaling_factor`` = 1/std of the posterior means over the dataset) into the VAE config that
+``<stage_dir>/stage.json`` records, where the DiT stages, sampling and export read it
+(``fitted_config``).
 """
 import dataclasses
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax import config_lib
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.data import synthetic
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.vae import AutoencoderKL, VAEConfig
+from seedream_jax.stages import common
 from seedream_jax.training import loop
-from seedream_jax.training.stages import common
 
 
 def vae_loss(recon, x, mean, logvar, *, mse_weight, l1_weight, kl_weight):
@@ -37,11 +38,10 @@ def vae_loss(recon, x, mean, logvar, *, mse_weight, l1_weight, kl_weight):
     return loss, {"mse": mse, "l1": l1, "kl": kl}
 
 
-def build_task(cfg, workdir: str):
-    """The VAE training Task and the model config."""
-    s = cfg.vae
-    _, _, vae_cfg = config_lib.build_model_configs(cfg.model)
-    model = AutoencoderKL(vae_cfg)
+def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
+    """The VAE training Task on the images of ``data.dir``."""
+    s = stage_cfg
+    model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
     images, _ = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
     eval_images = common.images_to_model(np.asarray(images[:int(s.num_eval_images)]))
 
@@ -72,8 +72,7 @@ def build_task(cfg, workdir: str):
         return {"reconstructions": image_grid(pics, columns=len(eval_images))}
 
     data = IndexedBatches(len(images), int(s.train.batch_size), int(cfg.data.seed), make_batch)
-    task = loop.Task(name="vae", init_params=init_params, loss_fn=loss_fn, data=data, evaluate=evaluate)
-    return task, vae_cfg, model, images
+    return loop.Task(name="vae", init_params=init_params, loss_fn=loss_fn, data=data, evaluate=evaluate)
 
 
 def encode_images(model, params, images, batch_size: int = 64):
@@ -90,23 +89,24 @@ def fit_latent_normalisation(model, params, images, max_images: int = 1024):
     return float(z.mean()), float(1.0 / max(z.std(), 1e-6))
 
 
-def run(cfg, workdir: str) -> dict:
-    stage_dir = os.path.join(workdir, "vae")
-    task, vae_cfg, model, images = build_task(cfg, workdir)
-    result = loop.train(task, cfg, cfg.vae, stage_dir)
-    if result.preempted:
-        return {"preempted": True, "stage_dir": stage_dir}
+def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
+    """Fit the latent normalisation of the trained VAE; returns it for the summary and ``describe``."""
+    model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
+    images, _ = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
     shift, scale = fit_latent_normalisation(model, jax.device_get(result.state.params["vae"]), images)
-    fitted = dataclasses.replace(vae_cfg, shift_factor=shift, scaling_factor=scale)
-    common.write_json(os.path.join(stage_dir, common.VAE_CONFIG_FILE), dataclasses.asdict(fitted))
-    logging.info("vae: latent shift %.4f scale %.4f written to %s", shift, scale, stage_dir)
-    return {"stage_dir": stage_dir, "steps": result.step, "steps_per_second": result.steps_per_second,
-            "final_metrics": result.last_metrics, "wall_seconds": result.wall_seconds,
-            "latent_shift": shift, "latent_scale": scale}
+    logging.info("vae: latent shift %.4f scale %.4f", shift, scale)
+    return {"latent_shift": shift, "latent_scale": scale}
 
 
-def load_fitted_config(stage_dir: str) -> VAEConfig:
-    """The VAE config (with fitted latent normalisation) a VAE stage wrote."""
-    d = common.read_json(os.path.join(stage_dir, common.VAE_CONFIG_FILE), "fitted VAE config")
-    d["block_out_channels"] = tuple(d["block_out_channels"])
-    return VAEConfig(**d)
+def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
+    """One component, the VAE; with the fitted normalisation once ``finish`` has run."""
+    vae_cfg = config_lib.build_model_configs(cfg.model)[2]
+    if finished:
+        vae_cfg = dataclasses.replace(vae_cfg, shift_factor=finished["latent_shift"],
+                                      scaling_factor=finished["latent_scale"])
+    return StageDescription(components={"vae": (AutoencoderKL, vae_cfg)})
+
+
+def fitted_config(stage_dir: str, attention_impl=None) -> VAEConfig:
+    """The VAE config (with its fitted latent normalisation) recorded in a stage directory."""
+    return open_stage(stage_dir).component("vae", attention_impl=attention_impl)[1]

@@ -1,0 +1,43 @@
+"""The one runner of every stage: resolve its kind, run it, describe its directory, summarise.
+
+A training kind gives a ``Task`` (``build_task``); the runner trains it in ``<workdir>/<name>``
+with the shared loop, writes ``stage.json`` (``checkpoint/stage_dir.py``) from the kind's
+``describe`` at the start (so an unfinished stage's checkpoints can be sampled) and again at the
+end (after the kind's ``finish``, which may change the description: the VAE fits its latent
+normalisation there), and returns the summary. Other kinds run themselves (``run``).
+"""
+import os
+
+from seedream_jax.checkpoint.stage_dir import write_stage_meta
+from seedream_jax.stages import load_kind, stage_kind, stage_section
+from seedream_jax.training import loop
+
+
+def _describe(module, cfg, stage_cfg, workdir, stage_dir, name, kind, finished=None):
+    if not hasattr(module, "describe"):
+        return
+    write_stage_meta(stage_dir, name, kind, module.describe(cfg, stage_cfg, workdir, stage_dir, finished))
+
+
+def run_stage(cfg, name: str, workdir: str) -> dict:
+    """Run stage ``name`` of ``cfg`` in ``workdir``; returns its summary dict."""
+    kind = stage_kind(cfg, name)
+    module = load_kind(kind)
+    stage_cfg = stage_section(cfg, name)
+    if not hasattr(module, "build_task"):
+        return module.run(cfg, stage_cfg, workdir, name)
+    stage_dir = os.path.join(workdir, name)
+    os.makedirs(stage_dir, exist_ok=True)
+    task = module.build_task(cfg, stage_cfg, workdir)
+    task.name = name
+    _describe(module, cfg, stage_cfg, workdir, stage_dir, name, kind)
+    result = loop.train(task, cfg, stage_cfg, stage_dir)
+    summary = {"stage_dir": stage_dir, "kind": kind, "steps": result.step, "preempted": result.preempted,
+               "steps_per_second": result.steps_per_second, "final_metrics": result.last_metrics,
+               "train_seconds": round(result.wall_seconds, 1)}
+    if result.preempted:
+        return summary
+    finished = module.finish(cfg, stage_cfg, workdir, stage_dir, result) if hasattr(module, "finish") else {}
+    summary.update(finished)
+    _describe(module, cfg, stage_cfg, workdir, stage_dir, name, kind, finished)
+    return summary
