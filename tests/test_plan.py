@@ -8,7 +8,7 @@ import pytest
 
 from seedream_jax import config_lib
 from seedream_jax.models.param_count import component_parameter_counts
-from seedream_jax.training import plan as plan_lib
+from seedream_jax.stages import plan as plan_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import plan as plan_cli  # noqa: E402  (tools/plan.py)

@@ -57,8 +57,8 @@ def _count(n: int) -> str:
 
 
 def format_plan(plan) -> str:
-    """The printed report of a ``seedream_jax.training.plan.Plan``."""
-    from seedream_jax.training.plan import CHIP_MEMORY
+    """The printed report of a ``seedream_jax.stages.plan.Plan``."""
+    from seedream_jax.stages.plan import CHIP_MEMORY
     lines = [f"pretrain step: {plan.resolution}x{plan.resolution} px, global batch {plan.batch}, dtype {plan.dtype}, "
              f"remat {plan.remat_policy}, attention {plan.attention_impl or 'xla'}, rules {plan.rules}, "
              f"frozen {list(plan.frozen)}",
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
     from seedream_jax import config_lib
-    from seedream_jax.training.plan import plan_pretrain
+    from seedream_jax.stages.plan import plan_pretrain
 
     if jax.device_count() < args.devices:
         raise SystemExit(f"JAX already started with {jax.device_count()} devices (< --devices {args.devices}); "

@@ -129,6 +129,18 @@ class Stage:
     def has_component(self, name: str) -> bool:
         return name in self.meta["components"]
 
+    def tokenizer(self) -> Dict[str, str]:
+        """The recorded tokenizer {'kind', 'path', 'sha256'}; fails if it is missing or changed since
+        training (another tokenizer would silently change every prompt's ids)."""
+        rec = self.meta.get("tokenizer")
+        if not rec:
+            raise ValueError(f"stage {self.directory} records no tokenizer")
+        now = tokenizer_record(rec["kind"], rec["path"]) if os.path.exists(rec["path"]) else None
+        if now is None or now["sha256"] != rec["sha256"]:
+            raise ValueError(f"stage {self.directory}: its tokenizer {rec['path']} is "
+                             f"{'missing' if now is None else 'not the one it was trained with (checksum differs)'}")
+        return rec
+
     @property
     def kind(self) -> str:
         return self.meta["kind"]

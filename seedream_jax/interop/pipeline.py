@@ -209,22 +209,21 @@ def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain
     written one at a time. Returns {'files': {component: files}, 'step', 'used_ema', 'stage_dir'}.
     """
     from seedream_jax.checkpoint.stage_dir import open_stage
-    from seedream_jax.stages import common
 
-    stage_dir = common.resolve(workdir, stage)
+    stage_dir = os.path.join(workdir, stage)  # an absolute ``stage`` stays as it is
     source = orbax_io.OrbaxSource(stage_dir, step=step, weights=weights)
     conditioner_cfg, mmdit_cfg, vae_cfg = stage_configs(cfg, stage_dir)
     tokenizer = None
     present = _components_present(source, conditioner_cfg)
-    meta = open_stage(stage_dir).meta
+    opened = open_stage(stage_dir)
     if set(components or present) >= {"text_encoder", "transformer", "vae"}:
-        common.stage_tokenizer(open_stage(stage_dir))  # the one it was trained with, unchanged
-        tokenizer = TokenizerFiles(meta["tokenizer"]["kind"], meta["tokenizer"]["path"])
+        rec = opened.tokenizer()  # the one it was trained with, unchanged
+        tokenizer = TokenizerFiles(rec["kind"], rec["path"])
     s = cfg.sample
     files = export_pipeline(
         source, conditioner_cfg, mmdit_cfg, vae_cfg, out_dir, dtype=dtype, components=components,
         causal_lm=causal_lm, lm_head_from=lm_head_from, tokenizer=tokenizer,
-        schedule=meta.get("schedule"),
+        schedule=opened.meta.get("schedule"),
         defaults=dict(height=int(s.height), width=int(s.width), num_steps=int(s.num_steps),
                       guidance_scale=float(s.guidance_scale)),
         provenance={"checkpoint": source.path, "step": source.step,
