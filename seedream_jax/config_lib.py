@@ -130,14 +130,21 @@ def optimizer_section(**overrides) -> ConfigDict:
         weight_decay=0.01, grad_clip_norm=1.0, groups=ConfigDict(), freeze=()), **overrides))
 
 
-def base_config(size: str = "tiny") -> ConfigDict:
-    """Defaults shared by every stage; a config file picks stages and overrides values."""
-    c = ConfigDict()
-    c.stages = ("data", "tokenizer", "vae", "pretrain", "sample")
-    c.model = model_config(size)
-    c.data = ConfigDict(dict(
+def data_section(**overrides) -> ConfigDict:
+    """A ``data`` section: the run-wide ``cfg.data`` or a stage's own ``<stage>.data``, which then
+    replaces ``cfg.data`` for that stage (``stages/common.stage_data_cfg``).
+
+    ``format`` names a source of ``seedream_jax/data/sources.py``: "synthetic" (the in-memory world
+    in ``dir``, the tiny default), "arrayrecord" (a record dataset at ``path`` read by the Grain
+    pipeline, seedream_jax/data/pipeline.py, with aspect-ratio buckets of base resolution
+    ``image_size``, the latent cache in ``cache_dir`` or ``<path>-latents`` and the text cache in
+    ``text_cache_dir`` or ``<path>-text`` when present), "prompts" (``prompts`` or the text/JSONL
+    file ``path``), "pairs" (preference pairs, JSONL ``path``) or "text" (rewrite pairs, JSONL ``path``).
+    An override of a key the section does not have raises KeyError naming it.
+    """
+    section = ConfigDict(dict(
         dir="data/synthetic",            # relative paths are inside --workdir
-        num_images=2000, image_size=c.model.resolution, seed=0,
+        num_images=2000, image_size=MODEL_SIZES["tiny"]["resolution"], seed=0,
         caption_languages=("en", "zh"), language_probs=(0.5, 0.5),
         # the scene mix of the synthetic world (data/synthetic.py SyntheticWorldConfig)
         world=ConfigDict(dict(max_objects=4, object_count_weights=(), text_probability=0.4,
@@ -145,13 +152,23 @@ def base_config(size: str = "tiny") -> ConfigDict:
                               group_probability=0.0, shuffle_objects=False)),
         caption_types=("short", "long"), caption_type_probs=(0.5, 0.5),
         cfg_drop_prob=0.1,
-        # "synthetic": the in-memory world in ``dir`` (tiny default); "arrayrecord": a record dataset
-        # at ``path`` read by the Grain pipeline (seedream_jax/data/pipeline.py), with aspect-ratio
-        # buckets of base resolution ``image_size``, the latent cache in ``cache_dir`` or
-        # ``<path>-latents`` and the text cache in ``text_cache_dir`` or ``<path>-text`` when present.
         format="synthetic", path="", cache_dir="", text_cache_dir="",
         bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
-        num_workers=0))                  # Grain reader threads decoding records (0 = inline)
+        num_workers=0,                   # Grain reader threads decoding records (0 = inline)
+        prompts=()))                     # format "prompts": the prompt list (else read from ``path``)
+    unknown = sorted(set(overrides) - set(section.keys()))
+    if unknown:
+        raise KeyError(f"data_section: unknown keys {unknown} (have {sorted(section.keys())})")
+    section.update(overrides)
+    return section
+
+
+def base_config(size: str = "tiny") -> ConfigDict:
+    """Defaults shared by every stage; a config file picks stages and overrides values."""
+    c = ConfigDict()
+    c.stages = ("data", "tokenizer", "vae", "pretrain", "sample")
+    c.model = model_config(size)
+    c.data = data_section(image_size=c.model.resolution)  # run-wide; a stage may have its own <stage>.data
     c.tokenizer = ConfigDict(dict(
         format="sentencepiece",          # or "hf": a local directory holding an HF tokenizer
         path="tokenizer/spm.model",      # sentencepiece model (trained by the tokenizer stage) or HF dir

@@ -132,5 +132,5 @@ def test_caption_fallback_and_one_implementation():
     assert captions.choose_captions(caps, np.random.default_rng(0), data_cfg) == ["en long", "zh long"]
     with pytest.raises(KeyError, match="record 'k1'.*no caption"):
         captions.choose_captions([{"en": {"short": "x"}}], np.random.default_rng(0), data_cfg, keys=["k1"])
-    from seedream_jax.stages import pretrain
-    assert pretrain.choose_captions is captions.choose_captions
+    from seedream_jax.data import sources  # the in-memory synthetic source draws with the same function
+    assert sources.choose_captions is captions.choose_captions

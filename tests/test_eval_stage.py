@@ -15,11 +15,14 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.manager import Checkpointer
+from seedream_jax.checkpoint.stage_dir import StageDescription, write_stage_meta
 from seedream_jax.data import synthetic as S
-from seedream_jax.stages import eval as eval_stage
 from seedream_jax.eval import suite as SU
 from seedream_jax.main import run_stages
+from seedream_jax.models.conditioner import Conditioner
+from seedream_jax.models.mmdit import MMDiT
 from seedream_jax.models.vae import AutoencoderKL
+from seedream_jax.stages import eval as eval_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,11 +75,17 @@ def test_ground_truth_eval_writes_the_report(tmp_path):
             "eval/headline/objects_heldout", "eval/grid/text"} <= tags
 
 
-def _save(stage_dir, step, state):
+def _save(stage_dir, step, state, cfg, kind):
+    """A stage directory: the checkpoint and its stage.json (components of ``kind`` from ``cfg.model``)."""
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=1, async_save=False)
     ckpt.save(step, state, {"position": 0}, force=True)
     ckpt.wait()
     ckpt.close()
+    conditioner, mmdit, vae = config_lib.build_model_configs(cfg.model)
+    parts = {"vae": (AutoencoderKL, vae)}
+    if kind == "pretrain":
+        parts.update(conditioner=(Conditioner, conditioner), mmdit=(MMDiT, mmdit))
+    write_stage_meta(stage_dir, kind, kind, StageDescription(components=parts))
 
 
 class RenderingPipe:
@@ -94,13 +103,13 @@ class RenderingPipe:
 def test_eval_of_a_checkpoint_goes_through_the_pipeline(tmp_path, monkeypatch):
     workdir = str(tmp_path)
     zeros = {"w": np.zeros(2, np.float32)}
-    _save(os.path.join(workdir, "pretrain"), 7, {"params": {"mmdit": zeros, "conditioner": zeros},
-                                                 "frozen": {"vae": zeros}})
     os.makedirs(os.path.join(workdir, "data", "synthetic"))
     with open(os.path.join(workdir, "data", "synthetic", "records.jsonl"), "w") as f:
         for colour in ("red", "blue"):  # a red star is held out
             f.write(json.dumps({"spec": {"objects": [{"colour": colour, "shape": "star"}]}}) + "\n")
     cfg = _config(batch_size=4, num_steps=5, seed=10)
+    _save(os.path.join(workdir, "pretrain"), 7, {"params": {"mmdit": zeros, "conditioner": zeros},
+                                                 "frozen": {"vae": zeros}}, cfg, "pretrain")
     items = eval_stage.select_items(SU.build_suite(0), 1)
     pipe = RenderingPipe(items)
     loaded = []
@@ -146,7 +155,7 @@ def test_eval_of_a_vae_checkpoint_round_trips_the_ground_truth(tmp_path):
                                           jnp.zeros((1, 64, 64, 3)))["params"])
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), shapes)
-    _save(os.path.join(workdir, "vae"), 3, {"params": {"vae": params}, "frozen": {}})
+    _save(os.path.join(workdir, "vae"), 3, {"params": {"vae": params}, "frozen": {}}, cfg, "vae")
     summary = run_stages(cfg, workdir)["eval"]
     assert summary["eval_dir"] == os.path.join(workdir, "eval", "vae_step3")
     with open(os.path.join(summary["eval_dir"], "report.json"), encoding="utf-8") as f:

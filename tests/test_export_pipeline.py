@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from seedream_jax.checkpoint.manager import Checkpointer
+from seedream_jax.checkpoint.stage_dir import write_stage_meta
 from seedream_jax.interop import safetensors_io, torch_pipeline
 from seedream_jax.interop.pipeline import PIPELINE_FILE, TORCH_FILE
 from seedream_jax.interop.verify import compare_with_torch
@@ -24,10 +25,10 @@ from seedream_jax.main import run_stages
 from seedream_jax.models import byt5 as byt5_lib
 from seedream_jax.models import conditioner as conditioner_lib
 from seedream_jax.models import rope
-from seedream_jax.sampling import schedules
-from seedream_jax.stages.sample import load_pipeline
 from seedream_jax.models.partition import merge_params
+from seedream_jax.sampling import schedules
 from seedream_jax.stages import pretrain
+from seedream_jax.stages.sample import load_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -67,7 +68,7 @@ def write_stage_checkpoint(cfg, workdir: str, step: int = 2):
     """A pretrain-stage checkpoint without compiling a training step: the stage's own parameter
     tree (``pretrain.build_task(...).init_params`` shapes, trainable / frozen split of the config)
     with random values (zero-initialised layers made non-zero), EMA = 0.5 raw, an optimizer-state
-    stand-in, saved with the loop's Checkpointer. Returns (raw params, ema params) merged trees."""
+    stand-in, saved with the loop's Checkpointer, and the stage's stage.json. Returns (raw params, ema params) merged trees."""
     task = pretrain.build_task(cfg, cfg.pretrain, workdir)
     trainable, frozen = flax.linen.meta.unbox(jax.eval_shape(task.init_params, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
@@ -79,6 +80,8 @@ def write_stage_checkpoint(cfg, workdir: str, step: int = 2):
     ckpt.save(step, state, {"note": "test checkpoint"}, force=True)
     ckpt.wait()
     ckpt.close()
+    stage_dir = os.path.join(workdir, "pretrain")
+    write_stage_meta(stage_dir, "pretrain", "pretrain", pretrain.describe(cfg, cfg.pretrain, workdir, stage_dir))
     return merge_params(trainable, frozen), merge_params(ema, frozen)
 
 
@@ -203,9 +206,13 @@ def test_weights_flag_dtype_and_cli_errors(run, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert export_weights.main(cli_args(workdir, str(tmp_path / "x"), "--stage", "nope")) == 1
     assert "no checkpoints directory" in capsys.readouterr().err
-    wrong = cli_args(workdir, str(tmp_path / "y")) + ["--set", "model.mmdit.num_double_blocks=2"]
-    assert export_weights.main(wrong) == 1
-    err = capsys.readouterr().err
-    assert "missing keys" in err and "transformer_blocks_1" in err
+    # The stage directory says what it holds (stage.json): a run config changed since exports the same.
+    changed = cli_args(workdir, str(tmp_path / "y"), "--weights", "raw", "--dtype", "bfloat16", "--components",
+                       "transformer") + ["--set", "model.mmdit.num_double_blocks=2"]
+    assert export_weights.main(changed) == 0
+    a = safetensors_io.LazyTensors(os.path.join(tmp_path, "y", "transformer"))
+    b = safetensors_io.LazyTensors(os.path.join(tmp_path, "raw", "transformer"))
+    assert set(a) == set(b) and not any(k.startswith("transformer_blocks.1.") for k in a)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert export_weights.main(cli_args(workdir, str(tmp_path / "z")) + ["--set", "model.nope=1"]) == 1
     assert "model.nope" in capsys.readouterr().err

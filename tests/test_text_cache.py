@@ -10,7 +10,7 @@ import pytest
 
 from seedream_jax.checkpoint.init_from import apply_init_from
 from seedream_jax.checkpoint.manager import Checkpointer
-from seedream_jax.data import arrayrecord_io, latent_cache, text_cache
+from seedream_jax.data import arrayrecord_io, latent_cache, sources, text_cache
 from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
 from seedream_jax.data.tokenizer import train_sentencepiece
@@ -90,8 +90,7 @@ def test_cached_conditioning_gives_the_same_loss(setup, loss_model):
     assert manifest["num_records"] == len(source) and manifest["summary"]["dtype"] == "float32"
     task = pretrain.build_task(cfg, cfg.pretrain, workdir)  # finds <ds>-text and checks it against the checkpoint
     assert task.data._load.text_cache is not None
-    plain = record_data.record_pipeline(cfg, workdir, 4, lambda caps: tokenize_prompts(
-        caps, pipe.tokenizer, pipe.conditioner_cfg), None, use_cache=False)
+    plain = sources.open_source(cfg.data, workdir, 4, batch_fn=pretrain.conditioning_batch_fn(pipe))
     dropped = 0
     for k in range(2):
         a, b = next(plain), next(task.data)

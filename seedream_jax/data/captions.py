@@ -9,8 +9,8 @@ caption) the fallback is deterministic: the drawn type in another configured lan
 another configured type of the drawn language, then any configured pair, in config order; a
 record with none of the configured pairs raises ``KeyError`` naming it.
 
-This is the one implementation: the in-memory synthetic path (``training/stages/pretrain.py``)
-and the Grain pipeline (``data/pipeline.py``) both call ``choose_captions``.
+This is the one implementation: the in-memory synthetic source (``data/sources.py``) and the
+Grain pipeline (``data/pipeline.py``) both call ``choose_captions``.
 """
 from typing import List, Mapping, Sequence, Tuple
 

@@ -214,6 +214,11 @@ class RecordPipeline:
         self.skipped = 0  # records replaced because they failed to decode, in the batches yielded so far
         self._iter = None
 
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """(height, width) of the square base bucket (``base_resolution``), the shape a model initialises at."""
+        return (self.cfg.base_resolution, self.cfg.base_resolution)
+
     def bucket_of(self, k: int) -> Tuple[int, int]:
         """(height, width) of global batch ``k``."""
         return self.bucket_table[self.plan.batch(k)[0]]

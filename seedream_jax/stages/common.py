@@ -41,6 +41,17 @@ def stage_section(cfg: ConfigDict, name: str) -> ConfigDict:
     return cfg[name]
 
 
+def stage_data_cfg(cfg: ConfigDict, stage_cfg: ConfigDict) -> ConfigDict:
+    """The data section a stage reads: its own ``<stage>.data`` when it has one
+    (``config_lib.data_section(...)``), else the run-wide ``cfg.data``."""
+    if "data" not in stage_cfg:
+        return cfg.data
+    if not isinstance(stage_cfg.data, ConfigDict):
+        raise TypeError(f"a stage's data section must be a ConfigDict (config_lib.data_section(...)), "
+                        f"got {type(stage_cfg.data).__name__}")
+    return stage_cfg.data
+
+
 def load_tokenizer(cfg: ConfigDict, workdir: str):
     """The LLM tokenizer named by ``cfg.tokenizer`` (a SentencePiece model or a local HF dir)."""
     tok = open_tokenizer(cfg.tokenizer.format, resolve(workdir, cfg.tokenizer.path))

@@ -1,7 +1,9 @@
 """Stage kind ``pretrain``: rectified-flow pretraining of the MMDiT and the text-conditioning stack.
 
-Data: the in-memory synthetic world (``data.format = "synthetic"``, the tiny default) or an
-ArrayRecord dataset through the Grain pipeline (``data.format = "arrayrecord"``, ``data.path``).
+Data: the stage's own ``pretrain.data`` section when it has one, else ``cfg.data``
+(``common.stage_data_cfg``; so ``sft = kind 'pretrain'`` trains on another dataset), opened through
+``data/sources.py``: the in-memory synthetic world (``format = "synthetic"``, the tiny default) or
+an ArrayRecord dataset through the Grain pipeline (``format = "arrayrecord"``, ``path``).
 Per step: latents are a posterior sample of the VAE (normalised with the fitted shift/scale;
 when the VAE is frozen its posteriors are computed once for the synthetic world at start, or
 read from the latent cache of an ArrayRecord dataset when there is one), the conditioner encodes
@@ -15,14 +17,12 @@ stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, load_component
 from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
-from seedream_jax.data import synthetic
-from seedream_jax.data.batches import IndexedBatches
-from seedream_jax.data.captions import choose_captions
+from seedream_jax.data import sources as data_sources
+from seedream_jax.data.types import CACHED_TEXT_FIELDS, PIXEL_FIELDS, DiffusionBatch
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.layers import compute_dtype
@@ -63,12 +63,12 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
 
     init_params: rng -> (trainable, frozen) boxed trees {'conditioner', 'mmdit', 'vae'} split by
       ``stage_cfg.frozen``. loss_fn: (params, frozen, batch, rng) -> (flow-matching loss, metrics);
-      the batch holds either ``image`` [B, H, W, 3] in [-1, 1] or cached VAE posteriors
-      ``latent_mean``/``latent_logvar`` [B, H/f, W/f, C], plus the conditioner's token arrays or
-      its cached outputs ``text_context`` [B, L, D], ``text_mask`` [B, L], ``text_pooled`` [B, D]
-      (then the conditioner does not run). ``height`` x ``width`` only shapes the initialisation:
-      the loss takes the resolution shift ``mu`` of each batch's own image size (static under jit,
-      so one compiled step per bucket shape).
+      the batch is a ``data.types.DiffusionBatch`` or a dict of its fields: either ``image``
+      [B, H, W, 3] in [-1, 1] or cached VAE posteriors ``latent_mean``/``latent_logvar``
+      [B, H/f, W/f, C], plus the conditioner's token arrays or its cached outputs ``text_context``
+      [B, L, D], ``text_mask`` [B, L], ``text_pooled`` [B, D] (then the conditioner does not run).
+      ``height`` x ``width`` only shapes the initialisation: the loss takes the resolution shift
+      ``mu`` of each batch's own image size (static under jit, so one compiled step per bucket shape).
     """
     s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
@@ -86,64 +86,62 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
         return split_params(full, list(s.frozen))
 
     def loss_fn(params, frozen, batch, rng):
+        b = DiffusionBatch.from_dict(batch)
         p = merge_params(params, frozen)
         enc_rng, fm_rng = jax.random.split(rng)
-        if "latent_mean" in batch:
-            mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+        if b.image is None:
+            mean, logvar = b.latent_mean, b.latent_logvar
         else:
-            mean, logvar = vae.apply({"params": p["vae"]}, batch["image"], method=vae.encode)
+            mean, logvar = vae.apply({"params": p["vae"]}, b.image, method=vae.encode)
         z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(enc_rng, mean.shape)
         x0 = jax.lax.stop_gradient(scale_latents(z, pipe.vae_cfg)).astype(jnp.float32)
         f = pipe.vae_cfg.downsample_factor
         mu = pipe.mu(x0.shape[1] * f, x0.shape[2] * f)  # this batch's pixels (its bucket), not the base size
-        if "text_context" in batch:  # the frozen conditioner's outputs, from the text cache
+        if b.text_context is None:
+            cond = pipe.encode(p, b.tokens())
+        else:  # the frozen conditioner's outputs, from the text cache
             dt = compute_dtype(pipe.conditioner_cfg.dtype)
-            cond = {"context": batch["text_context"].astype(dt), "mask": batch["text_mask"].astype(bool),
-                    "pooled": batch["text_pooled"].astype(dt)}
-        else:
-            tokens = {k: v for k, v in batch.items() if k not in ("image", "latent_mean", "latent_logvar")}
-            cond = pipe.encode(p, tokens)
+            cond = {"context": b.text_context.astype(dt), "mask": b.text_mask.astype(bool),
+                    "pooled": b.text_pooled.astype(dt)}
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
 
     return init_params, loss_fn
 
 
-def synthetic_data(cfg, workdir: str, stage_cfg, pipe, vae_source):
-    """(IndexedBatches over the in-memory synthetic world in ``data.dir``, (height, width)).
+def conditioning_batch_fn(pipe: TextToImage):
+    """Images-source batch -> ``DiffusionBatch`` fields (a dict, as the loop places dicts): keeps the
+    pixels or posteriors and the text cache's outputs, and where no text cache served the batch
+    tokenises its captions ([str] * b) for the conditioner."""
+    keep = PIXEL_FIELDS + CACHED_TEXT_FIELDS
 
-    When the VAE is frozen and loaded from ``vae_source``, its posteriors are computed once for
-    the whole dataset at start and batches carry them instead of images."""
-    images, records = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
-    latents = None
-    if "vae" in [p.strip("/") for p in stage_cfg.frozen] and vae_source:
-        latents = vae_stage.encode_images(pipe.vae, load_component(vae_source, "vae")[0], images)
+    def batch_fn(batch):
+        out = {k: v for k, v in batch.items() if k in keep}
+        if "text_context" in batch:
+            return out
+        return {**out, **tokenize_prompts([str(c) for c in batch["caption"]], pipe.tokenizer, pipe.conditioner_cfg)}
 
-    def make_batch(idx, rng):
-        idx = np.sort(idx)
-        tokens = tokenize_prompts(choose_captions([records[i]["captions"] for i in idx], rng, cfg.data),
-                                  pipe.tokenizer, pipe.conditioner_cfg)
-        if latents is not None:
-            return {"latent_mean": latents[0][idx], "latent_logvar": latents[1][idx], **tokens}
-        return {"image": common.images_to_model(np.asarray(images[idx])), **tokens}
-
-    data = IndexedBatches(len(images), int(stage_cfg.train.batch_size), int(cfg.data.seed), make_batch)
-    return data, tuple(images.shape[1:3])
+    return batch_fn
 
 
-def record_dataset(cfg, workdir: str, stage_cfg, pipe, vae_source):
-    """(Grain pipeline over the ArrayRecord dataset ``data.path``, (height, width) of the base bucket).
-
-    Batches hold images of one aspect-ratio bucket each (the step recompiles once per bucket
-    shape, each with its own resolution shift ``mu``), or the latent cache's posteriors
-    when the VAE is frozen and a cache is present, and the text cache's conditioner outputs
-    when the conditioner is frozen and a text cache is present (``training/stages/record_data.py``)."""
+def image_data(cfg, workdir: str, stage_cfg, pipe: TextToImage, vae_source):
+    """The stage's batches from its data section (``common.stage_data_cfg``), a source of
+    ``data/sources.py`` yielding images. With the VAE frozen and loaded from ``vae_source`` they
+    carry its posteriors instead of images: a synthetic world is encoded once at start, an
+    ArrayRecord dataset reads its latent cache when it has one; an ArrayRecord dataset also reads
+    the text cache when the conditioner is frozen and one is present (``stages/record_data.py``)."""
+    data_cfg = common.stage_data_cfg(cfg, stage_cfg)
+    fmt = data_sources.lookup(str(data_cfg.format), yields="images")
     frozen_vae = "vae" in [p.strip("/") for p in stage_cfg.frozen] and bool(vae_source)
-    data = record_data.record_pipeline(
-        cfg, workdir, int(stage_cfg.train.batch_size),
-        lambda caps: tokenize_prompts(caps, pipe.tokenizer, pipe.conditioner_cfg), vae_source, use_cache=frozen_vae,
-        text_cache=record_data.open_text_cache(cfg, workdir, stage_cfg))
-    return data, (int(cfg.data.image_size), int(cfg.data.image_size))
+    options = {}
+    if fmt.name == "synthetic" and frozen_vae:
+        vae_params = load_component(vae_source, "vae")[0]
+        options["encode"] = lambda images: vae_stage.encode_images(pipe.vae, vae_params, images)
+    if fmt.name == "arrayrecord":
+        options["cache"] = record_data.open_latent_cache(data_cfg, workdir, vae_source) if frozen_vae else None
+        options["text_cache"] = record_data.open_text_cache(cfg, workdir, stage_cfg)
+    return fmt.open(data_cfg, workdir, int(stage_cfg.train.batch_size), batch_fn=conditioning_batch_fn(pipe),
+                    **options)
 
 
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
@@ -151,10 +149,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     s = stage_cfg
     pipe, _, _ = build_pipeline(cfg, workdir, s)
     sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
-    readers = {"synthetic": synthetic_data, "arrayrecord": record_dataset}
-    if cfg.data.format not in readers:
-        raise ValueError(f"data.format must be one of {sorted(readers)}, got {cfg.data.format!r}")
-    data, (height, width) = readers[cfg.data.format](cfg, workdir, s, pipe, sources.get("vae"))
+    data = image_data(cfg, workdir, s, pipe, sources.get("vae"))
+    height, width = data.image_size
     init_params, loss_fn = model_functions(pipe, s, height, width)
 
     def initialise(trainable, frozen):

@@ -1,13 +1,12 @@
-"""Training data from an ArrayRecord dataset (``data.format = "arrayrecord"``) for diffusion stages.
+"""The caches of an ArrayRecord dataset (``data.format = "arrayrecord"``) for diffusion stages.
 
-Builds the Grain pipeline (``data/pipeline.py``) from the ``data`` config section and the stage's
-batch size, attaches the latent cache when there is one (``data.cache_dir``, or
-``<data.path>-latents`` next to the dataset; it must match the dataset, buckets and the VAE that
-trains) and the text cache (``data.text_cache_dir``, or ``<data.path>-text``; only with a frozen
-conditioner loaded by ``init_from``, and it must match the dataset, those weights, the model
-config and the tokenizer), and turns the sampled captions into the conditioner's token arrays
-where no text cache serves them. Also both sides of ``tools/cache_latents.py``
-(``vae_encoder``/``vae_identity``, ``text_stack``).
+The dataset itself is opened through ``data/sources.py`` (the Grain pipeline of the stage's data
+section); this module finds and checks what may replace its images and captions: the latent cache
+(``data.cache_dir``, or ``<data.path>-latents`` next to the dataset; it must match the dataset,
+buckets and the VAE that trains) and the text cache (``data.text_cache_dir``, or
+``<data.path>-text``; only with a frozen conditioner loaded by ``init_from``, and it must match the
+dataset, those weights, the model config and the tokenizer). Also both sides of
+``tools/cache_latents.py`` (``vae_encoder``/``vae_identity``, ``text_stack``).
 """
 import dataclasses
 import json
@@ -21,33 +20,11 @@ import numpy as np
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import load_component
-from seedream_jax.data import arrayrecord_io, latent_cache, text_cache as text_cache_lib
-from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
+from seedream_jax.data import arrayrecord_io, latent_cache, sources, text_cache as text_cache_lib
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.vae import AutoencoderKL
 from seedream_jax.models.partition import split_params
 from seedream_jax.stages import common
-
-TEXT_KEYS = ("text_context", "text_mask", "text_pooled")
-
-
-def pipeline_config(data_cfg, global_batch: int) -> PipelineConfig:
-    """``PipelineConfig`` of the ``data`` config section (base resolution ``data.image_size``)."""
-    d = data_cfg
-    return PipelineConfig(
-        global_batch=int(global_batch), seed=int(d.seed), base_resolution=int(d.image_size),
-        bucket_multiple=int(d.bucket_multiple), bucket_max_ratio=float(d.bucket_max_ratio),
-        random_crop=bool(d.random_crop), flip_prob=float(d.flip_prob), num_workers=int(d.num_workers),
-        caption_languages=tuple(d.caption_languages),
-        language_probs=tuple(d.language_probs), caption_types=tuple(d.caption_types),
-        caption_type_probs=tuple(d.caption_type_probs), cfg_drop_prob=float(d.cfg_drop_prob))
-
-
-def dataset_path(cfg, workdir: str) -> str:
-    if not cfg.data.path:
-        raise ValueError("data.format = 'arrayrecord' needs data.path: a dataset written by tools/ingest.py, "
-                         "tools/curate.py or tools/make_synthetic.py --format arrayrecord")
-    return common.resolve(workdir, cfg.data.path)
 
 
 def vae_identity(stage_dir: str, params, step: int) -> dict:
@@ -63,16 +40,29 @@ def vae_encoder(vae_cfg, params) -> Callable[[np.ndarray], Tuple[np.ndarray, np.
     return lambda images: tuple(np.asarray(a) for a in jax.device_get(encode(params, common.images_to_model(images))))
 
 
-def find_cache(cfg, workdir: str) -> Optional[str]:
+def find_cache(data_cfg, workdir: str) -> Optional[str]:
     """The latent cache directory to use, or None: ``data.cache_dir`` (must exist) or the one next to the dataset."""
-    if cfg.data.cache_dir:
-        path = common.resolve(workdir, cfg.data.cache_dir)
+    if data_cfg.cache_dir:
+        path = common.resolve(workdir, data_cfg.cache_dir)
         if not os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)):
             raise FileNotFoundError(f"data.cache_dir: no complete latent cache at {path} "
                                     "(tools/cache_latents.py writes it)")
         return path
-    path = latent_cache.default_cache_dir(dataset_path(cfg, workdir))
+    path = latent_cache.default_cache_dir(sources.arrayrecord_path(data_cfg, workdir))
     return path if os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)) else None
+
+
+def open_latent_cache(data_cfg, workdir: str, vae_source: str) -> Optional[latent_cache.LatentCache]:
+    """The latent cache of the dataset (``find_cache``), checked against the VAE of ``vae_source``
+    it must have been encoded with, or None when there is none."""
+    cache_dir = find_cache(data_cfg, workdir)
+    if cache_dir is None:
+        return None
+    cache = latent_cache.LatentCache(cache_dir)
+    params, step = load_component(vae_source, "vae")
+    cache.check_vae(vae_identity(vae_source, params, step))
+    logging.info("data: using latent cache %s", cache_dir)
+    return cache
 
 
 def tokenizer_fingerprint(path: str) -> int:
@@ -138,19 +128,20 @@ def text_stack(cfg, workdir: str, stage_cfg) -> Tuple[text_cache_lib.EncodeFn, d
 def open_text_cache(cfg, workdir: str, stage_cfg) -> Optional[text_cache_lib.TextCache]:
     """The checked text cache to train with, or None.
 
-    ``data.text_cache_dir`` (must exist) or ``<data.path>-text`` when present. A cache named in
-    the config that cannot be used (conditioner not fully frozen or not loaded by
+    The stage's ``data.text_cache_dir`` (must exist) or ``<data.path>-text`` when present. A cache
+    named in the config that cannot be used (conditioner not fully frozen or not loaded by
     ``init_from``) raises ``ValueError``; one merely found next to the dataset is then ignored
     with a warning. A cache of other weights, config or tokenizer raises ``CacheMismatchError``.
     """
-    explicit = bool(cfg.data.text_cache_dir)
+    data_cfg = common.stage_data_cfg(cfg, stage_cfg)
+    explicit = bool(data_cfg.text_cache_dir)
     if explicit:
-        path = common.resolve(workdir, cfg.data.text_cache_dir)
+        path = common.resolve(workdir, data_cfg.text_cache_dir)
         if not os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)):
             raise FileNotFoundError(f"data.text_cache_dir: no complete text cache at {path} "
                                     "(tools/cache_latents.py --text_config writes it)")
     else:
-        path = text_cache_lib.default_text_cache_dir(dataset_path(cfg, workdir))
+        path = text_cache_lib.default_text_cache_dir(sources.arrayrecord_path(data_cfg, workdir))
         if not os.path.exists(os.path.join(path, arrayrecord_io.MANIFEST)):
             return None
     try:
@@ -165,29 +156,3 @@ def open_text_cache(cfg, workdir: str, stage_cfg) -> Optional[text_cache_lib.Tex
     cache.check_text_stack(text_identity(cfg, workdir, source, params, step))
     logging.info("data: using text cache %s", path)
     return cache
-
-
-def record_pipeline(cfg, workdir: str, global_batch: int, tokenize: Callable, vae_source: Optional[str],
-                    use_cache: bool, text_cache: Optional[text_cache_lib.TextCache] = None) -> RecordPipeline:
-    """The stage's ``DataSource``: batches of ``image`` (or cached ``latent_mean``/``latent_logvar``)
-    plus the token arrays of ``tokenize(list of captions)``, or with ``text_cache`` (from
-    ``open_text_cache``) the cached ``text_context``/``text_mask``/``text_pooled`` instead.
-
-    ``use_cache``: whether cached posteriors may replace images (the VAE is frozen and loaded
-    from ``vae_source``, whose weights the cache must have been encoded with).
-    """
-    source = arrayrecord_io.ArrayRecordSource(dataset_path(cfg, workdir))
-    cache = None
-    cache_dir = find_cache(cfg, workdir) if use_cache else None
-    if cache_dir is not None:
-        cache = latent_cache.LatentCache(cache_dir)
-        params, step = load_component(vae_source, "vae")
-        cache.check_vae(vae_identity(vae_source, params, step))
-        logging.info("data: using latent cache %s", cache_dir)
-
-    def batch_fn(batch):
-        out = {k: v for k, v in batch.items() if k in ("image", "latent_mean", "latent_logvar") + TEXT_KEYS}
-        return out if text_cache is not None else {**out, **tokenize([str(c) for c in batch["caption"]])}
-
-    return RecordPipeline(source, pipeline_config(cfg.data, global_batch), batch_fn=batch_fn, cache=cache,
-                          text_cache=text_cache)

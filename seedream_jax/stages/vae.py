@@ -39,10 +39,12 @@ def vae_loss(recon, x, mean, logvar, *, mse_weight, l1_weight, kl_weight):
 
 
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
-    """The VAE training Task on the images of ``data.dir``."""
+    """The VAE training Task on the images of the synthetic world ``data.dir`` of the stage's data
+    section (``vae.data`` when it has one, else ``cfg.data``)."""
     s = stage_cfg
+    data_cfg = common.stage_data_cfg(cfg, s)
     model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
-    images, _ = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
+    images, _ = synthetic.load_dataset(common.resolve(workdir, data_cfg.dir))
     eval_images = common.images_to_model(np.asarray(images[:int(s.num_eval_images)]))
 
     crop = int(s.crop_size)
@@ -71,7 +73,7 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
         pics = list(common.images_from_model(eval_images)) + list(common.images_from_model(recon))
         return {"reconstructions": image_grid(pics, columns=len(eval_images))}
 
-    data = IndexedBatches(len(images), int(s.train.batch_size), int(cfg.data.seed), make_batch)
+    data = IndexedBatches(len(images), int(s.train.batch_size), int(data_cfg.seed), make_batch)
     return loop.Task(name="vae", init_params=init_params, loss_fn=loss_fn, data=data, evaluate=evaluate)
 
 
@@ -92,7 +94,7 @@ def fit_latent_normalisation(model, params, images, max_images: int = 1024):
 def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
     """Fit the latent normalisation of the trained VAE; returns it for the summary and ``describe``."""
     model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
-    images, _ = synthetic.load_dataset(common.resolve(workdir, cfg.data.dir))
+    images, _ = synthetic.load_dataset(common.resolve(workdir, common.stage_data_cfg(cfg, stage_cfg).dir))
     shift, scale = fit_latent_normalisation(model, jax.device_get(result.state.params["vae"]), images)
     logging.info("vae: latent shift %.4f scale %.4f", shift, scale)
     return {"latent_shift": shift, "latent_scale": scale}

@@ -1,0 +1,315 @@
+"""Data sources by format name (``data.format``): how every stage opens its data section.
+
+    source = sources.open_source(data_cfg, workdir, global_batch)  # data_cfg: config_lib.data_section(...)
+    batch = next(source)
+    state = source.get_state()      # JSON, saved in every checkpoint by the training loop
+    fresh.set_state(state)          # a fresh source of the same config goes on with the same batches
+
+Every source is a training-loop ``DataSource`` (``__next__``, ``get_state``, ``set_state``) and
+yields this process's rows (``process_index::process_count``) of each global batch, b of them:
+
+  format       yields   one batch
+  synthetic    images   {"image": float32 [b, H, W, 3] in [-1, 1] (or "latent_mean", "latent_logvar":
+                         float32 [b, h, w, C] given ``encode``), "caption": [str] * b, "index": int64 [b]}
+  arrayrecord  images   the Grain pipeline's batches (``data/pipeline.py``): the same keys, with the
+                         latent cache's posteriors and the text cache's outputs when given those
+  prompts      prompts  {"prompt": [str] * b}
+  pairs        pairs    {"prompt": [str] * b, "chosen": [str] * b, "rejected": [str] * b}
+  text         text     {"source": [str] * b, "target": [str] * b}
+
+An ``images`` source takes ``batch_fn`` (batch -> batch, e.g. tokenising the captions, applied to
+each batch) and has ``image_size`` (height, width): the base size a model initialises at. A stage
+names what it reads (``lookup(name, yields='images')``), so a wrong format fails before anything
+loads, naming the formats that would do; ``register`` adds a format (a user's module can add its own).
+
+``prompts`` (from a file), ``pairs`` and ``text`` read a UTF-8 file whole at open (Chinese and
+English alike). A JSONL row that is not valid JSON, not an object, or lacks one of its fields as a
+non-empty string is skipped and counted by reason (``source.skipped``: {reason: count}), a summary
+is logged, and a file with no usable row raises ValueError naming it. Their rows cycle epoch after
+epoch (``RowBatches``), each epoch a seeded shuffle; the state is the batch position.
+"""
+import collections
+import dataclasses
+import functools
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from seedream_jax.data import arrayrecord_io, synthetic
+from seedream_jax.data.batches import IndexedBatches
+from seedream_jax.data.captions import choose_captions
+from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFormat:
+    """A registered format: ``open(data_cfg, workdir, global_batch, **options) -> DataSource`` and
+    what its batches hold (``yields``: 'images', 'prompts', 'pairs', 'text' or a user's own word)."""
+    name: str
+    yields: str
+    open: Callable
+
+
+_FORMATS: Dict[str, SourceFormat] = {}
+
+
+def register(name: str, yields: str):
+    """Decorator: registers ``open`` (a function or class) as format ``name`` yielding ``yields``."""
+    def add(open_fn):
+        if name in _FORMATS:
+            raise ValueError(f"data source format {name!r} is already registered")
+        _FORMATS[name] = SourceFormat(name, yields, open_fn)
+        return open_fn
+    return add
+
+
+def known_formats(yields: Optional[str] = None) -> List[str]:
+    """Names of the registered formats (those yielding ``yields`` if given)."""
+    return sorted(n for n, f in _FORMATS.items() if yields is None or f.yields == yields)
+
+
+def lookup(name: str, yields: Optional[str] = None) -> SourceFormat:
+    """The format ``name``; ValueError naming the known formats when it is unknown, or naming those
+    yielding ``yields`` when it yields something else."""
+    if name not in _FORMATS:
+        raise ValueError(f"data.format must be one of {known_formats()}, got {name!r}")
+    fmt = _FORMATS[name]
+    if yields is not None and fmt.yields != yields:
+        raise ValueError(f"data.format={name!r} yields {fmt.yields}, but this stage reads {yields}: "
+                         f"use one of {known_formats(yields)}")
+    return fmt
+
+
+def open_source(data_cfg, workdir: str, global_batch: int, *, yields: Optional[str] = None, **options):
+    """The source of ``data_cfg.format`` (``lookup``) over ``data_cfg``, relative paths inside ``workdir``."""
+    return lookup(str(data_cfg.format), yields).open(data_cfg, workdir, int(global_batch), **options)
+
+
+# ---- images
+
+@register("synthetic", yields="images")
+class SyntheticImages(IndexedBatches):
+    """The in-memory synthetic world of ``data.dir`` (``synthetic.write_dataset``), shuffled by
+    ``IndexedBatches`` with ``data.seed``: images in [-1, 1], or with ``encode`` (uint8 [N, H, W, 3]
+    -> (mean, logvar) float32 [N, h, w, C], run once over the whole world at open) their
+    posteriors, and one caption per image drawn with the section's ratios (``choose_captions``)."""
+
+    def __init__(self, data_cfg, workdir: str, global_batch: int, *, batch_fn: Optional[Callable] = None,
+                 encode: Optional[Callable] = None):
+        self.images, self.records = synthetic.load_dataset(os.path.join(workdir, data_cfg.dir))
+        self.latents = encode(self.images) if encode is not None else None
+        self.image_size = tuple(self.images.shape[1:3])
+        self.data_cfg, self.batch_fn = data_cfg, batch_fn
+        super().__init__(len(self.images), int(global_batch), int(data_cfg.seed), self._make_batch)
+
+    def _make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict:
+        idx = np.sort(idx)
+        captions = choose_captions([self.records[i]["captions"] for i in idx], rng, self.data_cfg)
+        if self.latents is None:
+            pixels = {"image": np.asarray(self.images[idx]).astype(np.float32) / 127.5 - 1.0}
+        else:
+            pixels = {"latent_mean": self.latents[0][idx], "latent_logvar": self.latents[1][idx]}
+        batch = {**pixels, "caption": captions, "index": idx}
+        return self.batch_fn(batch) if self.batch_fn is not None else batch
+
+
+def arrayrecord_path(data_cfg, workdir: str) -> str:
+    """The ArrayRecord dataset of ``data.path`` (inside ``workdir`` when relative)."""
+    if not data_cfg.path:
+        raise ValueError("data.format = 'arrayrecord' needs data.path: a dataset written by tools/ingest.py, "
+                         "tools/curate.py or tools/make_synthetic.py --format arrayrecord")
+    return os.path.join(workdir, data_cfg.path)
+
+
+def pipeline_config(data_cfg, global_batch: int) -> PipelineConfig:
+    """``PipelineConfig`` of a data section (base resolution ``data.image_size``)."""
+    d = data_cfg
+    return PipelineConfig(
+        global_batch=int(global_batch), seed=int(d.seed), base_resolution=int(d.image_size),
+        bucket_multiple=int(d.bucket_multiple), bucket_max_ratio=float(d.bucket_max_ratio),
+        random_crop=bool(d.random_crop), flip_prob=float(d.flip_prob), num_workers=int(d.num_workers),
+        caption_languages=tuple(d.caption_languages),
+        language_probs=tuple(d.language_probs), caption_types=tuple(d.caption_types),
+        caption_type_probs=tuple(d.caption_type_probs), cfg_drop_prob=float(d.cfg_drop_prob))
+
+
+@register("arrayrecord", yields="images")
+def arrayrecord_images(data_cfg, workdir: str, global_batch: int, *, batch_fn: Optional[Callable] = None,
+                       cache=None, text_cache=None) -> RecordPipeline:
+    """The Grain pipeline over the ArrayRecord dataset ``data.path``, bucketed around ``data.image_size``;
+    ``cache`` (``latent_cache.LatentCache``) and ``text_cache`` (``text_cache.TextCache``) as there."""
+    source = arrayrecord_io.ArrayRecordSource(arrayrecord_path(data_cfg, workdir))
+    return RecordPipeline(source, pipeline_config(data_cfg, global_batch), batch_fn=batch_fn, cache=cache,
+                          text_cache=text_cache)
+
+
+# ---- rows of text: prompts, preference pairs, rewrite pairs
+
+class RowBatches:
+    """Resumable batches of rows ({field: str}): global batch k holds rows [kB, (k+1)B) of the
+    endless sequence perm_0 + perm_1 + ..., perm_e = ``default_rng([seed, e]).permutation(N)``, so
+    each row comes once per epoch and a list shorter than a batch still fills one. Yields
+    {field: [str] * b}. ``skipped``: {reason: count} of the rows left out when reading."""
+
+    def __init__(self, rows: Sequence[dict], fields: Sequence[str], global_batch: int, seed: int,
+                 skipped: Optional[Dict[str, int]] = None, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None):
+        if process_index is None or process_count is None:
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        self.rows, self.fields, self.global_batch, self.seed = list(rows), tuple(fields), int(global_batch), int(seed)
+        self.skipped = dict(skipped or {})
+        self.process_index, self.process_count = process_index, process_count
+        self.position = 0
+        n = len(self.rows)
+        self._permutation = functools.lru_cache(maxsize=4)(
+            lambda epoch: np.random.default_rng([self.seed, epoch]).permutation(n))
+
+    def indices(self, position: int) -> np.ndarray:
+        """Row indices of global batch ``position`` [global_batch]."""
+        epoch, offset = divmod(position * self.global_batch, len(self.rows))
+        parts, need = [], self.global_batch
+        while need:
+            part = self._permutation(epoch)[offset:offset + need]
+            parts.append(part)
+            need, epoch, offset = need - len(part), epoch + 1, 0
+        return np.concatenate(parts)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Dict[str, List[str]]:
+        idx = self.indices(self.position)[self.process_index::self.process_count]
+        self.position += 1
+        return {f: [self.rows[i][f] for i in idx] for f in self.fields}
+
+    def get_state(self) -> dict:
+        return {"position": int(self.position), "seed": self.seed, "num_rows": len(self.rows)}
+
+    def set_state(self, state: dict) -> None:
+        for key, mine in (("seed", self.seed), ("num_rows", len(self.rows))):
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"data state was saved with {key}={state[key]}, this source has {key}={mine}: "
+                                 "resuming would not continue with the same rows")
+        self.position = int(state["position"])
+
+
+def _text_file(data_cfg, workdir: str) -> str:
+    if not data_cfg.path:
+        raise ValueError(f"data.format = {data_cfg.format!r} needs data.path (a UTF-8 text or JSONL file)")
+    path = os.path.join(workdir, data_cfg.path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.path: {path} does not exist")
+    return path
+
+
+def _lines(path: str) -> List[str]:
+    with open(path, encoding="utf-8-sig") as f:
+        return f.read().splitlines()
+
+
+RowCheck = Callable[[dict], Tuple[Optional[dict], Optional[str]]]
+
+
+def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = None) -> Tuple[List[dict], Dict[str, int]]:
+    """(rows {field: str}, {reason: count} of the skipped lines) of a JSONL file whose rows need
+    every one of ``fields`` as a non-empty string; ``check(row) -> (row, None) or (None, reason)``
+    may rewrite or reject a row further. Blank lines are ignored."""
+    rows, skipped = [], collections.Counter()
+    for line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["invalid JSON"] += 1
+            continue
+        if not isinstance(obj, dict):
+            skipped["not a JSON object"] += 1
+            continue
+        bad = [f for f in fields if not isinstance(obj.get(f), str) or not obj[f].strip()]
+        if bad:
+            skipped[f"missing or empty {bad[0]!r}"] += 1
+            continue
+        row, reason = {f: obj[f] for f in fields}, None
+        if check is not None:
+            row, reason = check(row)
+        if reason:
+            skipped[reason] += 1
+            continue
+        rows.append(row)
+    return rows, dict(skipped)
+
+
+def _row_batches(rows, skipped, where: str, fields, data_cfg, global_batch: int) -> RowBatches:
+    """``RowBatches`` of ``rows`` after logging what was read and skipped from ``where``."""
+    if skipped:
+        logging.warning("data: %s: %d rows, skipped %d (%s)", where, len(rows), sum(skipped.values()),
+                        ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())))
+    else:
+        logging.info("data: %s: %d rows", where, len(rows))
+    if not rows:
+        raise ValueError(f"data: {where} has no usable {data_cfg.format} rows (skipped: {skipped})")
+    return RowBatches(rows, fields, global_batch, int(data_cfg.seed), skipped)
+
+
+@register("prompts", yields="prompts")
+def prompt_batches(data_cfg, workdir: str, global_batch: int) -> RowBatches:
+    """Prompts for sampling and online RL: ``data.prompts`` or the file ``data.path`` (a ``.jsonl``
+    file's ``prompt`` field per row, else one prompt per non-empty line); batches {"prompt": [str] * b}."""
+    if data_cfg.prompts and data_cfg.path:
+        raise ValueError("data.format = 'prompts': give data.prompts or data.path, not both")
+    if data_cfg.prompts:
+        rows, skipped, where = [{"prompt": str(p)} for p in data_cfg.prompts], {}, "data.prompts"
+    else:
+        where = _text_file(data_cfg, workdir)
+        if where.endswith(".jsonl"):
+            rows, skipped = read_jsonl(where, ("prompt",))
+        else:
+            rows, skipped = [{"prompt": line.strip()} for line in _lines(where) if line.strip()], {}
+    return _row_batches(rows, skipped, where, ("prompt",), data_cfg, global_batch)
+
+
+@register("pairs", yields="pairs")
+def preference_pairs(data_cfg, workdir: str, global_batch: int) -> RowBatches:
+    """Preference pairs of the JSONL file ``data.path``, rows {"prompt", "chosen", "rejected"}.
+
+    ``chosen``/``rejected`` are both texts or both image paths (by extension, ``IMAGE_EXTENSIONS``;
+    relative to the file's folder, yielded absolute). Besides the JSONL reasons, a row is skipped
+    for "chosen equals rejected", "mixes an image and a text" and "missing image file".
+    Batches {"prompt", "chosen", "rejected": [str] * b}."""
+    path = _text_file(data_cfg, workdir)
+    folder = os.path.dirname(path)
+
+    def check(row):
+        if row["chosen"] == row["rejected"]:
+            return None, "chosen equals rejected"
+        images = [row[k].lower().endswith(IMAGE_EXTENSIONS) for k in ("chosen", "rejected")]
+        if images[0] != images[1]:
+            return None, "mixes an image and a text"
+        if images[0]:
+            row = dict(row, **{k: os.path.join(folder, row[k]) for k in ("chosen", "rejected")})
+            if not all(os.path.isfile(row[k]) for k in ("chosen", "rejected")):
+                return None, "missing image file"
+        return row, None
+
+    fields = ("prompt", "chosen", "rejected")
+    rows, skipped = read_jsonl(path, fields, check)
+    return _row_batches(rows, skipped, path, fields, data_cfg, global_batch)
+
+
+@register("text", yields="text")
+def rewrite_pairs(data_cfg, workdir: str, global_batch: int) -> RowBatches:
+    """Prompt -> rewrite pairs (prompt engineering) of the JSONL file ``data.path``, rows
+    {"source", "target"}; batches {"source": [str] * b, "target": [str] * b}."""
+    path = _text_file(data_cfg, workdir)
+    fields = ("source", "target")
+    rows, skipped = read_jsonl(path, fields)
+    return _row_batches(rows, skipped, path, fields, data_cfg, global_batch)
