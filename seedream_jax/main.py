@@ -23,7 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run_stages(cfg, workdir: str) -> dict:
     """Run ``cfg.stages`` in order; returns {stage: summary dict} with wall times, also merged
-    into ``<workdir>/summary.json`` by process 0 (entries of stages not run now are kept)."""
+    into ``<workdir>/summary.json`` by process 0 (entries of stages not run now are kept), whose
+    ``eval_table`` lists the scores of every eval stage there (``eval.report.eval_table``)."""
+    from seedream_jax.eval.report import eval_table
     from seedream_jax.stages import load_kind, stage_kind
     from seedream_jax.stages.runner import run_stage
     for name in cfg.stages:  # fail before any stage runs
@@ -47,8 +49,10 @@ def run_stages(cfg, workdir: str) -> dict:
     if os.path.exists(path):  # a later command (e.g. only 'eval') keeps earlier stages' entries
         with open(path) as f:
             previous = json.load(f)
+    merged = {**previous, **summaries}
+    merged["eval_table"] = eval_table(merged)
     with open(path, "w") as f:
-        json.dump({**previous, **summaries}, f, indent=2, default=str, ensure_ascii=False)
+        json.dump(merged, f, indent=2, default=str, ensure_ascii=False)
     return summaries
 
 
@@ -65,7 +69,14 @@ def main(argv):
     for name, s in summaries.items():
         where = {k: v for k, v in s.items() if k.endswith(("dir", "grid", "tokenizer"))}
         print(f"  {name:10s} {s['wall_seconds']:7.1f}s  " + "  ".join(f"{k}={v}" for k, v in where.items()))
-    print(f"  summary    {os.path.join(os.path.abspath(FLAGS.workdir), 'summary.json')}")
+    summary_path = os.path.join(os.path.abspath(FLAGS.workdir), "summary.json")
+    print(f"  summary    {summary_path}")
+    with open(summary_path) as f:
+        table = json.load(f)["eval_table"]
+    if table:
+        from seedream_jax.eval.report import eval_table_markdown
+        print("\nEval scores (object accuracy by category, language and split; exact text):\n")
+        print(eval_table_markdown(table))
     sys.stdout.flush()
 
 

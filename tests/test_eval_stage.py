@@ -54,7 +54,12 @@ def test_ground_truth_eval_writes_the_report(tmp_path):
     out = os.path.join(workdir, "eval", "ground_truth_step0")
     assert summary["eval_dir"] == out and summary["objects_seen"] == 1.0 and summary["text_ra"] == 1.0
     with open(os.path.join(workdir, "summary.json")) as f:
-        assert set(json.load(f)) == {"pretrain", "eval"}  # earlier stages' entries are kept
+        merged = json.load(f)
+    assert set(merged) == {"pretrain", "eval", "eval_table"}  # earlier stages' entries are kept
+    (row,) = merged["eval_table"]  # the renderer scores 1.0 everywhere
+    assert (row.pop("eval"), row.pop("stage"), row.pop("step")) == ("eval", "ground_truth", 0)
+    assert row == {**{c: 1.0 for c in SU.OBJECT_CATEGORIES}, "en": 1.0, "zh": 1.0, "seen": 1.0, "held-out": 1.0,
+                   "text exact": 1.0}
     with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
     assert len(report["images"]) == 2 * 15 and len(report["pairs"]) == 15 and len(report["items"]) == 15

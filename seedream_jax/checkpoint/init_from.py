@@ -1,22 +1,68 @@
-"""Cross-stage initialisation: start a stage from components of another stage's checkpoint.
+"""Cross-stage initialisation: start a stage from components of other stages' checkpoints.
 
-A stage config names ``init_from = {component_path: source_stage_dir}``, e.g.
-``{'vae': 'vae'}`` (the VAE of ``<workdir>/vae``) or
-``{'mmdit': '/runs/pretrain_big/pretrain', 'conditioner': '/runs/pretrain_big/pretrain'}``.
-The component is looked up in the source's EMA parameters (or raw parameters) merged with its
-frozen parameters, and must have exactly the target's tree structure and shapes.
+A stage config names ``init_from = {target_path: source}``; paths are '/'-joined
+(``'conditioner/byt5'``) and a source is
+
+  ``'vae'``                      the same component path in the stage directory ``<workdir>/vae``;
+  ``'sft:mmdit'``                component ``mmdit`` of ``<workdir>/sft``: a rename, e.g.
+                                 ``{'ref/mmdit': 'sft:mmdit', 'conditioner/byt5': 'glyph_align:byt5'}``;
+  ``'/runs/x/pretrain:mmdit'``   an absolute stage directory, with or without ``:component``.
+
+``parse_source`` turns a value into ``(stage_dir, source_path)``. The component is read from the
+source's latest checkpoint: its EMA parameters (the raw ones when it keeps no EMA) merged with its
+frozen parameters; it must have exactly the target's tree structure and shapes. A target may span
+the trainable and the frozen trees. Two ways in:
+
+  ``restore_sharded``: the arrays straight into the target shardings, reading only those leaves
+    (the loop's fresh start with ``Task.init_sources``; nothing passes through one host);
+  ``apply_init_from``: the host form over NumPy trees (a ``Task.initialise`` hook).
 """
 import logging
-from typing import Mapping, Tuple
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax
+import jax
 import numpy as np
 
-from seedream_jax.checkpoint.manager import restore_raw_state
+from seedream_jax.checkpoint.manager import restore_raw_state, restore_subset
 from seedream_jax.models.partition import merge_params
 
+Source = Tuple[str, str]  # (stage directory, component path inside its checkpoint)
+Key = Tuple[str, ...]
 
-def _subtree(tree: dict, path: str, where: str):
+
+def parse_source(value: str, target_path: str, workdir: Optional[str]) -> Source:
+    """``'stage'`` or ``'stage:component/path'`` -> (stage_dir, source_path).
+
+    The component defaults to ``target_path``; a relative stage resolves inside ``workdir``
+    (an absolute one stays as it is). A value naming an existing directory as a whole is a
+    stage directory, even with a ':' in its name.
+    """
+    value = str(value).strip()
+    stage, sep, path = value.rpartition(":")
+    whole = value if os.path.isabs(value) or workdir is None else os.path.join(workdir, value)
+    if not sep or os.path.isdir(whole):
+        stage, path = value, target_path
+    path = path.strip("/")
+    if not stage or not path:
+        raise ValueError(f"init_from {target_path!r}: {value!r} is neither 'stage' nor 'stage:component/path'")
+    if not os.path.isabs(stage):
+        if workdir is None:
+            raise ValueError(f"init_from {target_path!r}: {value!r} names a stage relative to the workdir, "
+                             "but no workdir was given")
+        stage = os.path.join(workdir, stage)
+    return stage, path
+
+
+def parse_sources(init_from: Mapping[str, Union[str, Source]], workdir: Optional[str]) -> Dict[str, Source]:
+    """{target_path: (stage_dir, source_path)} of a config's ``init_from``; empty values are left
+    out and values already parsed pass through."""
+    return {target: tuple(value) if isinstance(value, (tuple, list)) else parse_source(value, target, workdir)
+            for target, value in init_from.items() if value}
+
+
+def _subtree(tree: Mapping, path: str, where: str):
     node = tree
     for key in path.strip("/").split("/"):
         if not isinstance(node, Mapping) or key not in node:
@@ -26,55 +72,109 @@ def _subtree(tree: dict, path: str, where: str):
     return node
 
 
-def load_component(stage_dir: str, component: str, *, use_ema: bool = True) -> Tuple[dict, int]:
-    """Parameters of ``component`` (a '/'-path like 'vae') from the latest checkpoint of ``stage_dir``."""
-    state, step = restore_raw_state(stage_dir)
-    source = state["ema_params"] if use_ema and state.get("ema_params") else state["params"]
-    merged = merge_params(source, state.get("frozen") or {})
-    return _subtree(merged, component, f"checkpoint {stage_dir} (step {step})"), step
+def _flat(tree) -> Dict[Key, Any]:
+    """{key tuple: leaf}; a bare leaf is {(): leaf}."""
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)) if isinstance(tree, Mapping) else {(): tree}
 
 
-def _check_same_structure(loaded, target, component: str, stage_dir: str):
-    flat_l = flax.traverse_util.flatten_dict(loaded)
-    flat_t = flax.traverse_util.flatten_dict(target)
-    missing = sorted("/".join(k) for k in flat_t.keys() - flat_l.keys())
-    unexpected = sorted("/".join(k) for k in flat_l.keys() - flat_t.keys())
-    misshaped = sorted(f"{'/'.join(k)}: {np.shape(flat_l[k])} vs {np.shape(flat_t[k])}"
-                       for k in flat_t.keys() & flat_l.keys() if np.shape(flat_l[k]) != np.shape(flat_t[k]))
+def _unflat(flat: Mapping[Key, Any]):
+    return flat[()] if () in flat else flax.traverse_util.unflatten_dict(dict(flat))
+
+
+def _located(trees: Mapping[str, Any]) -> dict:
+    """The merge of named trees whose leaves are (tree name, key inside it, leaf)."""
+    tagged = [_unflat({k: (name, k, v) for k, v in _flat(tree).items()}) if tree else {}
+              for name, tree in trees.items()]
+    merged = {}
+    for t in tagged:
+        merged = merge_params(merged, t)
+    return merged
+
+
+def _component(trees: Mapping[str, Any], path: str, where: str) -> Dict[Key, Tuple[str, Key, Any]]:
+    """{key under ``path``: (tree name, full key, leaf)} of ``path`` in the merge of ``trees``."""
+    return _flat(_subtree(_located(trees), path, where))
+
+
+def _source_leaves(stage_dir: str, source_path: str, use_ema: bool):
+    """({key under the component: (state key, its key, array metadata)}, step) of the latest checkpoint."""
+    meta, step = restore_raw_state(stage_dir, metadata_only=True)
+    weights = "ema_params" if use_ema and meta.get("ema_params") else "params"
+    return _component({weights: meta[weights], "frozen": meta.get("frozen")}, source_path,
+                      f"checkpoint {stage_dir} (step {step})"), step
+
+
+def _check_same_structure(source_shapes: Mapping[Key, tuple], target_shapes: Mapping[Key, tuple],
+                          target: str, where: str):
+    missing = sorted("/".join(k) for k in target_shapes.keys() - source_shapes.keys())
+    unexpected = sorted("/".join(k) for k in source_shapes.keys() - target_shapes.keys())
+    misshaped = sorted(f"{'/'.join(k)}: {tuple(source_shapes[k])} vs {tuple(target_shapes[k])}"
+                       for k in target_shapes.keys() & source_shapes.keys()
+                       if tuple(source_shapes[k]) != tuple(target_shapes[k]))
     if missing or unexpected or misshaped:
-        raise ValueError(f"init_from {component!r} <- {stage_dir}: the checkpoint's component does not match "
+        raise ValueError(f"init_from {target!r} <- {where}: the checkpoint's component does not match "
                          f"this model. missing={missing} unexpected={unexpected} misshaped={misshaped}")
 
 
-def apply_init_from(trainable: dict, frozen: dict, sources: Mapping[str, str], *, use_ema: bool = True):
-    """Replace components of (trainable, frozen) by those of other stages' checkpoints.
+def restore_component(stage_dir: str, source_path: str, abstract_subtree, *, use_ema: bool = True,
+                      target_path: Optional[str] = None):
+    """Component ``source_path`` of ``stage_dir``'s latest checkpoint, read straight into
+    ``abstract_subtree`` (a tree, or one leaf, of ``jax.ShapeDtypeStruct`` with shardings, of the
+    component's structure and shapes). Returns (the same tree of ``jax.Array``, step)."""
+    source, step = _source_leaves(stage_dir, source_path, use_ema)
+    target = _flat(abstract_subtree)
+    _check_same_structure({k: m.shape for k, (_, _, m) in source.items()}, {k: t.shape for k, t in target.items()},
+                          target_path or source_path, f"{stage_dir}:{source_path}")
+    request = _unflat({(source[k][0],) + source[k][1]: t for k, t in target.items()})
+    restored = _flat(restore_subset(stage_dir, request, step))
+    return _unflat({k: restored[(source[k][0],) + source[k][1]] for k in target}), step
 
-    ``sources`` maps a component path to an absolute stage directory. Returns new
-    (trainable, frozen) nested dicts of NumPy arrays.
+
+def load_component(stage_dir: str, component: str, *, use_ema: bool = True) -> Tuple[Any, int]:
+    """(NumPy parameters of ``component`` (a '/'-path like 'vae') of ``stage_dir``'s latest
+    checkpoint, step); only that component's arrays are read."""
+    source, _ = _source_leaves(stage_dir, component, use_ema)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    abstract = _unflat({k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu) for k, (_, _, m) in source.items()})
+    tree, step = restore_component(stage_dir, component, abstract, use_ema=use_ema)
+    return jax.tree_util.tree_map(np.asarray, tree), step
+
+
+def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Source], *,
+                    use_ema: bool = True) -> Dict[str, Dict[Key, jax.Array]]:
+    """The ``sources`` components read into the shardings of the abstract (trainable, frozen) trees.
+
+    ``abstract_*``: trees of ``jax.ShapeDtypeStruct`` with ``.sharding`` (``StateLayout.abstract``).
+    Returns {'params' | 'frozen': {key tuple of a leaf: jax.Array}} for the leaves replaced.
     """
-    trees = {"trainable": flax.core.unfreeze(trainable), "frozen": flax.core.unfreeze(frozen)}
-    for component, stage_dir in sources.items():
-        loaded, step = load_component(stage_dir, component, use_ema=use_ema)
-        keys = component.strip("/").split("/")
-        holder_name = next((n for n, t in trees.items() if _has_path(t, keys)), None)
-        if holder_name is None:
-            raise KeyError(f"init_from: this stage has no component {component!r}")
-        parent = _subtree(trees[holder_name], "/".join(keys[:-1]), "this stage") if len(keys) > 1 else trees[holder_name]
-        _check_same_structure(loaded, parent[keys[-1]], component, stage_dir)
-        parent[keys[-1]] = jax_free_copy(loaded)
-        logging.info("init_from: %s <- %s (step %d)", component, stage_dir, step)
-    return trees["trainable"], trees["frozen"]
+    out = {"params": {}, "frozen": {}}
+    for target, (stage_dir, source_path) in sources.items():
+        leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
+        restored, step = restore_component(stage_dir, source_path, _unflat({k: v for k, (_, _, v) in leaves.items()}),
+                                           use_ema=use_ema, target_path=target)
+        restored = _flat(restored)
+        for k, (holder, key, _) in leaves.items():
+            out[holder][key] = restored[k]
+        logging.info("init_from: %s <- %s:%s (step %d, restored sharded)", target, stage_dir, source_path, step)
+    return out
 
 
-def _has_path(tree, keys) -> bool:
-    node = tree
-    for k in keys:
-        if not isinstance(node, Mapping) or k not in node:
-            return False
-        node = node[k]
-    return True
+def apply_init_from(trainable, frozen, sources: Mapping[str, Union[str, Source]], *,
+                    workdir: Optional[str] = None, use_ema: bool = True):
+    """Replace components of (trainable, frozen) by those of other stages' checkpoints, on the host.
 
-
-def jax_free_copy(tree):
-    """Nested dict of NumPy arrays (copies), whatever array type came in."""
-    return {k: jax_free_copy(v) if isinstance(v, Mapping) else np.array(v) for k, v in tree.items()}
+    ``sources``: {target_path: raw config value (``parse_source``; relative ones need ``workdir``)
+    or (stage_dir, source_path)}. Returns new (trainable, frozen) nested dicts of NumPy arrays.
+    """
+    flat = {"params": _flat(trainable) if trainable else {}, "frozen": _flat(frozen) if frozen else {}}
+    for target, (stage_dir, source_path) in parse_sources(sources, workdir).items():
+        leaves = _component({"params": trainable, "frozen": frozen}, target, "this stage")
+        loaded, step = load_component(stage_dir, source_path, use_ema=use_ema)
+        loaded = _flat(loaded)
+        _check_same_structure({k: np.shape(v) for k, v in loaded.items()},
+                              {k: np.shape(v) for k, (_, _, v) in leaves.items()}, target, f"{stage_dir}:{source_path}")
+        for k, (holder, key, _) in leaves.items():
+            flat[holder][key] = loaded[k]
+        logging.info("init_from: %s <- %s:%s (step %d)", target, stage_dir, source_path, step)
+    return tuple(_unflat({k: np.array(v) for k, v in flat[h].items()}) if flat[h] else {}
+                 for h in ("params", "frozen"))

@@ -49,6 +49,27 @@ class Checkpointer:
         self._manager.close()
 
 
+def restore_subset(stage_dir: str, target: Any, step: Optional[int] = None) -> Any:
+    """Restore only some leaves of a stage's saved TrainState, straight into their shardings.
+
+    ``target`` is a nested dict mirroring the saved state's keys (e.g. ``{'ema_params': {'vae':
+    {...}}}``) whose leaves are ``jax.ShapeDtypeStruct`` with ``.sharding``; leaves it leaves out
+    are not read. Returns the same tree of ``jax.Array`` (each process reads only its shards).
+    """
+    directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
+    manager = ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))
+    finally:
+        manager.close()
+    return out.state
+
+
 def restore_raw_state(stage_dir: str, step: Optional[int] = None, *, metadata_only: bool = False) -> Tuple[dict, int]:
     """Restore a stage's saved TrainState as a nested dict of host NumPy arrays.
 

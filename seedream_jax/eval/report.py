@@ -10,7 +10,7 @@ images (or pairs) of a cell; a cell without any is None.
   consistency[category][split]                split in ('seen', 'heldout', 'all'); ['pairs']
                                               'scored/total' (pairs where something was detected)
 """
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -61,17 +61,47 @@ def aggregate_consistency(pair_results: List[dict]) -> Dict[str, dict]:
 
 
 def headline(metrics: dict, consistency: dict) -> Dict[str, Optional[float]]:
-    """A few summary numbers: mean object accuracy (seen, held-out), mean text Ra/Rh/exact over
-    the text categories, mean consistency."""
+    """A few summary numbers: mean object accuracy (seen, held-out; en, zh), mean text Ra/Rh/exact
+    over the text categories, mean consistency."""
     def mean_of(values):
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
     objs = [c for c in OBJECT_CATEGORIES if c in metrics]
     texts = [c for c in metrics if c not in OBJECT_CATEGORIES]
     out = {f"objects_{split}": mean_of([metrics[c]["accuracy"][split][_ALL] for c in objs]) for split in SPLITS}
+    out.update({f"objects_{lang}": mean_of([metrics[c]["accuracy"][_ALL][lang] for c in objs]) for lang in LANGUAGES})
     out.update({f"text_{m}": mean_of([metrics[c][m][_ALL][_ALL] for c in texts]) for m in TEXT_METRICS})
     out["consistency"] = mean_of([v[_ALL] for v in consistency.values()])
     return out
+
+
+def category_accuracy(metrics: dict) -> Dict[str, Optional[float]]:
+    """Each object category's accuracy over both splits and languages."""
+    return {c: metrics[c]["accuracy"][_ALL][_ALL] for c in OBJECT_CATEGORIES if c in metrics}
+
+
+# (column, headline field) of the eval table after the category accuracies
+EVAL_TABLE_SCORES = (("en", "objects_en"), ("zh", "objects_zh"), ("seen", "objects_seen"),
+                     ("held-out", "objects_heldout"), ("text exact", "text_exact"))
+
+
+def eval_table(summaries: Mapping[str, Any]) -> List[dict]:
+    """One row per eval stage among ``summaries`` ({stage name: summary}, as in summary.json), in
+    their order: {'eval': the eval stage, 'stage': the stage it evaluated, 'step': its checkpoint's
+    step, <object category>: accuracy, 'en', 'zh', 'seen', 'held-out': mean object accuracy,
+    'text exact': mean exact-text rate}."""
+    return [{"eval": name, "stage": s["evaluated"], "step": s["step"], **s["category_accuracy"],
+             **{column: s.get(field) for column, field in EVAL_TABLE_SCORES}}
+            for name, s in summaries.items() if isinstance(s, Mapping) and "category_accuracy" in s]
+
+
+def eval_table_markdown(rows: List[dict]) -> str:
+    """``eval_table`` rows as a Markdown table (columns: the union of the rows' keys)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cell = lambda v: _fmt(v) if v is None or isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -147,5 +147,6 @@ def run(cfg, stage_cfg, workdir: str, name: str = "eval") -> dict:
     print(f"eval pass on {source}: {2 * len(items)} images in {wall:.1f}s "
           f"(generate {report['timing']['generate_s']}s, score {report['timing']['score_s']}s); "
           f"report {os.path.join(out_dir, 'report.md')}", flush=True)
-    return {"eval_dir": out_dir, "report": os.path.join(out_dir, "report.md"), "step": step,
-            "eval_pass_seconds": round(wall, 1), **{k: v for k, v in report["headline"].items()}}
+    return {"eval_dir": out_dir, "report": os.path.join(out_dir, "report.md"), "evaluated": name, "step": step,
+            "eval_pass_seconds": round(wall, 1), **{k: v for k, v in report["headline"].items()},
+            "category_accuracy": report_lib.category_accuracy(report["metrics"])}

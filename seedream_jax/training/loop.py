@@ -8,7 +8,8 @@ evaluation and optionally a rollout); the loop owns everything else, top to bott
      axis rules, state created by a jit with ``out_shardings``; the optimizer with its
      parameter groups and frozen paths (``training/optimizer.py``);
   3. checkpoint: resume from the latest checkpoint (state + data position), else initialise
-     (optionally from another stage's checkpoint: ``Task.initialise``);
+     (components of other stages' checkpoints restored straight into their shardings:
+     ``Task.init_sources``; or a host hook, ``Task.initialise``);
   4. the update step: one jitted, donated function (state, batch) -> (state, metrics) that runs
      ``Task.rollout`` (if any) with the current parameters, without gradient, then
      ``Task.inner_steps`` optimizer updates on its batch (a ``lax.scan`` when more than one);
@@ -31,6 +32,7 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple, Union
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,7 @@ import optax
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from seedream_jax.checkpoint import init_from
 from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.parallel import sharding as sharding_lib
@@ -80,8 +83,12 @@ class Task:
     init_params: rng -> (trainable, frozen) parameter trees (boxed, with logical axes).
     loss_fn: (params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics).
     data: the training batches (one per loop iteration).
-    initialise: optional host hook (trainable, frozen) -> (trainable, frozen) applied to freshly
-      initialised NumPy parameters, e.g. loading another stage's checkpoint (``init_from``).
+    init_sources: optional {target component path: (stage_dir, source_path)}
+      (``checkpoint.init_from.parse_sources`` of a stage's ``init_from``): on a fresh start those
+      components are read from the sources' checkpoints straight into their shardings, and only
+      the other leaves are initialised by ``init_params``.
+    initialise: optional host hook (trainable, frozen) -> (trainable, frozen) applied to the fresh
+      parameters as NumPy (after ``init_sources``); it copies the whole state through the host.
     evaluate: optional (state, step) -> ``Measurements`` (or, the older form, {name: uint8 image
       [H, W, 3]}); called every ``eval_every`` steps and at the end.
     rollout: optional (params, frozen, batch, rng) -> batch, traced into the update step and run
@@ -93,6 +100,7 @@ class Task:
     init_params: Callable[[jax.Array], Tuple[Any, Any]]
     loss_fn: Callable[[Any, Any, Batch, jax.Array], Tuple[jax.Array, Dict[str, jax.Array]]]
     data: DataSource
+    init_sources: Optional[Mapping[str, Tuple[str, str]]] = None
     initialise: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
     evaluate: Optional[Callable[[TrainState, int], Union[Measurements, Dict[str, np.ndarray]]]] = None
     rollout: Optional[Callable[[Any, Any, Batch, jax.Array], Batch]] = None
@@ -191,13 +199,16 @@ def rollout_rng(rng: jax.Array, step) -> jax.Array:
 class StateLayout:
     """The train state's structure on a mesh, before anything is allocated.
 
-    init_state: rng -> boxed TrainState (parameters carry logical axes); jit it with
-      ``out_shardings=shardings`` after ``nn.meta.unbox`` to create the state in place.
+    fresh_state: (rng, restored) -> the unboxed initial TrainState; jit it with
+      ``out_shardings=shardings`` to create the state in place. ``restored`` is {} or
+      ``init_from.restore_sharded``'s {'params' | 'frozen': {key tuple: array}}: those leaves
+      replace the initialised ones (their initialisation is dead code XLA drops), and the
+      optimizer state and the EMA start from the result.
     shardings: TrainState of NamedSharding (logical rules applied; unannotated leaves replicated).
     abstract: TrainState of ``jax.ShapeDtypeStruct`` with those shardings (restore target,
       AOT lowering input).
     """
-    init_state: Callable[[jax.Array], TrainState]
+    fresh_state: Callable[[jax.Array, Mapping[str, Mapping[Tuple[str, ...], jax.Array]]], TrainState]
     shardings: Any
     abstract: Any
 
@@ -212,11 +223,28 @@ def state_layout(task: Task, tx: optax.GradientTransformation, use_ema: bool, ro
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
                           opt_state=tx.init(params), ema_params=params if use_ema else {}, rng=state_rng)
 
+    def fresh_state(rng, restored):
+        state = nn.meta.unbox(init_state(rng))
+        if not any(restored.values()):
+            return state
+        params, frozen = (_replace_leaves(tree, restored[name]) for name, tree in
+                          (("params", state.params), ("frozen", state.frozen)))
+        return state.replace(params=params, frozen=frozen, opt_state=tx.init(params),
+                             ema_params=params if use_ema else {})
+
     boxed = jax.eval_shape(init_state, root_rng)
     shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
     abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                       nn.meta.unbox(boxed), shardings)
-    return StateLayout(init_state=init_state, shardings=shardings, abstract=abstract)
+    return StateLayout(fresh_state=fresh_state, shardings=shardings, abstract=abstract)
+
+
+def _replace_leaves(tree, leaves: Mapping[Tuple[str, ...], Any]):
+    """``tree`` (nested dicts) with the leaves at the key tuples of ``leaves`` replaced."""
+    if not leaves:
+        return tree
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+    return flax.traverse_util.unflatten_dict({**flat, **leaves})
 
 
 def jit_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float, state_shardings,
@@ -255,7 +283,7 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     use_ema = float(tcfg.ema_decay) > 0
     root_rng = jax.random.PRNGKey(int(tcfg.seed))
     layout = state_layout(task, tx, use_ema, root_rng, mesh, rules)
-    init_state, shardings, abstract = layout.init_state, layout.shardings, layout.abstract
+    shardings, abstract = layout.shardings, layout.abstract
     # ---- checkpoint: resume, or initialise (optionally from another stage)
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
@@ -267,7 +295,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
             raise ValueError(f"[{task.name}] checkpoint step {int(state.step)} in {ckpt.directory} is not a "
                              f"multiple of inner_steps={inner}: it was written with another inner_steps")
     else:
-        state = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=shardings)(root_rng)
+        restored = (init_from.restore_sharded(abstract.params, abstract.frozen, task.init_sources)
+                    if task.init_sources else {})
+        state = jax.jit(layout.fresh_state, out_shardings=shardings)(root_rng, restored)
         if task.initialise is not None:
             params, frozen = task.initialise(jax.device_get(state.params), jax.device_get(state.frozen))
             params = jax.device_put(params, shardings.params)
