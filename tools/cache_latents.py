@@ -31,7 +31,7 @@ from seedream_jax.stages import record_data, vae as vae_stage
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="seedream ArrayRecord dataset directory")
-    p.add_argument("--vae", default="", help="VAE stage directory (checkpoints/ and vae_config.json)")
+    p.add_argument("--vae", default="", help="VAE stage directory (checkpoints/ and stage.json)")
     p.add_argument("--out", default="", help="latent cache directory (default <dataset>-latents)")
     p.add_argument("--base_resolution", type=int, default=0, help="bucket base resolution (with --vae)")
     p.add_argument("--bucket_multiple", type=int, default=32)

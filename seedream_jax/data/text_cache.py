@@ -14,7 +14,7 @@ record: K x (L x D + D) x bytes-per-float + K x L bytes of mask, plus ~0.8 KB of
 Caption sampling is unchanged: the pipeline draws (language, type, CFG drop) exactly as without
 a cache (``captions.choose_caption_pairs``) and looks up the drawn pair. The outputs are only
 valid while the text stack does not train, so training uses the cache only when every
-conditioner parameter is frozen (``training/stages/record_data.py`` refuses otherwise).
+conditioner parameter is frozen (``stages/record_data.py`` refuses otherwise).
 
 The manifest ``summary`` records ``dataset`` (as the latent cache), ``dtype`` and ``text``: the
 conditioner's source stage, checkpoint step and parameter CRC32, its config, and the tokenizer's
