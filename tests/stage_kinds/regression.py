@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for toy_task
 
 from seedream_jax.checkpoint.stage_dir import StageDescription  # noqa: E402
-from toy_task import ToyModel, toy_task  # noqa: E402
+from toy_task import toy_task  # noqa: E402
 
 
 def build_task(cfg, stage_cfg, workdir):
