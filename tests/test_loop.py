@@ -79,20 +79,25 @@ def test_loss_decreases(uninterrupted):
     assert result.last_metrics["loss"] < 0.8 * first
 
 
+def _preempt_when_drawing(task, position: int):
+    """``task`` whose data sends this process SIGTERM as batch ``position`` is drawn (in-process preemption)."""
+    draw = type(task.data).__next__
+
+    class Preempting(type(task.data)):
+        def __next__(self):
+            if self.position == position:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return draw(self)
+
+    task.data.__class__ = Preempting
+    return task
+
+
 def test_resume_is_bit_exact(uninterrupted, tmp_path):
     """Preempt a 30-step run in-process (SIGTERM once batch 12 is drawn), then resume it."""
     d = str(tmp_path / "split")
     cfg, stage = toy_stage_config(30)
-    task = toy_task()
-    draw = type(task.data).__next__
-
-    class PreemptAt12(type(task.data)):
-        def __next__(self):
-            if self.position == 12:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return draw(self)
-
-    task.data.__class__ = PreemptAt12
+    task = _preempt_when_drawing(toy_task(), 12)
     first = loop.train(task, cfg, stage, d)
     assert first.preempted and 11 <= first.step < 30
     result = loop.train(toy_task(), cfg, stage, d)
@@ -220,16 +225,7 @@ def test_rollout_with_inner_steps_resumes_bit_exactly(rollout_uninterrupted, tmp
     RNG and data position equal the uninterrupted run's (the rollout's noise included)."""
     d = str(tmp_path / "split")
     cfg, stage = _rollout_config(12)
-    task = rollout_task()
-    draw = type(task.data).__next__
-
-    class PreemptAt3(type(task.data)):
-        def __next__(self):
-            if self.position == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return draw(self)
-
-    task.data.__class__ = PreemptAt3
+    task = _preempt_when_drawing(rollout_task(), 3)
     first = loop.train(task, cfg, stage, d)
     assert first.preempted and 2 <= first.step < 12 and first.step % 2 == 0
     result = loop.train(rollout_task(), cfg, stage, d)
