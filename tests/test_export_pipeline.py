@@ -216,3 +216,94 @@ def test_weights_flag_dtype_and_cli_errors(run, tmp_path, capsys):
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert export_weights.main(cli_args(workdir, str(tmp_path / "z")) + ["--set", "model.nope=1"]) == 1
     assert "model.nope" in capsys.readouterr().err
+
+
+def _rewrite_tensors(folder: str, basename: str, change) -> None:
+    """Apply ``change`` (dict of NumPy tensors -> None, in place) to a component folder's weights."""
+    tensors = safetensors_io.load_tensors(folder)
+    change(tensors)
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
+            os.remove(os.path.join(folder, f))
+    safetensors_io.save_tensors(tensors, folder, basename=basename, metadata={"format": "pt"})
+
+
+def _exported_torch_module(folder: str):
+    """The export's own ``seedream_torch.py``, imported from the folder (as a PyTorch user does)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"seedream_torch_{abs(hash(folder))}",
+                                                  os.path.join(folder, TORCH_FILE))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seedream_torch_refuses_missing_unexpected_and_misshaped_tensors(exported, tmp_path):
+    import shutil
+    from seedream_jax.interop import autoencoder_kl, conditioner_layers, flux
+
+    def drop(t):
+        del t["proj_out.weight"]
+
+    def add_and_reshape_vae(t):
+        t["decoder.extra.weight"] = np.zeros(1, np.float32)
+        t["quant_conv.weight"] = np.zeros((8, 8, 3, 3), np.float32)
+
+    def add_and_reshape_conditioner(t):
+        t["glyph_mapper.extra"] = np.zeros(2, np.float32)
+        t["context_proj.bias"] = t["context_proj.bias"][:3]
+
+    cases = [("transformer", flux.WEIGHTS_NAME, drop, ["missing keys (1): ['proj_out.weight']"]),
+             ("vae", autoencoder_kl.WEIGHTS_NAME, add_and_reshape_vae,
+              ["unexpected keys (1): ['decoder.extra.weight']", "quant_conv.weight: files (8, 8, 3, 3) vs model"]),
+             ("conditioner", conditioner_layers.WEIGHTS_NAME, add_and_reshape_conditioner,
+              ["unexpected keys (1): ['glyph_mapper.extra']", "context_proj.bias: files (3,) vs model"])]
+    for component, basename, change, needles in cases:
+        bad = str(tmp_path / component)
+        shutil.copytree(exported, bad)
+        _rewrite_tensors(os.path.join(bad, component), basename, change)
+        module = _exported_torch_module(bad)
+        with pytest.raises(module.StrictLoadError) as e:
+            module.SeedreamPipeline.from_pretrained(bad)
+        message = str(e.value)
+        print(f"{component}: {message[:300]}")
+        assert message.startswith(f"{component} (") and "Refusing to load it" in message
+        for needle in needles:
+            assert needle in message, message
+    # The intact export loads.
+    assert _exported_torch_module(exported).SeedreamPipeline.from_pretrained(exported).transformer is not None
+
+
+def test_verify_fails_beyond_the_tolerance_and_on_a_damaged_export(run, tmp_path, capsys, monkeypatch):
+    import re
+    from seedream_jax.interop import flux
+    workdir = run[1]
+    real_export = export_weights.pipeline.export_checkpoint
+
+    def export_then(change):
+        def export(cfg, workdir, out_dir, **kw):
+            result = real_export(cfg, workdir, out_dir, **kw)
+            _rewrite_tensors(os.path.join(out_dir, "transformer"), flux.WEIGHTS_NAME, change)
+            return result
+        return export
+
+    verify = ["--weights", "raw", "--verify", PROMPTS[0]]
+    # Intact: passes within the float32 tolerance.
+    assert export_weights.main(cli_args(workdir, str(tmp_path / "good"), *verify)) == 0
+    assert "verify passed: max pixel difference" in capsys.readouterr().out
+    # One tensor deleted: the strict PyTorch load fails, naming it.
+    monkeypatch.setattr(export_weights.pipeline, "export_checkpoint",
+                        export_then(lambda t: t.pop("proj_out.weight")))
+    assert export_weights.main(cli_args(workdir, str(tmp_path / "dropped"), *verify)) == 1
+    err = capsys.readouterr().err
+    assert "error: --verify" in err and "missing keys (1): ['proj_out.weight']" in err, err
+    # One tensor changed: loads, samples differ, the failure says by how much.
+    monkeypatch.setattr(export_weights.pipeline, "export_checkpoint",
+                        export_then(lambda t: t.update({"proj_out.weight": 3.0 * t["proj_out.weight"]})))
+    assert export_weights.main(cli_args(workdir, str(tmp_path / "scaled"), *verify)) == 1
+    out, err = capsys.readouterr()
+    diff = json.loads(out.split("same noise): ", 1)[1].splitlines()[0])["max_pixel_diff"]
+    print(f"scaled proj_out.weight: max pixel diff {diff}; {err.strip()}")
+    assert diff > 1
+    assert re.search(rf"max pixel difference {diff} \(uint8 levels, mean [0-9.e+-]+\) exceeds the tolerance 1 by "
+                     rf"{diff - 1}\b", err), err

@@ -1,4 +1,5 @@
-"""Ingestion: the bad-input corpus in all three input forms, resume, pool, CLI."""
+"""Ingestion: the bad-input corpus in the folder, JSONL, Parquet and WebDataset forms, resume, pool, CLI
+(the other forms: ``test_ingest_forms.py``)."""
 import io
 import json
 import os
@@ -299,9 +300,15 @@ def test_cli_prints_the_skip_table(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "ingest.py"), "--input", str(tmp_path / "in"),
                           "--out", str(tmp_path / "out"), "--workers", "1", "--no_progress"],
                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
-    assert out.returncode == 0, out.stderr
+    # 17 of the 27 items are bad: above the default --max_skip_fraction 0.5, so exit 1 after the report.
+    assert out.returncode == 1, out.stderr
     assert "undecodable" in out.stdout and "written" in out.stdout
+    assert "17 of 27 input items were skipped" in out.stderr and "top reasons: undecodable 4" in out.stderr
     assert json.load(open(tmp_path / "out" / "ingest_report.json"))["skipped"] == expected_counts()
+    again = subprocess.run([sys.executable, os.path.join(REPO, "tools", "ingest.py"), "--input",
+                            str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--max_skip_fraction", "0.7"],
+                           capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
     bad = subprocess.run([sys.executable, os.path.join(REPO, "tools", "ingest.py"), "--input",
                           str(tmp_path / "nothing*"), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=60, cwd=REPO, env=env)

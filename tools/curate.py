@@ -11,12 +11,17 @@ returning [B, D], --embed_threshold cosine), OCR text captions (--ocr, --ocr_min
 --downsample_fraction F, --clusters k, --cap per-cluster maximum; features from --embed_fn when
 given, else colour thumbnails). The report goes to stdout and <out>/curation_report.json.
 Rerunning the same command after an interruption resumes.
+
+Exit status: 0 when records were written and the filters dropped at most --max_skip_fraction of
+the input records (the down-sampler's drops are requested, not skips, and do not count); 1 when
+nothing was written or more were dropped (after writing the report and printing the top
+reasons); 2 when the command line or the input / output directories are unusable.
 """
 import argparse
 import importlib
 import sys
 
-from seedream_jax.data import arrayrecord_io, curation
+from seedream_jax.data import arrayrecord_io, curation, ingest
 
 
 def _load(spec: str):
@@ -76,16 +81,25 @@ def main(argv=None) -> int:
     p.add_argument("--clusters", type=int, default=16)
     p.add_argument("--cap", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_skip_fraction", type=float, default=0.5,
+                   help="exit 1 when the filters (not the down-sampler) drop more than this share of the "
+                        "records (default 0.5)")
     p.add_argument("--no_progress", action="store_true")
     a = p.parse_args(argv)
     pipeline = build_pipeline(a)
-    config = {k: v for k, v in sorted(vars(a).items()) if k not in ("input", "out", "no_progress")}
+    config = {k: v for k, v in sorted(vars(a).items())
+              if k not in ("input", "out", "no_progress", "max_skip_fraction")}
     try:
-        curation.curate_dataset(a.input, a.out, pipeline, records_per_shard=a.records_per_shard, config=config,
-                                progress=not a.no_progress)
+        report = curation.curate_dataset(a.input, a.out, pipeline, records_per_shard=a.records_per_shard,
+                                         config=config, progress=not a.no_progress)
     except arrayrecord_io.DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    verdict = ingest.skip_verdict(report["seen"], report["kept"], curation.skipped(report), a.max_skip_fraction,
+                                  what="input records")
+    if verdict:
+        print(f"error: {verdict} (examples in {a.out}/{curation.pipeline.REPORT})", file=sys.stderr)
+        return 1
     return 0
 
 

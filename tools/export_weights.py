@@ -22,6 +22,16 @@ Examples:
     # check the export: sample with JAX and with PyTorch (same noise, steps, guidance) and compare
     python tools/export_weights.py --config configs/tiny.py --workdir runs/tiny --out exports/tiny \\
         --verify 'a large red circle' --verify '黑色的文字“你好”'
+
+--verify loads the export with the PyTorch pipeline of seedream_torch.py (the package's copy: no
+code from the folder runs) strictly, as seedream_torch.py does for any user: a component whose
+files miss a tensor, add one or change a shape is refused, naming the tensors. It then compares
+the images pixel by pixel. Tolerance (--verify-tolerance): 1 uint8 level, the float32 rounding between XLA
+and PyTorch; a bfloat16 / float16 export rounds the weights and needs a tolerance of its own.
+
+Exit status: 0 on success; 1 when the checkpoint cannot be exported, or --verify fails (the export
+does not load, or the max pixel difference exceeds the tolerance: the message says by how much);
+2 when --out is not empty (without --overwrite).
 """
 import argparse
 import json
@@ -36,6 +46,7 @@ sys.path.insert(0, REPO)
 
 from seedream_jax import config_lib  # noqa: E402
 from seedream_jax.interop import pipeline  # noqa: E402
+from seedream_jax.interop.verify import PIXEL_TOLERANCE  # noqa: E402
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -77,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard HF weights above this size, with an index file (default 5GB)")
     p.add_argument("--verify", action="append", default=[], metavar="PROMPT",
                    help="after exporting, sample PROMPT with JAX and with the exported PyTorch modules from the "
-                        "same noise and print the max pixel difference (repeatable)")
+                        "same noise, print the max pixel difference and exit 1 beyond --verify-tolerance "
+                        "(repeatable)")
+    p.add_argument("--verify-tolerance", type=int, default=None, metavar="LEVELS",
+                   help=f"largest max pixel difference (uint8 levels) --verify accepts (default "
+                        f"{PIXEL_TOLERANCE}: float32 rounding; a bfloat16 / float16 export needs its own)")
     p.add_argument("--verify-steps", type=int, default=None, help="sampling steps for --verify (default: config)")
     p.add_argument("--verify-guidance", type=float, default=None, help="guidance scale for --verify (default: config)")
     p.add_argument("--verify-seed", type=int, default=0)
@@ -109,18 +124,30 @@ def main(argv=None) -> int:
         size = sum(os.path.getsize(f) for f in files) / 2**20
         print(f"  {component:13s} {size:10.1f} MiB  " + ", ".join(os.path.relpath(f, args.out) for f in files))
     if args.verify:
-        from seedream_jax.interop.verify import compare_with_torch
+        from seedream_jax.interop.verify import compare_with_torch, tolerance_failure
         from seedream_jax.stages.sample import load_pipeline
 
         pipe, params = load_pipeline(cfg, os.path.abspath(args.workdir), args.stage, args.weights == "ema")
         s = cfg.sample
-        report = compare_with_torch(args.out, pipe, params, args.verify, height=int(s.height), width=int(s.width),
-                                    num_steps=args.verify_steps or int(s.num_steps),
-                                    guidance_scale=float(s.guidance_scale if args.verify_guidance is None
-                                                         else args.verify_guidance),
-                                    seed=args.verify_seed)
+        tolerance = PIXEL_TOLERANCE if args.verify_tolerance is None else args.verify_tolerance
+        try:
+            report = compare_with_torch(args.out, pipe, params, args.verify, height=int(s.height),
+                                        width=int(s.width), num_steps=args.verify_steps or int(s.num_steps),
+                                        guidance_scale=float(s.guidance_scale if args.verify_guidance is None
+                                                             else args.verify_guidance),
+                                        seed=args.verify_seed)
+        except (ValueError, OSError, AssertionError) as e:  # StrictLoadError is a ValueError
+            print(f"error: --verify: the export does not load or run in PyTorch: {e}", file=sys.stderr)
+            return 1
         print("verify (JAX TextToImage vs PyTorch from the export, same noise): " + json.dumps(
             {k: v for k, v in report.items() if not k.endswith("images")}))
+        failure = tolerance_failure(report, tolerance)
+        if failure:
+            hint = (f" ({args.dtype} weights are rounded: pass --verify-tolerance for this dtype)"
+                    if args.dtype != "float32" and args.verify_tolerance is None else "")
+            print(f"error: --verify failed: {failure}{hint}", file=sys.stderr)
+            return 1
+        print(f"verify passed: max pixel difference {report['max_pixel_diff']} <= tolerance {tolerance}")
     return 0
 
 

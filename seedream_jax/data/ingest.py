@@ -1,4 +1,6 @@
-"""Ingestion: turn a folder, a JSONL/Parquet manifest or WebDataset tars into a record dataset.
+"""Ingestion: turn an image-text corpus in any of the forms of ``data/ingest_sources.py`` (a folder
+with sidecars, a Hugging Face imagefolder or Parquet shards, a JSONL/CSV manifest, WebDataset or
+img2dataset output, COCO captions) into a record dataset.
 
 ``ingest(kind, paths, out_dir, config)`` enumerates the input (``data/ingest_sources.py``),
 checks every item in a worker pool (``check_item``), writes the good ones as records
@@ -8,14 +10,17 @@ order, and returns a report. Bad items are skipped and counted by reason, never 
 =====================  =============================================================
 reason                 meaning
 =====================  =============================================================
-missing_file           the image path does not exist / a sidecar or sample has no image
+missing_file           the image path does not exist / a sidecar or sample has no image /
+                       a row's image column is empty
+remote_url             a row (or sample) has only a ``url``, no local image (nothing is downloaded)
 read_error             the file exists but cannot be read (permissions, I/O error)
 empty_file             zero-byte image
-bad_utf8               a caption sidecar or manifest line is not valid UTF-8
+bad_utf8               a caption sidecar, manifest line or row field is not valid UTF-8
 bad_sidecar            a caption JSON / manifest field is malformed
-bad_manifest_row       a manifest line is not a JSON object or names no image
+bad_manifest_row       a manifest line is not a JSON object, or a row has no image column
+                       (an unknown column layout: the detail names its columns)
 corrupt_tar            a WebDataset tar is truncated or corrupt (its earlier samples are kept)
-missing_caption        no caption at all
+missing_caption        no caption at all (an imagefolder image that no metadata row names)
 empty_caption          a caption that is empty or only whitespace
 unsupported_format     not JPEG, PNG or WebP (by magic bytes)
 undecodable            the image does not decode fully (truncated, corrupt)
@@ -48,7 +53,7 @@ from tqdm import tqdm
 from seedream_jax.data import arrayrecord_io, ingest_sources, pool, records
 
 REPORT = "ingest_report.json"
-REASONS = ("missing_file", "read_error", "empty_file", "bad_utf8", "bad_sidecar", "bad_manifest_row",
+REASONS = ("missing_file", "remote_url", "read_error", "empty_file", "bad_utf8", "bad_sidecar", "bad_manifest_row",
            "corrupt_tar", "missing_caption", "empty_caption", "unsupported_format", "undecodable",
            "decoder_crash", "too_large", "too_small", "bad_aspect", "invalid_record", "internal_error")
 _EXAMPLES_PER_REASON = 5
@@ -61,7 +66,9 @@ class IngestConfig:
     min_side: shorter image side below this (pixels) is ``too_small``. max_aspect: longer/shorter
     side above this is ``bad_aspect``. max_pixels: width*height above this is ``too_large``
     (checked from the header, before decoding). lang / txt_caption_type: how untyped captions are
-    filed (``ingest_sources.CaptionConfig``). source: default ``Record.source``.
+    filed (``ingest_sources.CaptionConfig``). caption_column / image_column: the row fields
+    holding the untyped caption and the image (None: ``ingest_sources.CAPTION_COLUMNS`` /
+    ``IMAGE_COLUMNS``, the first a row has). source: default ``Record.source``.
     records_per_shard: records per ArrayRecord shard. workers: decode workers (0 = CPU count,
     1 = inline). pool: ``"thread"`` (default: PIL decodes with the GIL released; no start-up cost) or
     ``"process"`` (isolates decoder crashes; pays a spawn start-up and a copy of every image).
@@ -71,6 +78,8 @@ class IngestConfig:
     max_pixels: int = 8192 * 8192
     lang: str = "auto"
     txt_caption_type: str = "short"
+    caption_column: Optional[str] = None
+    image_column: Optional[str] = None
     source: str = ""
     records_per_shard: int = 1000
     workers: int = 0
@@ -81,6 +90,9 @@ class IngestConfig:
         d = dataclasses.asdict(self)
         for k in ("workers", "pool"):
             d.pop(k)
+        for k in ("caption_column", "image_column"):  # unset: as before these existed (resumable)
+            if d[k] is None:
+                d.pop(k)
         return d
 
 
@@ -147,7 +159,7 @@ def check_item(item: ingest_sources.RawItem, cfg: IngestConfig) -> Outcome:
             raise ingest_sources.ItemError(*item.error)
         if item.image_path is not None and item.image_bytes is None and not os.path.exists(item.image_path):
             raise ingest_sources.ItemError("missing_file", f"{item.image_path}: no such file")
-        caption_cfg = ingest_sources.CaptionConfig(cfg.lang, cfg.txt_caption_type)
+        caption_cfg = ingest_sources.CaptionConfig(cfg.lang, cfg.txt_caption_type, cfg.caption_column)
         fields = ingest_sources.read_sidecars(item, caption_cfg)
         data = _read_image(item)
         if not data:
@@ -197,7 +209,9 @@ def format_report(report: dict) -> str:
 
 def ingest(kind: str, paths: Union[str, Sequence[str]], out_dir: str, cfg: IngestConfig = IngestConfig(),
            image_root: Optional[str] = None, progress: bool = True, log=print) -> dict:
-    """Ingests ``paths`` of input ``kind`` (folder | jsonl | parquet | webdataset) into ``out_dir``.
+    """Ingests ``paths`` of input ``kind`` (``ingest_sources.FORMS``) into ``out_dir``.
+
+    ``paths``: what ``ingest_sources.resolve_inputs`` returns (files; folders for folder and imagefolder).
 
     Returns the report: ``items`` (input items seen), ``written``, ``skipped`` ({reason: count}),
     ``skipped_total``, ``examples`` ({reason: [[key, detail], ...]} up to 5), ``seconds``,
@@ -205,6 +219,7 @@ def ingest(kind: str, paths: Union[str, Sequence[str]], out_dir: str, cfg: Inges
     report returned; a partial one is resumed.
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
+    ingest_sources.check_options(kind, cfg.image_column, cfg.caption_column, image_root)
     settings = {"kind": kind, "paths": [os.path.abspath(p) for p in paths],
                 "image_root": image_root, **cfg.output_settings()}
     writer = arrayrecord_io.ShardedWriter(out_dir, cfg.records_per_shard, config=settings)
@@ -217,7 +232,8 @@ def ingest(kind: str, paths: Union[str, Sequence[str]], out_dir: str, cfg: Inges
     if writer.records_done:
         log(f"[ingest] resuming {out_dir}: {len(writer.shards)} finished shards, {writer.records_done} records, "
             f"{state['items']} input items done")
-    items = ingest_sources.iter_source(kind, paths, image_root)
+    items = ingest_sources.iter_source(kind, paths, image_root, image_column=cfg.image_column,
+                                       caption_column=cfg.caption_column)
     for _ in range(state["items"]):  # items consumed by the finished shards (cheap: no decoding)
         next(items, None)
     workers = cfg.workers or os.cpu_count() or 1
@@ -261,3 +277,19 @@ def ingest(kind: str, paths: Union[str, Sequence[str]], out_dir: str, cfg: Inges
         f"({report['items_per_s']:.1f} items/s)")
     log(format_report(report))
     return report
+
+
+def skip_verdict(items: int, written: int, skipped: dict, max_skip_fraction: float, what: str = "input items",
+                 top: int = 3) -> Optional[str]:
+    """Why a run that saw ``items`` and wrote ``written`` should fail, or None: nothing written, or the
+    skipped share (``sum(skipped.values()) / items``) above ``max_skip_fraction``. The message names the
+    ``top`` most frequent reasons of ``skipped`` ({reason: count}) with their counts."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{r} {c}" for r, c in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+    because = f"; top reasons: {reasons}" if reasons else ""
+    if written == 0:
+        return f"nothing was written ({items} {what}, {total} skipped{because})"
+    if items and total / items > max_skip_fraction:
+        return (f"{total} of {items} {what} were skipped ({total / items:.0%}), more than --max_skip_fraction "
+                f"{max_skip_fraction:g}{because}")
+    return None

@@ -374,6 +374,9 @@ images = pipe(["a large red circle", '黑色的文字“你好”'], height={d['
 
 `seedream_torch.py` needs numpy, torch, safetensors, transformers, diffusers (and sentencepiece
 for a SentencePiece tokenizer); it does not need JAX. It is the reference for the steps below.
+It loads every component strictly: files that miss a tensor, add one or change a shape are
+refused with a `StrictLoadError` naming the tensors (a plain `from_pretrained` would only warn
+and random-initialise them).
 """ if complete else "This is a partial export (not every component): there is no `seedream_torch.py`.\n"
     return f"""# Seedream-JAX export
 

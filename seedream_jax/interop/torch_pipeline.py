@@ -9,7 +9,9 @@ export (``seedream_jax.interop.pipeline.export_pipeline``) writes a copy of it a
     pipe = SeedreamPipeline.from_pretrained("exported_folder")
     images = pipe(["a red circle", '招牌上写着“你好”'], height=512, width=512)  # uint8 [B, H, W, 3]
 
-Components (each loaded with ``from_pretrained(..., use_safetensors=True)``: no pickle is read):
+Components (each loaded with ``from_pretrained(..., use_safetensors=True)``: no pickle is read;
+strictly: a folder whose files miss a key, add one or change a shape is refused with a
+``StrictLoadError`` naming the keys, never loaded with random-initialised or dropped weights):
 
     text_encoder/  transformers Qwen2Model (or Qwen2ForCausalLM, whose ``.model`` is used)
     byt5/          transformers T5EncoderModel
@@ -171,6 +173,37 @@ def unpack_latents(x: torch.Tensor, h: int, w: int, p: int = 2) -> torch.Tensor:
     return x.reshape(b, h // p, w // p, c, p, p).permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
 
 
+# ----------------------------------------------------------------------------- strict loading
+
+class StrictLoadError(ValueError):
+    """A component's weight files do not match its model: missing, unexpected or mis-shaped keys."""
+
+
+def check_keys(component: str, folder: str, model_name: str, missing=(), unexpected=(), mismatched=()) -> None:
+    """Raises ``StrictLoadError`` naming every missing / unexpected key and every mis-shaped one
+    (``mismatched``: (key, shape in the files, shape in the model)); returns if all three are empty."""
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {sorted(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {sorted(unexpected)}")
+    if mismatched:
+        parts.append(f"mis-shaped keys ({len(mismatched)}): " + ", ".join(
+            f"{k}: files {tuple(a)} vs model {tuple(b)}" for k, a, b in sorted(mismatched, key=lambda m: m[0])))
+    if parts:
+        raise StrictLoadError(f"{component} ({folder}) does not match {model_name}: {'; '.join(parts)}. Refusing "
+                              f"to load it (those weights would be random-initialised or dropped)")
+
+
+def load_strict(cls, folder: str, component: str, **kwargs):
+    """``cls.from_pretrained(folder, **kwargs)`` (a transformers / diffusers model class) that raises
+    ``StrictLoadError`` unless the files hold exactly the model's keys with the model's shapes."""
+    model, info = cls.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    check_keys(component, folder, cls.__name__, info.get("missing_keys") or (), info.get("unexpected_keys") or (),
+               [tuple(m) for m in info.get("mismatched_keys") or ()])
+    return model
+
+
 # ----------------------------------------------------------------------------- conditioner layers
 
 class RMSNorm(nn.Module):
@@ -251,11 +284,18 @@ class ConditionerLayers(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str) -> "ConditionerLayers":
-        """Strict load of ``folder/conditioner.safetensors`` (missing / unexpected keys raise)."""
+        """Strict load of ``folder/conditioner.safetensors``: missing, unexpected or mis-shaped keys
+        raise ``StrictLoadError`` naming them."""
         from safetensors.torch import load_file
         with open(os.path.join(folder, "config.json")) as f:
             model = cls(json.load(f))
-        model.load_state_dict(load_file(os.path.join(folder, "conditioner.safetensors")), strict=True)
+        tensors = load_file(os.path.join(folder, "conditioner.safetensors"))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        check_keys("conditioner", folder, cls.__name__, expected.keys() - tensors.keys(),
+                   tensors.keys() - expected.keys(),
+                   [(k, tuple(tensors[k].shape), expected[k]) for k in expected.keys() & tensors.keys()
+                    if tuple(tensors[k].shape) != expected[k]])
+        model.load_state_dict(tensors, strict=True)
         return model.eval()
 
     def forward(self, llm_hidden, llm_mask, glyph_hidden=None, glyph_mask=None):
@@ -314,13 +354,15 @@ class SeedreamPipeline:
         dtype_kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
         with open(os.path.join(sub("text_encoder"), "config.json")) as f:
             causal = "Qwen2ForCausalLM" in json.load(f).get("architectures", [])
-        llm = (Qwen2ForCausalLM if causal else Qwen2Model).from_pretrained(sub("text_encoder"), **dtype_kw, **kw)
+        llm = load_strict(Qwen2ForCausalLM if causal else Qwen2Model, sub("text_encoder"), "text_encoder",
+                          **dtype_kw, **kw)
         llm = llm.model if causal else llm
         cond = ConditionerLayers.from_pretrained(sub("conditioner")).to(torch_dtype)
-        byt5 = (T5EncoderModel.from_pretrained(sub("byt5"), **dtype_kw, **kw)
+        byt5 = (load_strict(T5EncoderModel, sub("byt5"), "byt5", **dtype_kw, **kw)
                 if cond.config["byt5_d_model"] is not None else None)
-        transformer = FluxTransformer2DModel.from_pretrained(sub("transformer"), torch_dtype=torch_dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=torch_dtype, **kw)
+        transformer = load_strict(FluxTransformer2DModel, sub("transformer"), "transformer", torch_dtype=torch_dtype,
+                                  **kw)
+        vae = load_strict(AutoencoderKL, sub("vae"), "vae", torch_dtype=torch_dtype, **kw)
         for m in (llm, byt5, cond, transformer, vae):
             if m is not None:
                 m.to(device).eval()

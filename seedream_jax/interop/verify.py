@@ -4,12 +4,29 @@ JAX side: ``sampling.generate.TextToImage`` (the compiled sampler). PyTorch side
 ``interop.torch_pipeline.SeedreamPipeline`` over the exported folder (transformers / diffusers
 modules plus the conditioner layers in torch, a plain Euler loop), fed the JAX sampler's initial
 noise. The package's own ``torch_pipeline`` module is used, never the folder's copy, so verifying
-a folder runs no code from it.
+a folder runs no code from it; it loads every component strictly (a missing, unexpected or
+mis-shaped tensor raises ``torch_pipeline.StrictLoadError`` naming it).
+
+Tolerance: a float32 export samples the same images as JAX up to float32 rounding, at most
+``PIXEL_TOLERANCE`` (1) uint8 level apart; ``tolerance_failure`` says by how much a report exceeds
+a tolerance. A bfloat16 / float16 export rounds the weights, so its samples differ more: pass it a
+tolerance of its own.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
+
+PIXEL_TOLERANCE = 1  # uint8 levels: float32 rounding between XLA and PyTorch
+
+
+def tolerance_failure(report: dict, tolerance: int = PIXEL_TOLERANCE) -> Optional[str]:
+    """None if ``report['max_pixel_diff'] <= tolerance``, else a sentence saying by how much it is exceeded."""
+    diff = int(report["max_pixel_diff"])
+    if diff <= tolerance:
+        return None
+    return (f"max pixel difference {diff} (uint8 levels, mean {report['mean_pixel_diff']:.3g}) exceeds the "
+            f"tolerance {tolerance} by {diff - tolerance}")
 
 
 def compare_with_torch(export_dir: str, pipe, params, prompts: Sequence[str], *, height: int, width: int,
@@ -25,11 +42,11 @@ def compare_with_torch(export_dir: str, pipe, params, prompts: Sequence[str], *,
     from seedream_jax.sampling import sampler as sampler_lib
 
     prompts = list(prompts)
+    torch_pipe = SeedreamPipeline.from_pretrained(export_dir, torch_dtype=torch.float32)  # strict: fails first
     jax_images = pipe(params, prompts, height=height, width=width, num_steps=num_steps,
                       guidance_scale=guidance_scale, seed=seed)
     noise = np.asarray(sampler_lib.initial_noise(jax.random.PRNGKey(seed), len(prompts),
                                                  pipe.latent_shape(height, width)))
-    torch_pipe = SeedreamPipeline.from_pretrained(export_dir, torch_dtype=torch.float32)
     torch_images = torch_pipe(prompts, height=height, width=width, num_steps=num_steps,
                               guidance_scale=guidance_scale, noise=noise)
     # The conditioner alone (text inputs built independently on each side).

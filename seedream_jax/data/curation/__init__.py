@@ -15,11 +15,11 @@ from seedream_jax.data.curation.embedding import EmbeddingDedup
 from seedream_jax.data.curation.geometry import AspectFilter, ResolutionFilter
 from seedream_jax.data.curation.ocr_caption import OcrCaptioner, text_caption
 from seedream_jax.data.curation.perceptual import HammingIndex, PerceptualDedup, dhash, hamming, phash
-from seedream_jax.data.curation.pipeline import Pipeline, curate_dataset
+from seedream_jax.data.curation.pipeline import Pipeline, curate_dataset, skipped
 
 __all__ = [
     "AspectFilter", "ClusterDownsample", "Drop", "EmbeddingDedup", "Filter", "FilterStats", "HammingIndex",
     "OcrCaptioner", "PerceptualDedup", "Pipeline", "ResolutionFilter", "allocate", "cluster_select",
     "curate_dataset", "dhash", "hamming", "kmeans", "phash", "pixels", "release", "resized_batch",
-    "simple_features", "text_caption",
+    "simple_features", "skipped", "text_caption",
 ]

@@ -29,7 +29,8 @@ class Drop:
 
 @dataclasses.dataclass
 class FilterStats:
-    """Counts of one filter: seen, kept, annotated (records it changed), dropped {reason: count}."""
+    """Counts of one filter: seen, kept, annotated (records it changed), dropped {reason: count};
+    ``selection``: its drops are a requested selection (down-sampling), not records found bad."""
     name: str
     seen: int = 0
     kept: int = 0
@@ -37,6 +38,7 @@ class FilterStats:
     dropped: Dict[str, int] = dataclasses.field(default_factory=dict)
     examples: Dict[str, List[List[str]]] = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
+    selection: bool = False
 
     def drop(self, key: str, verdict: Drop) -> None:
         self.dropped[verdict.reason] = self.dropped.get(verdict.reason, 0) + 1
@@ -53,11 +55,15 @@ class FilterStats:
 
 
 class Filter:
-    """Base class: subclasses set ``name`` and implement ``check`` (or override ``__call__``)."""
+    """Base class: subclasses set ``name`` and implement ``check`` (or override ``__call__``).
+
+    ``selection = True`` marks a filter whose drops are what the user asked for (down-sampling to a
+    target): they do not count as skipped records in ``curation.skipped(report)``."""
     name = "filter"
+    selection = False
 
     def __init__(self):
-        self.stats = FilterStats(self.name)
+        self.stats = FilterStats(self.name, selection=self.selection)
 
     def check(self, record: records_lib.Record) -> Union[records_lib.Record, Drop]:
         raise TypeError(f"filter {type(self).__name__} must implement check() or override __call__()")

@@ -100,6 +100,7 @@ class ClusterDownsample(Filter):
     to use an image embedding model, pass ``lambda recs: embed(resized_batch(recs, 224))``.
     """
     name = "cluster_downsample"
+    selection = True  # its drops are the requested down-sampling
 
     def __init__(self, target: Optional[int] = None, fraction: Optional[float] = None, k: int = 16,
                  cap: Optional[int] = None, feature_fn: Optional[Callable] = None, seed: int = 0,

@@ -61,6 +61,17 @@ class Pipeline:
         return "\n".join(lines)
 
 
+def skipped(report: dict) -> dict:
+    """``{"<filter>/<reason>": count}`` of a pipeline report's drops by filters that reject records
+    (every filter but selections such as ``ClusterDownsample``, whose drops were asked for)."""
+    out = {}
+    for f in report["filters"]:
+        if not f.get("selection", f["name"] == "cluster_downsample"):  # reports written before the flag
+            for reason, count in f["dropped"].items():
+                out[f"{f['name']}/{reason}"] = count
+    return out
+
+
 def curate_dataset(in_paths: Union[str, Sequence[str]], out_dir: str, pipeline: Pipeline,
                    records_per_shard: int = 1000, config: dict = None, progress: bool = True, log=print) -> dict:
     """Writes the records of ``in_paths`` that ``pipeline`` keeps to ``out_dir``; returns the report.
