@@ -15,8 +15,11 @@ that no DiT decoded by that VAE can pass.
 
 Printed (and written to ``<workdir>/learning.md`` and ``learning.json``): one row per variant
 (accuracy per object category over both languages and splits, the means per language and per
-split, text exact match, and wall seconds of the shared stages, the DiT and the eval), then per
-variant the category x language x split table. A variant whose ``result.json`` exists is not
+split, text exact match, the *text gain* at t = 0.8 and 0.95 (``eval/text_use.py``: flow-matching
+error with captions of other scenes minus with the right ones, on the suite's ground truth; it
+shows whether the DiT uses its prompt before the eval can see it in finished images), and wall
+seconds of the shared stages, the DiT and the eval), then per variant the category x language x
+split table. A variant whose ``result.json`` exists is not
 rerun (``--force`` reruns it), so a table can grow over several invocations.
 """
 import argparse
@@ -105,6 +108,16 @@ def _compact(report):
     return out
 
 
+def text_gain(cfg, vdir, checkpoint="pretrain"):
+    """``eval/text_use.text_use`` of a variant's checkpoint (EMA weights) on the whole suite."""
+    from seedream_jax.eval.suite import build_suite
+    from seedream_jax.eval.text_use import suite_batch, text_use
+    from seedream_jax.stages.sample import load_pipeline
+    pipe, params = load_pipeline(cfg, vdir, checkpoint, use_ema=True)
+    images, captions = suite_batch(build_suite(), int(cfg.model.resolution))
+    return text_use(pipe, params, images, captions)
+
+
 def run_variant(base_cfg, root, name, overrides, run_stages, force=False):
     """Train and evaluate one variant; returns its result dict (also saved as result.json)."""
     cfg = apply_overrides(base_cfg.copy_and_resolve_references(), overrides)
@@ -125,10 +138,12 @@ def run_variant(base_cfg, root, name, overrides, run_stages, force=False):
     summaries = run_stages(c, vdir)
     train_seconds = round(time.time() - t0, 1)
     report, eval_seconds = _eval(cfg, vdir, "pretrain", run_stages)
+    gain = text_gain(cfg, vdir)
     result = {"name": name, "overrides": overrides, "shared": shared,
               "shared_seconds": shared_seconds, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
               "pretrain": {k: v for k, v in summaries.get("pretrain", {}).items() if k != "final_metrics"},
-              "eval_dir": _summary(vdir)["eval"]["eval_dir"], "ceiling": ceiling, **_compact(report)}
+              "eval_dir": _summary(vdir)["eval"]["eval_dir"], "ceiling": ceiling, "text_use": gain,
+              **_compact(report)}
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -142,12 +157,14 @@ def summary_table(rows):
     """Markdown: one row per result (a variant or a VAE ceiling)."""
     cats = [c for c in OBJECT_CATEGORIES if any(c in r["accuracy"] for r in rows)]
     head = (["variant"] + cats + [f"{lang}" for lang in LANGUAGES] + ["seen", "held-out", "text exact",
+                                                                      "text gain t=.8", "t=.95",
                                                                       "shared s", "DiT s", "eval s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = [_fmt(r["accuracy"].get(c, {}).get(_ALL, {}).get(_ALL)) for c in cats]
         vals += [_fmt(r["by_language"][lang]) for lang in LANGUAGES]
         vals += [_fmt(r["by_split"][s]) for s in SPLITS] + [_fmt(r["text_exact"])]
+        vals += [f"{r['text_use'][t]['text_gain']:.4f}" if "text_use" in r else "–" for t in ("0.80", "0.95")]
         vals += [str(round(sum(r.get("shared_seconds", {}).values()))) if r.get("shared_seconds") else "–",
                  str(round(r["train_seconds"])) if "train_seconds" in r else "–",
                  str(round(r["eval_seconds"])) if "eval_seconds" in r else "–"]

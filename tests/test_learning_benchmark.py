@@ -46,11 +46,12 @@ def _fake_result(name, value):
 
 
 def test_tables_have_one_row_per_result_and_every_column():
-    table = learning.summary_table([_fake_result("a", 0.5), _fake_result("b", 1.0)])
+    b_result = dict(_fake_result("b", 1.0), text_use={"0.80": {"text_gain": 0.0123}, "0.95": {"text_gain": -0.002}})
+    table = learning.summary_table([_fake_result("a", 0.5), b_result])
     header, rule, a, b = table.splitlines()
     assert header.split(" | ")[1:8] == ["colour", "shape", "count", "position", "relation", "binding", "groups"]
-    assert a == "| a | " + " | ".join(["0.50"] * 11) + " | – | 3 | 30 | 5 |"
-    assert b.startswith("| b | 1.00 |") and all(line.count("|") == header.count("|") for line in (rule, a, b))
+    assert a == "| a | " + " | ".join(["0.50"] * 11) + " | – | – | – | 3 | 30 | 5 |"
+    assert b.startswith("| b | 1.00 |") and "| 0.0123 | -0.0020 |" in b and all(line.count("|") == header.count("|") for line in (rule, a, b))
     detail = learning.detail_table(_fake_result("a", 0.25)).splitlines()
     assert detail[2] == "| category | en seen | zh seen | en heldout | zh heldout | all |"
     assert detail[4] == "| colour | 0.25 | 0.25 | 0.25 | 0.25 | 0.25 |" and len(detail) == 4 + 7
@@ -66,6 +67,8 @@ def test_a_tiny_run_prints_a_well_formed_table(tmp_path, capsys):
     r, = results
     assert r["name"] == "zeros" and r["overrides"] == ["model.mmdit.text_ids=zeros"]
     assert r["pretrain"]["steps"] == 3 and r["train_seconds"] > 0 and r["eval_seconds"] > 0
+    assert set(r["text_use"]) == {"0.40", "0.80", "0.95"}
+    assert all(set(v) == {"matched", "shuffled", "empty", "text_gain", "empty_gain"} for v in r["text_use"].values())
     categories = ["colour", "shape", "count", "position", "relation", "binding", "groups"]
     for row in (r, r["ceiling"]):  # the variant and its VAE's round-trip ceiling
         assert list(row["accuracy"]) == categories
