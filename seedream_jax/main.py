@@ -62,7 +62,11 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
     distributed.initialize(FLAGS.config)  # before anything touches a device
-    summaries = run_stages(FLAGS.config, os.path.abspath(FLAGS.workdir))
+    from seedream_jax.checkpoint.manager import CheckpointReadError
+    try:
+        summaries = run_stages(FLAGS.config, os.path.abspath(FLAGS.workdir))
+    except CheckpointReadError as e:  # the message names the step(s) and files; TensorStore's traceback would not help
+        raise SystemExit(f"error: {e}") from None
     if not distributed.is_primary():
         return
     print("\nOutputs:")

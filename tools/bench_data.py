@@ -13,7 +13,11 @@ then the whole ``RecordPipeline`` (all of the above through Grain) with 0 worker
 ``--workers`` threads. Rates are records (images) per second in this one process. The last
 lines print what training consumes per process: the tiny config measured on this CPU, the small
 config from a stated assumption (no GPU measurement exists yet; see benchmarks/RESULTS.md).
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import os
 import tempfile

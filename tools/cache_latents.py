@@ -17,13 +17,18 @@ per step). By default it is written next to the dataset (``<dataset>-latents``),
 pretrain stage finds it when ``data.format = "arrayrecord"``; the bucket flags must equal the
 training config's ``data.image_size``/``bucket_multiple``/``bucket_max_ratio``, and the VAE
 must be the one pretraining loads (checked by step and parameter CRC32). Interrupted runs resume.
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import json
 import runpy
 import time
 
 from seedream_jax.checkpoint.init_from import load_component
+from seedream_jax.checkpoint.manager import CheckpointReadError
 from seedream_jax.data import arrayrecord_io, latent_cache, text_cache
 from seedream_jax.stages import record_data, vae as vae_stage
 
@@ -70,4 +75,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointReadError as e:  # a damaged --vae / conditioner checkpoint: the step, the file, why
+        raise SystemExit(f"error: {e}") from None

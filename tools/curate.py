@@ -16,7 +16,11 @@ Exit status: 0 when records were written and the filters dropped at most --max_s
 the input records (the down-sampler's drops are requested, not skips, and do not count); 1 when
 nothing was written or more were dropped (after writing the report and printing the top
 reasons); 2 when the command line or the input / output directories are unusable.
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import importlib
 import sys

@@ -32,7 +32,11 @@ and PyTorch; a bfloat16 / float16 export rounds the weights and needs a toleranc
 Exit status: 0 on success; 1 when the checkpoint cannot be exported, or --verify fails (the export
 does not load, or the max pixel difference exceeds the tolerance: the message says by how much);
 2 when --out is not empty (without --overwrite).
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import json
 import logging
@@ -41,12 +45,9 @@ import resource
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from seedream_jax import config_lib  # noqa: E402
-from seedream_jax.interop import pipeline  # noqa: E402
-from seedream_jax.interop.verify import PIXEL_TOLERANCE  # noqa: E402
+from seedream_jax import config_lib
+from seedream_jax.interop import pipeline
+from seedream_jax.interop.verify import PIXEL_TOLERANCE
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -127,7 +128,11 @@ def main(argv=None) -> int:
         from seedream_jax.interop.verify import compare_with_torch, tolerance_failure
         from seedream_jax.stages.sample import load_pipeline
 
-        pipe, params = load_pipeline(cfg, os.path.abspath(args.workdir), args.stage, args.weights == "ema")
+        try:
+            pipe, params = load_pipeline(cfg, os.path.abspath(args.workdir), args.stage, args.weights == "ema")
+        except ValueError as e:  # CheckpointReadError: a damaged checkpoint, named with its file
+            print(f"error: --verify: {e}", file=sys.stderr)
+            return 1
         s = cfg.sample
         tolerance = PIXEL_TOLERANCE if args.verify_tolerance is None else args.verify_tolerance
         try:

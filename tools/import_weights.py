@@ -25,20 +25,21 @@ a mismatch is reported here rather than when the stage starts.
 Examples:
     python tools/import_weights.py --text-encoder ~/models/Qwen2.5-0.5B --out imports/qwen --size small
     python tools/import_weights.py --pipeline exports/tiny --out imports/tiny --config configs/tiny.py
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from seedream_jax import config_lib  # noqa: E402
-from seedream_jax.checkpoint.stage_dir import StageDescription, write_stage_meta  # noqa: E402
-from seedream_jax.interop import convert, orbax_io, pipeline  # noqa: E402
-from seedream_jax.models.conditioner import Conditioner  # noqa: E402
-from seedream_jax.models.mmdit import MMDiT  # noqa: E402
-from seedream_jax.models.vae import AutoencoderKL  # noqa: E402
+from seedream_jax import config_lib
+from seedream_jax.checkpoint.stage_dir import StageDescription, write_stage_meta
+from seedream_jax.interop import convert, orbax_io, pipeline
+from seedream_jax.models.conditioner import Conditioner
+from seedream_jax.models.mmdit import MMDiT
+from seedream_jax.models.vae import AutoencoderKL
 
 # imported config name -> (component in stage.json, its module)
 _STAGE_COMPONENTS = {"conditioner": ("conditioner", Conditioner), "transformer": ("mmdit", MMDiT),

@@ -37,7 +37,11 @@ Exit status: 0 when records were written and at most --max_skip_fraction of the 
 were skipped; 1 when nothing was written or more were skipped (after writing the report and
 printing the top reasons); 2 when the command line, the input form or the output directory is
 unusable.
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import glob
 import sys

@@ -10,7 +10,11 @@ what the tiny default trains on). ``--format arrayrecord`` writes the extended w
 short/long/text/style, styles, extra fonts, several sizes, the scene spec in each record);
 an interrupted write resumes when rerun. Every field of ``SyntheticWorldConfig`` is a flag.
 Nothing is rewritten when the folder already holds the same world.
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import dataclasses
 import json

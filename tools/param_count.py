@@ -2,7 +2,11 @@
 
     python tools/param_count.py            # tiny, small, full
     python tools/param_count.py --sizes full
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 
 from seedream_jax import config_lib

@@ -9,7 +9,11 @@ Nothing is allocated: a 10B-parameter config plans on a laptop (compiling it tak
     python tools/plan.py --resolution 512 --batch 256 --mesh data=1,fsdp=64,tensor=1
     python tools/plan.py --size tiny --devices 8 --resolution 64 --batch 8
     python tools/plan.py --dtype bfloat16 --remat dots --frozen vae conditioner/text_encoder/llm
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 import os
 import sys

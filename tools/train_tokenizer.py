@@ -4,7 +4,11 @@
 
 Writes ``<out>.model`` and ``<out>.vocab`` and prints the token counts of the captions (to
 choose the conditioner's ``llm_max_length``).
+
+Imports ``seedream_jax`` from the checkout this file is in, whatever copy is installed or on
+PYTHONPATH (``tools/_bootstrap.py``), so it can be run from any directory.
 """
+import _bootstrap  # noqa: F401  (first: this checkout's seedream_jax)
 import argparse
 
 import numpy as np

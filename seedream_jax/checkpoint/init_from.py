@@ -9,7 +9,8 @@ A stage config names ``init_from = {target_path: source}``; paths are '/'-joined
   ``'/runs/x/pretrain:mmdit'``   an absolute stage directory, with or without ``:component``.
 
 ``parse_source`` turns a value into ``(stage_dir, source_path)``. The component is read from the
-source's latest checkpoint: its EMA parameters (the raw ones when it keeps no EMA) merged with its
+source's latest checkpoint (one that does not read fails with ``CheckpointReadError`` naming the
+entry, the step and the file): its EMA parameters (the raw ones when it keeps no EMA) merged with its
 frozen parameters; it must have exactly the target's tree structure and shapes. A target may span
 the trainable and the frozen trees. Two ways in:
 
@@ -17,6 +18,7 @@ the trainable and the frozen trees. Two ways in:
     (the loop's fresh start with ``Task.init_sources``; nothing passes through one host);
   ``apply_init_from``: the host form over NumPy trees (a ``Task.initialise`` hook).
 """
+import contextlib
 import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -25,7 +27,7 @@ import flax
 import jax
 import numpy as np
 
-from seedream_jax.checkpoint.manager import restore_raw_state, restore_subset
+from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_state, restore_subset
 from seedream_jax.models.partition import merge_params
 
 Source = Tuple[str, str]  # (stage directory, component path inside its checkpoint)
@@ -96,6 +98,15 @@ def _component(trees: Mapping[str, Any], path: str, where: str) -> Dict[Key, Tup
     return _flat(_subtree(_located(trees), path, where))
 
 
+@contextlib.contextmanager
+def _source_context(target: str, stage_dir: str, source_path: str):
+    """A source checkpoint that does not read fails naming the init_from entry it serves."""
+    try:
+        yield
+    except CheckpointReadError as e:
+        raise CheckpointReadError(f"init_from {target!r} <- {stage_dir}:{source_path}: {e}", e.failures) from None
+
+
 def _source_leaves(stage_dir: str, source_path: str, use_ema: bool):
     """({key under the component: (state key, its key, array metadata)}, step) of the latest checkpoint."""
     meta, step = restore_raw_state(stage_dir, metadata_only=True)
@@ -150,8 +161,10 @@ def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Sour
     out = {"params": {}, "frozen": {}}
     for target, (stage_dir, source_path) in sources.items():
         leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
-        restored, step = restore_component(stage_dir, source_path, _unflat({k: v for k, (_, _, v) in leaves.items()}),
-                                           use_ema=use_ema, target_path=target)
+        with _source_context(target, stage_dir, source_path):
+            restored, step = restore_component(stage_dir, source_path,
+                                               _unflat({k: v for k, (_, _, v) in leaves.items()}),
+                                               use_ema=use_ema, target_path=target)
         restored = _flat(restored)
         for k, (holder, key, _) in leaves.items():
             out[holder][key] = restored[k]
@@ -169,7 +182,8 @@ def apply_init_from(trainable, frozen, sources: Mapping[str, Union[str, Source]]
     flat = {"params": _flat(trainable) if trainable else {}, "frozen": _flat(frozen) if frozen else {}}
     for target, (stage_dir, source_path) in parse_sources(sources, workdir).items():
         leaves = _component({"params": trainable, "frozen": frozen}, target, "this stage")
-        loaded, step = load_component(stage_dir, source_path, use_ema=use_ema)
+        with _source_context(target, stage_dir, source_path):
+            loaded, step = load_component(stage_dir, source_path, use_ema=use_ema)
         loaded = _flat(loaded)
         _check_same_structure({k: np.shape(v) for k, v in loaded.items()},
                               {k: np.shape(v) for k, (_, _, v) in leaves.items()}, target, f"{stage_dir}:{source_path}")

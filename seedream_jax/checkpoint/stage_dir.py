@@ -168,7 +168,9 @@ def _check_sources(stage_dir: str, meta: dict):
 
 
 def open_stage(stage_dir: str, step: Optional[int] = None) -> Stage:
-    """Open a stage directory written by the stage runner; fails naming what is missing."""
+    """Open a stage directory written by the stage runner; fails naming what is missing. Its
+    checkpoint (``step``, default the latest) is checked without reading its arrays: a damaged
+    one raises ``CheckpointReadError`` naming the step and the file (``checkpoint/manager.py``)."""
     stage_dir = os.path.abspath(stage_dir)
     path = _meta_path(stage_dir)
     if not os.path.exists(path):

@@ -17,7 +17,9 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from seedream_jax.checkpoint.manager import reading
 from seedream_jax.interop import convert
 
 STATE_ITEM = "state"
@@ -57,9 +59,17 @@ class OrbaxSource(convert.ParamSource):
         if step not in steps:
             raise FileNotFoundError(f"{stage_dir}: no checkpoint at step {step} (have {steps})")
         self.step, self.stage_dir = step, os.path.abspath(stage_dir)
-        self.path = os.path.join(self.stage_dir, "checkpoints", str(step), STATE_ITEM)
+        self._checkpoints = os.path.join(self.stage_dir, "checkpoints")
+        self.path = os.path.join(self._checkpoints, str(step), STATE_ITEM)
         self._ckptr = ocp.PyTreeCheckpointer()
-        tree = self._ckptr.metadata(self.path).item_metadata.tree
+        # The item's own metadata: Checkpointer.metadata(<step>/state) would also look for the
+        # step's _CHECKPOINT_METADATA inside the item and warn that it does not exist.
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            with reading(self._checkpoints, step):  # a damaged step fails here, naming the file
+                tree = handler.metadata(epath.Path(self.path)).tree
+        finally:
+            handler.close()
         if "params" not in tree:
             raise ValueError(f"{self.path}: not a training state (top-level keys {sorted(tree)}; expected 'params')")
         self.used_ema = weights == "ema" and bool(convert.flatten(tree.get("ema_params") or {}))
@@ -87,8 +97,9 @@ class OrbaxSource(convert.ParamSource):
             raise KeyError(f"{self.describe} has no parameters {['/'.join(p) for p in unknown]}")
         item = flax.traverse_util.unflatten_dict({self._where[p]: self._shapes[p] for p in paths})
         restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        out = self._ckptr.restore(self.path, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+        with reading(self._checkpoints, self.step, verify=False):  # verified when opened
+            out = self._ckptr.restore(self.path, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
         flat = flax.traverse_util.flatten_dict(out)
         return {p: np.asarray(flat[self._where[p]]) for p in paths}
 

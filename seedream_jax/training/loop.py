@@ -7,8 +7,9 @@ evaluation and optionally a rollout); the loop owns everything else, top to bott
   2. mesh and shardings: parameter shapes from ``jax.eval_shape``, shardings from logical
      axis rules, state created by a jit with ``out_shardings``; the optimizer with its
      parameter groups and frozen paths (``training/optimizer.py``);
-  3. checkpoint: resume from the latest checkpoint (state + data position), else initialise
-     (components of other stages' checkpoints restored straight into their shardings:
+  3. checkpoint: resume from the newest checkpoint that reads (state + data position; a damaged
+     newer one is set aside, renamed ``<step>.damaged-<n>``: ``checkpoint/manager.py``), else
+     initialise (components of other stages' checkpoints restored straight into their shardings:
      ``Task.init_sources``; or a host hook, ``Task.initialise``);
   4. the update step: one jitted, donated function (state, batch) -> (state, metrics) that runs
      ``Task.rollout`` (if any) with the current parameters, without gradient, then
@@ -288,9 +289,15 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
     if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(abstract)
+        try:
+            state, data_state = ckpt.restore(abstract)  # the newest step that reads; damaged ones set aside
+        except BaseException:
+            ckpt.close()
+            raise
         task.data.set_state(data_state)
-        logging.info("[%s] resumed from %s at step %d", task.name, ckpt.directory, int(state.step))
+        aside = ", ".join(f"step {failure.step} as {os.path.basename(path)}" for failure, path in ckpt.set_aside)
+        logging.info("[%s] resumed from %s at step %d%s", task.name, ckpt.directory, int(state.step),
+                     f" (newer checkpoints that do not read were set aside: {aside})" if aside else "")
         if int(state.step) % inner:
             raise ValueError(f"[{task.name}] checkpoint step {int(state.step)} in {ckpt.directory} is not a "
                              f"multiple of inner_steps={inner}: it was written with another inner_steps")
