@@ -4,15 +4,28 @@ Every parameter carries logical axis names (see ``seedream_jax.parallel.axes``),
 sharding rules in the config decide placement. Parameters are float32 (``param_dtype``);
 ``dtype`` is the compute dtype. Normalisations always compute in float32.
 """
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seedream_jax.parallel import axes
+from seedream_jax.parallel import axes, sharding
 
 Dtype = Any
+
+
+@functools.lru_cache(maxsize=None)
+def _gathered_dot_general(kernel_axes: tuple):
+    """``lax.dot_general`` with the kernel (rhs) first constrained to
+    ``sharding.gathered_axes(kernel_axes)``: gathered over the FSDP axis before the matmul, which
+    also keeps a case XLA's partitioner gets wrong away from it (see ``gathered_axes``)."""
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        rhs = nn.with_logical_constraint(rhs, sharding.gathered_axes(kernel_axes))
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    return dot_general
 
 
 def dense(features: int, in_axis: Optional[str], out_axis: Optional[str], *, use_bias: bool = True,
@@ -20,12 +33,15 @@ def dense(features: int, in_axis: Optional[str], out_axis: Optional[str], *, use
           kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros) -> nn.Dense:
     """A Dense layer whose kernel is annotated ``(in_axis, out_axis)`` and bias ``(out_axis,)``.
 
-    The kernel is stored as [in, out] (the transpose of a PyTorch ``nn.Linear.weight``).
+    The kernel is stored as [in, out] (the transpose of a PyTorch ``nn.Linear.weight``), split by
+    the rules at rest and gathered over the FSDP axis, in the compute dtype, at use
+    (``sharding.gathered_axes``); outside ``nn.logical_axis_rules`` and a mesh that is a no-op.
     """
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, out_axis)),
         bias_init=nn.with_logical_partitioning(bias_init, (out_axis,)),
+        dot_general=_gathered_dot_general((in_axis, out_axis)),
     )
 
 
@@ -55,9 +71,9 @@ class Embed(nn.Module):
     """Token embedding: ids [...] int -> vectors [..., features] in ``dtype``; table [num, features]
     float32, annotated (vocab, embed).
 
-    Before the lookup the table's width is all-gathered (a logical constraint to (vocab, None)),
-    as FSDP does for every weight before use, so the gathered rows come out batch-sharded like
-    the ids; rows stay sharded by the vocab rule.
+    Before the lookup the table's width is all-gathered (``sharding.gathered_axes``: (vocab, None)
+    under the presets), as FSDP does for every weight before use, so the gathered rows come out
+    batch-sharded like the ids; rows stay sharded by the vocab rule.
     """
     num_embeddings: int
     features: int
@@ -68,7 +84,7 @@ class Embed(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.param("embedding", nn.with_logical_partitioning(self.embedding_init, (axes.VOCAB, axes.EMBED)),
                            (self.num_embeddings, self.features), jnp.float32)
-        table = nn.with_logical_constraint(table, (axes.VOCAB, None))
+        table = nn.with_logical_constraint(table, sharding.gathered_axes((axes.VOCAB, axes.EMBED)))
         return jnp.take(table, ids, axis=0).astype(self.dtype)
 
 

@@ -4,7 +4,7 @@ Models annotate parameters with logical names (``seedream_jax.parallel.axes``); 
 ``sharding.rules`` table maps each logical name to a mesh axis (or None = replicated). The
 presets below are the common strategies; a config may give its own table.
 """
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -45,6 +45,35 @@ def resolve_rules(rules) -> Rules:
         return PRESETS[rules]
     return tuple((str(k), None if v is None else (tuple(v) if isinstance(v, (list, tuple)) else str(v)))
                  for k, v in rules)
+
+
+def _mesh_axes(rules: Rules, logical: str) -> set:
+    """The mesh axes the first rule for ``logical`` names (empty when none or None)."""
+    for name, target in rules:
+        if name == logical:
+            return set() if target is None else ({target} if isinstance(target, str) else set(target))
+    return set()
+
+
+def gathered_axes(logical_axes: Sequence[Any], rules: Optional[Rules] = None) -> tuple:
+    """The layout of a parameter at its use: its logical axes, with None for each axis whose rule
+    splits it over a mesh axis the batch is also split over ('fsdp' in the presets: the ``embed``
+    width). A weight constrained to this before its matmul is all-gathered over the FSDP axis, as
+    ZeRO-3 does, and stays split over the others ('heads', 'mlp', 'vocab' over 'tensor').
+    ``rules`` defaults to the current ``nn.logical_axis_rules``; with none it changes nothing.
+
+    XLA needs this: its SPMD partitioner (jax 0.10.2, Shardy and GSPMD alike) miscompiles one case
+    that FSDP + tensor parallelism leaves to it otherwise. On a mesh with data, fsdp and tensor all
+    > 1, x [batch over (data, fsdp), ..., K over tensor] times w [K over tensor, N over fsdp], with
+    the result's N over tensor (a row-parallel projection whose output is reduce-scattered), comes
+    back with the batch shards (data=0, fsdp=1) and (data=1, fsdp=0) swapped. With the kernel
+    gathered that case never reaches the partitioner; docs/xla_row_parallel_swap.md has the
+    standalone reproducer.
+    """
+    rules = nn.get_logical_axis_rules() if rules is None else rules
+    batch = _mesh_axes(rules, axes.BATCH)
+    return tuple(None if a is not None and a != axes.BATCH and _mesh_axes(rules, a) & batch else a
+                 for a in logical_axes)
 
 
 def _fit_spec(spec: P, shape, mesh: Mesh) -> P:
