@@ -10,7 +10,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from seedream_jax.checkpoint.init_from import apply_init_from
@@ -18,6 +17,7 @@ from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_sta
 from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, write_stage_meta
 from seedream_jax.interop import orbax_io
 from seedream_jax.training import loop
+from test_loop import _data_state
 from toy_task import toy_stage_config, toy_task
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,14 +50,6 @@ def _truncate(stage_dir, step) -> str:
     assert len(files) == 1, files
     os.truncate(files[0], os.path.getsize(files[0]) // 2)
     return files[0]
-
-
-def _data_state(stage_dir, step):
-    manager = ocp.CheckpointManager(os.path.join(stage_dir, "checkpoints"),
-                                    item_handlers={"data": ocp.JsonCheckpointHandler()})
-    data = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
-    manager.close()
-    return dict(data)
 
 
 def _assert_same_state(got: dict, want: dict):
