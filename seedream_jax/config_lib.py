@@ -163,6 +163,41 @@ def data_section(**overrides) -> ConfigDict:
     return section
 
 
+def reward_section(**overrides) -> ConfigDict:
+    """The ``reward`` stage (``stages/reward.py``): the image-text alignment reward model.
+
+    model: the two towers (``models/rewards.AlignmentRewardConfig``); ``llm`` is the text tower's
+    Qwen2 shape, by default a small one trained from scratch (``base_config`` gives it the run's
+    vocabulary). To start it from the pretrain stage's LLM, give it that shape and name the source:
+    ``c.reward.model.llm = ConfigDict(c.model.llm.to_dict())`` and ``c.reward.init_from =
+    ConfigDict({'alignment/text/llm': 'pretrain:conditioner/text_encoder/llm'})``. pairs: world
+    preference pairs (``data/world_pairs.py``): ``train_scenes`` train pairs cycled through, of the
+    perturbation kinds (colour, shape, count, position, relation, text) in the integer proportions
+    ``kind_weights`` (count and position are learnt first, so they get less),
+    ``heldout_per_kind`` held-out pairs per perturbation kind measured at the end, ``eval_per_kind``
+    per periodic evaluation (``train.eval_every``). frozen: path prefixes not trained (e.g.
+    'alignment/text/llm'). speed_batch: images per call when timing the scorer. Unknown keys raise
+    KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="reward",
+        train=train_section(steps=1100, batch_size=32, log_every=50, checkpoint_every=250, ema_decay=0.99),
+        optimizer=optimizer_section(lr=3e-3, warmup_steps=30, weight_decay=0.01),
+        model=ConfigDict(dict(llm=ConfigDict(_llm(vocab=1024, hidden=64, inter=128, layers=2, heads=4, kv=2,
+                                                  theta=10000.0)),
+                              image_size=MODEL_SIZES["tiny"]["resolution"], patch_size=4, image_channels=(32, 64),
+                              groups=8, embed_dim=256, max_length=64, init_temperature=0.07, dtype="float32")),
+        pairs=ConfigDict(dict(seed=0, train_scenes=100_000, heldout_per_kind=200, eval_per_kind=20,
+                              languages=("en", "zh"), kind_weights=(2, 3, 1, 1, 2, 3))),
+        contrastive_weight=1.0, ranking_weight=1.0,
+        frozen=(), init_from=ConfigDict(), speed_batch=64))
+    unknown = sorted(set(overrides) - set(section.keys()))
+    if unknown:
+        raise KeyError(f"reward_section: unknown keys {unknown} (have {sorted(section.keys())})")
+    section.update(overrides)
+    return section
+
+
 def base_config(size: str = "tiny") -> ConfigDict:
     """Defaults shared by every stage; a config file picks stages and overrides values."""
     c = ConfigDict()
@@ -194,6 +229,8 @@ def base_config(size: str = "tiny") -> ConfigDict:
         time_mean=0.0, time_std=1.0,    # logit-normal t
         shift_base_tokens=256, shift_max_tokens=4096, shift_base=0.5, shift_max=1.15,
         eval_prompts=(), eval_steps=20))
+    c.reward = reward_section()  # a stage when config.stages names it
+    c.reward.model.llm.vocab_size = c.model.llm.vocab_size
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,

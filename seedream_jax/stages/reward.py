@@ -1,0 +1,179 @@
+"""Stage kind ``reward``: the bilingual image-text alignment reward model, trained on world preference pairs.
+
+Data: preference pairs of the synthetic world (``data/world_pairs.py``), made on the fly: batch k
+holds train pairs drawn from ``reward.pairs.train_scenes`` scenes (a pure function of the seed and
+k, so resume is exact), of kinds in the proportions ``pairs.kind_weights``, each with its true image, the image of its perturbed spec, and its true and
+perturbed captions in a language drawn per pair from ``pairs.languages``. Model:
+``models/rewards.AlignmentReward`` (component ``alignment``), whose text tower's ``llm`` starts from
+scratch or from another stage through ``init_from`` (e.g. ``{'alignment/text/llm':
+'pretrain:conditioner/text_encoder/llm'}``; then ``reward.model.llm`` must be the conditioner's LLM
+shape: ``config_lib.reward_section``), tokenised by the run's tokenizer (``cfg.tokenizer``).
+Loss (``training/reward_losses.py``): InfoNCE over the batch's true and perturbed images and captions
+(a caption is a positive of every image it is true of) plus Bradley-Terry on the caption pairs and on
+the image pairs.
+
+``finish`` measures the held-out pairs (scenes with a held-out colour-shape pair, never trained on):
+pairwise accuracy per perturbation kind x language, caption pairs and image pairs apart, written to
+the summary and to ``<stage_dir>/heldout_accuracy.md``, with the scorer's images per second.
+"""
+import logging
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seedream_jax import config_lib
+from seedream_jax.checkpoint.init_from import parse_sources
+from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
+from seedream_jax.data import synthetic, world_pairs
+from seedream_jax.data.batches import IndexedBatches
+from seedream_jax.models.partition import merge_params, split_params
+from seedream_jax.models.rewards import AlignmentReward, AlignmentRewardConfig
+from seedream_jax.models.text_encoder import Qwen2Config
+from seedream_jax.rewards.alignment import COMPONENT, AlignmentScorer, accuracy_markdown, pairwise_accuracy
+from seedream_jax.stages import common
+from seedream_jax.training import loop
+from seedream_jax.training.reward_losses import alignment_loss, caption_positives
+
+
+def model_config(cfg, stage_cfg) -> AlignmentRewardConfig:
+    """The ``AlignmentRewardConfig`` of ``reward.model``."""
+    m = stage_cfg.model
+    llm = Qwen2Config(**m.llm.to_dict(), dtype=str(m.dtype),
+                      attention_impl=config_lib.non_mmdit_attention_impl(cfg.model.attention_impl))
+    return AlignmentRewardConfig(llm=llm, image_size=int(m.image_size), patch_size=int(m.patch_size),
+                                 image_channels=tuple(m.image_channels),
+                                 groups=int(m.groups), embed_dim=int(m.embed_dim), max_length=int(m.max_length),
+                                 init_temperature=float(m.init_temperature), dtype=str(m.dtype))
+
+
+def _tokenizer(cfg, workdir: str, config: AlignmentRewardConfig):
+    tok = common.open_tokenizer(cfg.tokenizer.format, common.resolve(workdir, cfg.tokenizer.path))
+    if tok.vocab_size > config.llm.vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer.path} has {tok.vocab_size} tokens but reward.model.llm.vocab_size "
+                         f"is {config.llm.vocab_size}")
+    return tok
+
+
+def caption_id(text: str) -> int:
+    """A 31-bit id of a caption (CRC-32): equal captions, equal ids."""
+    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
+
+
+def pair_batch(pairs, languages, tokenizer, config: AlignmentRewardConfig) -> dict:
+    """Arrays of a batch of ``world_pairs.PreferencePair`` with one language each, all with the
+    batch first: images ``image_pos``/``image_neg`` uint8 [B, S, S, 3]; tokens ``ids_pos``/
+    ``mask_pos``/``ids_neg``/``mask_neg`` [B, L]; ``caption_pos``/``caption_neg`` [B], the captions'
+    ids (``caption_id``); ``truth_pos``/``truth_neg`` [B, 4], the ids of every caption (en, zh x
+    short, long) of the true and of the perturbed scene, so the loss knows exactly which caption
+    of the batch is true of which image."""
+    rendered = [p.images(config.image_size) for p in pairs]
+    captions = [p.captions(lang) for p, lang in zip(pairs, languages)]
+    texts = [c for c, _ in captions] + [r for _, r in captions]
+    ids, mask = tokenizer(texts, config.max_length)
+    cap = np.array([caption_id(t) for t in texts], np.int32)
+
+    def truth(scene):
+        return [caption_id(text) for by_type in synthetic.captions(scene).values() for text in by_type.values()]
+    b = len(pairs)
+    return {"image_pos": np.stack([c for c, _ in rendered]), "image_neg": np.stack([r for _, r in rendered]),
+            "ids_pos": ids[:b], "mask_pos": mask[:b], "ids_neg": ids[b:], "mask_neg": mask[b:],
+            "caption_pos": cap[:b], "caption_neg": cap[b:],
+            "truth_pos": np.array([truth(p.scene) for p in pairs], np.int32),
+            "truth_neg": np.array([truth(p.negative) for p in pairs], np.int32)}
+
+
+def batch_loss(model, params, batch, *, contrastive_weight: float, ranking_weight: float):
+    """(loss, metrics) of ``model`` with ``params`` (the ``alignment`` component) on a ``pair_batch``."""
+    images = jnp.concatenate([batch["image_pos"], batch["image_neg"]]).astype(jnp.float32) / 127.5 - 1.0
+    ids = jnp.concatenate([batch["ids_pos"], batch["ids_neg"]])
+    mask = jnp.concatenate([batch["mask_pos"], batch["mask_neg"]])
+    image_emb, text_emb, scale = model.apply({"params": params}, images, ids, mask)
+    positives = caption_positives(jnp.concatenate([batch["truth_pos"], batch["truth_neg"]]),
+                                  jnp.concatenate([batch["caption_pos"], batch["caption_neg"]]))
+    b = batch["ids_pos"].shape[0]
+    return alignment_loss(image_emb[:b], image_emb[b:], text_emb[:b], text_emb[b:], scale, positives,
+                          contrastive_weight=contrastive_weight, ranking_weight=ranking_weight)
+
+
+def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
+    """The alignment reward Task: world pairs, the two-tower model, InfoNCE + Bradley-Terry."""
+    s = stage_cfg
+    config = model_config(cfg, s)
+    model = AlignmentReward(config)
+    tokenizer = _tokenizer(cfg, workdir, config)
+    seed, languages = int(s.pairs.seed), tuple(s.pairs.languages)
+    cycle = world_pairs.kind_cycle(s.pairs.kind_weights)
+
+    def make_batch(idx, rng):
+        pairs = [world_pairs.make_pair(seed, "train", int(i), kind=cycle[int(i) % len(cycle)]) for i in idx]
+        langs = [languages[int(k)] for k in rng.integers(len(languages), size=len(pairs))]
+        return pair_batch(pairs, langs, tokenizer, config)
+
+    def init_params(rng):
+        size, length = config.image_size, config.max_length
+        params = model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, length), jnp.int32),
+                            jnp.ones((1, length), bool))["params"]
+        return split_params({COMPONENT: params}, list(s.frozen))
+
+    def loss_fn(params, frozen, batch, rng):
+        return batch_loss(model, merge_params(params, frozen)[COMPONENT], batch,
+                          contrastive_weight=float(s.contrastive_weight), ranking_weight=float(s.ranking_weight))
+
+    evaluate = None
+    if int(s.train.eval_every) > 0:
+        eval_pairs = world_pairs.heldout_pairs(seed, max(1, int(s.pairs.eval_per_kind)))
+
+        def heldout_eval(state, step):
+            acc = pairwise_accuracy(_scorer(model, state, tokenizer), eval_pairs, config.image_size, languages)
+            return loop.Measurements(scalars={f"heldout/{what}_accuracy": float(np.mean(
+                [v for row in acc[what].values() for v in row.values()])) for what in acc})
+        evaluate = heldout_eval
+
+    data = IndexedBatches(int(s.pairs.train_scenes), int(s.train.batch_size), seed, make_batch)
+    sources = parse_sources(s.init_from, workdir)
+    return loop.Task(name="reward", init_params=init_params, loss_fn=loss_fn, data=data,
+                     init_sources=sources or None, evaluate=evaluate)
+
+
+def _scorer(model, state, tokenizer) -> AlignmentScorer:
+    params = merge_params(state.ema_params or state.params, state.frozen)[COMPONENT]
+    return AlignmentScorer(model, jax.device_get(params), tokenizer)
+
+
+def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
+    """Held-out pairwise accuracy (kind x language, caption and image pairs) and the scorer's speed."""
+    s = stage_cfg
+    config = model_config(cfg, s)
+    tokenizer = _tokenizer(cfg, workdir, config)
+    scorer = _scorer(AlignmentReward(config), result.state, tokenizer)
+    pairs = world_pairs.heldout_pairs(int(s.pairs.seed), int(s.pairs.heldout_per_kind))
+    languages = tuple(s.pairs.languages)
+    captions = [c for p in pairs for lang in languages for c in p.captions(lang)]
+    truncated = int(np.sum(tokenizer(captions, config.max_length + 1)[1].sum(1) > config.max_length))
+    if truncated:
+        logging.warning("reward: %d of %d held-out captions exceed reward.model.max_length=%d tokens and are "
+                        "truncated", truncated, len(captions), config.max_length)
+    accuracy = pairwise_accuracy(scorer, pairs, config.image_size, languages)
+    table = accuracy_markdown(accuracy)
+    n = int(s.speed_batch)
+    images = np.stack([p.images(config.image_size)[0] for p in pairs[:n]])
+    speed = scorer.images_per_second(images, [p.captions("en")[0] for p in pairs[:n]])
+    with open(os.path.join(stage_dir, "heldout_accuracy.md"), "w", encoding="utf-8") as f:
+        f.write(f"Held-out pairwise accuracy ({int(s.pairs.heldout_per_kind)} pairs per kind, step {result.step})\n\n"
+                f"{table}\n\nscorer: {speed:.1f} images/s at {config.image_size} px (batch {len(images)})\n")
+    print(f"reward: held-out pairwise accuracy, {int(s.pairs.heldout_per_kind)} pairs per kind\n{table}\n"
+          f"reward: scorer {speed:.1f} images/s at {config.image_size} px", flush=True)
+    return {"heldout_accuracy": accuracy, "heldout_pairs_per_kind": int(s.pairs.heldout_per_kind),
+            "truncated_heldout_captions": truncated, "scorer_images_per_second": round(speed, 1)}
+
+
+def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
+    """One component, ``alignment``; the tokenizer; init_from sources."""
+    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
+    return StageDescription(components={COMPONENT: (AlignmentReward, model_config(cfg, stage_cfg))},
+                            tokenizer=tokenizer_record(cfg.tokenizer.format,
+                                                       common.resolve(workdir, cfg.tokenizer.path)),
+                            init_from=sources)

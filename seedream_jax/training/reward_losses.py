@@ -1,0 +1,56 @@
+"""Losses of the reward models: batch InfoNCE plus Bradley-Terry ranking on preference pairs."""
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+
+def info_nce(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, positives: jax.Array) -> jax.Array:
+    """Symmetric contrastive loss over a batch.
+
+    image_emb, text_emb: unit [B, E]; scale: the inverse temperature; positives: [B, B], 1 where
+    caption j is true of image i (the diagonal, and duplicates of a caption: two scenes may share a
+    short caption). Each row's (and column's) target spreads evenly over its positives.
+    """
+    logits = scale * image_emb @ text_emb.T
+    pos = positives.astype(jnp.float32)
+    rows = -jnp.sum(pos / jnp.sum(pos, 1, keepdims=True) * jax.nn.log_softmax(logits, axis=1), axis=1)
+    cols = -jnp.sum(pos / jnp.sum(pos, 0, keepdims=True) * jax.nn.log_softmax(logits, axis=0), axis=0)
+    return 0.5 * (jnp.mean(rows) + jnp.mean(cols))
+
+
+def caption_positives(truth_ids: jax.Array, caption_ids: jax.Array) -> jax.Array:
+    """[N, M] float32: 1 where caption j is true of image i. truth_ids [N, K]: ids of every caption
+    true of image i; caption_ids [M]: the batch's caption ids. Built in the step from per-example
+    arrays, so a batch split over processes still compares every image with every caption."""
+    return jnp.any(truth_ids[:, :, None] == caption_ids[None, None, :], axis=1).astype(jnp.float32)
+
+
+def bradley_terry(chosen: jax.Array, rejected: jax.Array) -> jax.Array:
+    """-log sigmoid(chosen - rejected), averaged: the chosen item's score should be the larger."""
+    return jnp.mean(jax.nn.softplus(rejected - chosen))
+
+
+def alignment_loss(image_pos, image_neg, text_pos, text_neg, scale, positives, *, contrastive_weight: float,
+                   ranking_weight: float) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """The alignment reward's loss and metrics.
+
+    image_pos/text_pos: unit embeddings of each pair's true image and caption [B, E]; image_neg: of
+    the image rendered from the perturbed spec; text_neg: of the perturbed caption (which is that
+    image's own caption). The contrastive term runs over all 2B images and 2B captions, so each
+    pair's perturbed caption and image are also its hardest in-batch negatives; ``positives``
+    [2B, 2B] says which caption (columns: true then perturbed) is true of which image (rows: true
+    then perturbed). Caption pairs rank (image_pos, text_pos) over (image_pos, text_neg), image
+    pairs (image_pos, text_pos) over (image_neg, text_pos); scores are ``scale`` times cosines.
+    """
+    s_pos = scale * jnp.sum(image_pos * text_pos, -1)
+    s_caption_neg = scale * jnp.sum(image_pos * text_neg, -1)
+    s_image_neg = scale * jnp.sum(image_neg * text_pos, -1)
+    contrastive = info_nce(jnp.concatenate([image_pos, image_neg]), jnp.concatenate([text_pos, text_neg]), scale,
+                           positives)
+    bt_caption, bt_image = bradley_terry(s_pos, s_caption_neg), bradley_terry(s_pos, s_image_neg)
+    loss = contrastive_weight * contrastive + ranking_weight * 0.5 * (bt_caption + bt_image)
+    return loss, {"contrastive": contrastive, "bt_caption": bt_caption, "bt_image": bt_image,
+                  "caption_pair_accuracy": jnp.mean((s_pos > s_caption_neg).astype(jnp.float32)),
+                  "image_pair_accuracy": jnp.mean((s_pos > s_image_neg).astype(jnp.float32)),
+                  "temperature": 1.0 / scale}
