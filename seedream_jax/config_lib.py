@@ -156,9 +156,14 @@ def data_section(**overrides) -> ConfigDict:
         bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
         num_workers=0,                   # Grain reader threads decoding records (0 = inline)
         prompts=()))                     # format "prompts": the prompt list (else read from ``path``)
+    return _updated("data_section", section, overrides)
+
+
+def _updated(name: str, section: ConfigDict, overrides: dict) -> ConfigDict:
+    """``section`` with ``overrides`` set; a key it does not have raises KeyError naming ``name``."""
     unknown = sorted(set(overrides) - set(section.keys()))
     if unknown:
-        raise KeyError(f"data_section: unknown keys {unknown} (have {sorted(section.keys())})")
+        raise KeyError(f"{name}: unknown keys {unknown} (have {sorted(section.keys())})")
     section.update(overrides)
     return section
 
@@ -191,11 +196,63 @@ def reward_section(**overrides) -> ConfigDict:
                               languages=("en", "zh"), kind_weights=(2, 3, 1, 1, 2, 3))),
         contrastive_weight=1.0, ranking_weight=1.0,
         frozen=(), init_from=ConfigDict(), speed_batch=64))
-    unknown = sorted(set(overrides) - set(section.keys()))
-    if unknown:
-        raise KeyError(f"reward_section: unknown keys {unknown} (have {sorted(section.keys())})")
-    section.update(overrides)
-    return section
+    return _updated("reward_section", section, overrides)
+
+
+def aesthetic_section(**overrides) -> ConfigDict:
+    """The ``aesthetic`` stage (``stages/aesthetic.py``): the aesthetic/structure reward model.
+
+    model: its image tower (``models/rewards.ImageTowerConfig``; a scalar head reads it). pairs:
+    clean world renderings over degraded copies (``data/degradations.py``): ``train_scenes`` train
+    scenes cycled through, the degradations (blur, noise, jpeg, colour_cast, low_contrast,
+    broken_shape, clutter) in the integer proportions ``kind_weights``, ``heldout_per_kind``
+    held-out pairs per kind measured at the end, ``eval_per_kind`` per periodic evaluation
+    (``train.eval_every``). The scene mix is the run's ``data.world`` (or the stage's own
+    ``aesthetic.data = data_section(...)``). generated_from: a pretrain stage directory (a name in
+    the workdir or an absolute path; "" = off) whose EMA model draws ``generated_count`` images
+    (at ``generated_size`` px, 0 = model.image_size, with ``generated_num_steps`` sampler steps,
+    guidance ``generated_guidance_scale``, ``generated_batch_size`` per call) for world captions:
+    the kind ``generated`` (its rendering preferred), ``generated_weight`` times per cycle, and
+    ``heldout_per_kind`` more for the held-out table. frozen, init_from: as in every training
+    stage. speed_batch: images per call when timing the scorer. Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="aesthetic",
+        train=train_section(steps=400, batch_size=32, log_every=50, checkpoint_every=200, ema_decay=0.99),
+        optimizer=optimizer_section(lr=3e-3, warmup_steps=30, weight_decay=0.01),
+        model=ConfigDict(dict(image_size=MODEL_SIZES["tiny"]["resolution"], patch_size=4, image_channels=(32, 64),
+                              groups=8, embed_dim=128, dtype="float32")),
+        pairs=ConfigDict(dict(seed=0, train_scenes=100_000, heldout_per_kind=200, eval_per_kind=20,
+                              kind_weights=(1, 1, 1, 1, 1, 1, 1))),
+        generated_from="", generated_count=256, generated_weight=1, generated_size=0, generated_num_steps=28,
+        generated_guidance_scale=4.0, generated_batch_size=16,
+        frozen=(), init_from=ConfigDict(), speed_batch=64))
+    return _updated("aesthetic_section", section, overrides)
+
+
+def glyph_align_section(byt5: ConfigDict, **overrides) -> ConfigDict:
+    """The ``glyph_align`` stage (``stages/glyph_align.py``): Glyph-ByT5 alignment of the ByT5 branch.
+
+    model: the aligner (``models/glyph.GlyphAlignConfig``); ``byt5`` is the text side's shape, the
+    conditioner's ``model.byt5`` (``base_config`` passes it), so ``pretrain.init_from`` can take
+    ``{'conditioner/byt5': 'glyph_align:glyph/byt5'}``. examples (``data/glyph_pairs.py``):
+    ``train_examples`` train examples cycled through, shares of two-word texts (``two_words``),
+    random strings (``random_text``) and neutral templates (``neutral_probability``);
+    ``heldout`` held-out examples measured at the end, ``eval_count`` per periodic evaluation
+    (``train.eval_every``). frozen, init_from: as in every training stage. speed_batch: images per
+    call when timing the text-rendering scorer. Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="glyph_align",
+        train=train_section(steps=1500, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
+        optimizer=optimizer_section(lr=2e-3, warmup_steps=50, weight_decay=0.01),
+        model=ConfigDict(dict(byt5=ConfigDict(byt5.to_dict()), image_size=MODEL_SIZES["tiny"]["resolution"],
+                              image_channels=(32, 64), groups=8, roi_size=(3, 12), embed_dim=128, max_length=64,
+                              init_temperature=0.07, dtype="float32")),
+        examples=ConfigDict(dict(seed=0, train_examples=200_000, two_words=0.3, random_text=0.3,
+                                 neutral_probability=0.25, heldout=400, eval_count=64)),
+        frozen=(), init_from=ConfigDict(), speed_batch=64))
+    return _updated("glyph_align_section", section, overrides)
 
 
 def base_config(size: str = "tiny") -> ConfigDict:
@@ -231,6 +288,8 @@ def base_config(size: str = "tiny") -> ConfigDict:
         eval_prompts=(), eval_steps=20))
     c.reward = reward_section()  # a stage when config.stages names it
     c.reward.model.llm.vocab_size = c.model.llm.vocab_size
+    c.aesthetic = aesthetic_section()  # a stage when config.stages names it
+    c.glyph_align = glyph_align_section(c.model.byt5)  # a stage when config.stages names it
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,

@@ -138,8 +138,8 @@ def test_text_pairs_bad_rows_counted_and_an_empty_file_refused(tmp_path):
 # ---- the registry
 
 def test_registry_names_known_formats(monkeypatch):
-    assert sources.known_formats() == ["arrayrecord", "pairs", "prompts", "synthetic", "text"]
-    with pytest.raises(ValueError, match=r"data.format must be one of \['arrayrecord', 'pairs', 'prompts', "
+    assert sources.known_formats() == ["arrayrecord", "image_pairs", "pairs", "prompts", "synthetic", "text"]
+    with pytest.raises(ValueError, match=r"data.format must be one of \['arrayrecord', 'image_pairs', 'pairs', 'prompts', "
                                          r"'synthetic', 'text'\], got 'parquet'"):
         sources.open_source(config_lib.data_section(format="parquet"), "", 2)
     with pytest.raises(ValueError, match=r"'prompts' yields prompts, but this stage reads images: use one of "

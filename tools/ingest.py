@@ -8,6 +8,7 @@
     python tools/ingest.py --input img2dataset_out/ --out data/laion --workers 8  # its tars (or parquet)
     python tools/ingest.py --input manifest.jsonl --image_root /data/img --out data/m   # or manifest.csv
     python tools/ingest.py --input 'shards/*.tar' --out data/wds --workers 8      # WebDataset
+    python tools/ingest.py --input prefs/pairs.jsonl --out data/prefs             # preference pairs
 
 Input forms (--format, detected from the input when not given):
   folder       images with same-stem .txt / .json caption sidecars (also img2dataset's "files")
@@ -23,12 +24,18 @@ Input forms (--format, detected from the input when not given):
   coco         COCO captions_*.json; one record per image, its first caption the record's caption
                and the others in meta["alt_captions"]; images from --image_root (default: the
                <split> folder beside or above the JSON's folder)
-A folder is detected as imagefolder (metadata file), webdataset (.tar), coco (captions_*.json),
-folder (images) or parquet (.parquet), in that order; an input of no recognisable form is refused
-with a message naming what it holds.
+  preference   preference pairs, JSONL or Parquet rows {"prompt", "image_a", "image_b",
+               "preferred": "a" | "b", "reason" (optional)}; image paths relative to the file's
+               folder (or --image_root), in Parquet also image bytes or {bytes, path} structs;
+               written as pair records, the preferred image first (seedream_jax/data/preference.py)
+A .jsonl or .parquet file with the preference columns is a preference file. A folder is detected
+as imagefolder (metadata file), webdataset (.tar), coco (captions_*.json), preference (a
+preference .jsonl / .parquet), folder (images) or parquet (.parquet), in that order; an input of
+no recognisable form is refused with a message naming what it holds.
 
 Bad items (missing, empty, undecodable or truncated images, bad UTF-8, missing or empty captions,
-unknown column layouts, too small, absurd aspect ratio, ...) are skipped and counted by reason; the
+unknown column layouts, too small, absurd aspect ratio; for pairs also missing_field,
+unknown_label, same_image, ...) are skipped and counted by reason; the
 table is printed at the end and saved as <out>/ingest_report.json. Rerunning the same command
 after an interruption resumes after the last finished shard; on a complete output it only prints
 the report.

@@ -1,11 +1,13 @@
 """Ingestion: turn an image-text corpus in any of the forms of ``data/ingest_sources.py`` (a folder
 with sidecars, a Hugging Face imagefolder or Parquet shards, a JSONL/CSV manifest, WebDataset or
-img2dataset output, COCO captions) into a record dataset.
+img2dataset output, COCO captions) into a record dataset, or preference pairs (JSONL / Parquet,
+``data/preference.py``) into a pair dataset.
 
 ``ingest(kind, paths, out_dir, config)`` enumerates the input (``data/ingest_sources.py``),
-checks every item in a worker pool (``check_item``), writes the good ones as records
-(``data/records.py``) into a sharded ArrayRecord dataset (``data/arrayrecord_io.py``) in input
-order, and returns a report. Bad items are skipped and counted by reason, never fatal:
+checks every item in a worker pool (``check_item``; ``check_pair`` for a preference row, whose two
+images get the same checks), writes the good ones as records (``data/records.py``; pair records
+of ``data/preference.py``) into a sharded ArrayRecord dataset (``data/arrayrecord_io.py``) in
+input order, and returns a report. Bad items are skipped and counted by reason, never fatal:
 
 =====================  =============================================================
 reason                 meaning
@@ -19,6 +21,9 @@ bad_utf8               a caption sidecar, manifest line or row field is not vali
 bad_sidecar            a caption JSON / manifest field is malformed
 bad_manifest_row       a manifest line is not a JSON object, or a row has no image column
                        (an unknown column layout: the detail names its columns)
+missing_field          a preference row lacks prompt, image_a, image_b or preferred (absent,
+                       null or empty; the detail names its columns)
+unknown_label          a preference row's ``preferred`` is not a / b (or A / B)
 corrupt_tar            a WebDataset tar is truncated or corrupt (its earlier samples are kept)
 missing_caption        no caption at all (an imagefolder image that no metadata row names)
 empty_caption          a caption that is empty or only whitespace
@@ -28,14 +33,16 @@ decoder_crash          decoding the image killed the worker process (pool="proce
 too_large              more than ``max_pixels`` pixels
 too_small              shorter side below ``min_side`` pixels
 bad_aspect             longer / shorter side above ``max_aspect``
+same_image             a preference row's two images are the same bytes
 invalid_record         anything else the record schema rejects (e.g. a bad language code)
 internal_error         an unexpected exception while checking the item (message in the report)
 =====================  =============================================================
 
-Checks run in that order of cost: file, captions, format, decode, size. The image bytes of a good
-item are stored exactly as read. A rerun after an interruption resumes after the last finished
-shard (the resume state holds the number of input items consumed and the counts so far), so the
-result and the report equal those of an uninterrupted run. The report is printed as a table and
+Checks run in that order of cost: file, captions, format, decode, size (for a pair: the row, then
+image A, then image B, then whether they differ). The image bytes of a good item are stored exactly
+as read. A rerun after an interruption resumes after the last finished shard (the resume state
+holds the number of input items consumed and the counts so far), so the result and the report
+equal those of an uninterrupted run. The report is printed as a table and
 saved as ``<out_dir>/ingest_report.json`` and in the manifest's ``summary``.
 """
 import dataclasses
@@ -45,17 +52,18 @@ import os
 import sys
 import time
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from PIL import Image
 from tqdm import tqdm
 
-from seedream_jax.data import arrayrecord_io, ingest_sources, pool, records
+from seedream_jax.data import arrayrecord_io, ingest_sources, pool, preference, records
 
 REPORT = "ingest_report.json"
 REASONS = ("missing_file", "remote_url", "read_error", "empty_file", "bad_utf8", "bad_sidecar", "bad_manifest_row",
-           "corrupt_tar", "missing_caption", "empty_caption", "unsupported_format", "undecodable",
-           "decoder_crash", "too_large", "too_small", "bad_aspect", "invalid_record", "internal_error")
+           "missing_field", "unknown_label", "corrupt_tar", "missing_caption", "empty_caption", "unsupported_format",
+           "undecodable", "decoder_crash", "too_large", "too_small", "bad_aspect", "same_image", "invalid_record",
+           "internal_error")
 _EXAMPLES_PER_REASON = 5
 
 
@@ -65,10 +73,11 @@ class IngestConfig:
 
     min_side: shorter image side below this (pixels) is ``too_small``. max_aspect: longer/shorter
     side above this is ``bad_aspect``. max_pixels: width*height above this is ``too_large``
-    (checked from the header, before decoding). lang / txt_caption_type: how untyped captions are
-    filed (``ingest_sources.CaptionConfig``). caption_column / image_column: the row fields
-    holding the untyped caption and the image (None: ``ingest_sources.CAPTION_COLUMNS`` /
-    ``IMAGE_COLUMNS``, the first a row has). source: default ``Record.source``.
+    (checked from the header, before decoding). lang / txt_caption_type: how untyped captions (and
+    preference prompts) are filed (``ingest_sources.CaptionConfig``). caption_column /
+    image_column: the row fields holding the untyped caption and the image (None:
+    ``ingest_sources.CAPTION_COLUMNS`` / ``IMAGE_COLUMNS``, the first a row has). source: default
+    ``Record.source`` (of a pair: else its file's name).
     records_per_shard: records per ArrayRecord shard. workers: decode workers (0 = CPU count,
     1 = inline). pool: ``"thread"`` (default: PIL decodes with the GIL released; no start-up cost) or
     ``"process"`` (isolates decoder crashes; pays a spawn start-up and a copy of every image).
@@ -152,33 +161,74 @@ def inspect_image(data: bytes, cfg: IngestConfig, what: str):
     return fmt, w, h
 
 
+def _image_record(data: bytes, cfg: IngestConfig, what: str, **fields) -> records.Record:
+    """The ``Record`` of encoded image ``data`` after ``inspect_image`` (format, size; ``ItemError`` if
+    bad); ``fields``: the other ``Record`` fields (key, captions, source, ...)."""
+    fmt, w, h = inspect_image(data, cfg, what)
+    return records.Record(image=data, image_format=fmt, width=w, height=h, **fields)
+
+
+def _outcome(key: str, encode: Callable[[], bytes]) -> Outcome:
+    """``Outcome`` of ``encode()``: the encoded bytes, or the skip reason of what it raised
+    (``ItemError``: its reason; ``RecordError``: ``invalid_record``; anything else: ``internal_error``)."""
+    try:
+        return Outcome(key, encoded=encode())
+    except ingest_sources.ItemError as e:
+        return Outcome(key, reason=e.reason, detail=e.detail)
+    except records.RecordError as e:
+        return Outcome(key, reason="invalid_record", detail=str(e))
+    except Exception as e:  # a bug or a library failure on one item must not end the job
+        return Outcome(key, reason="internal_error", detail=f"{key}: {type(e).__name__}: {e}")
+
+
+def _encode_item(item: ingest_sources.RawItem, cfg: IngestConfig) -> bytes:
+    """The encoded record of one image item; ``ItemError`` / ``RecordError`` when it is bad."""
+    if item.error is not None:
+        raise ingest_sources.ItemError(*item.error)
+    if item.image_path is not None and item.image_bytes is None and not os.path.exists(item.image_path):
+        raise ingest_sources.ItemError("missing_file", f"{item.image_path}: no such file")
+    caption_cfg = ingest_sources.CaptionConfig(cfg.lang, cfg.txt_caption_type, cfg.caption_column)
+    fields = ingest_sources.read_sidecars(item, caption_cfg)
+    data = _read_image(item)
+    if not data:
+        raise ingest_sources.ItemError("empty_file", f"{item.image_path or item.key}: zero bytes")
+    if not fields["captions"]:
+        raise ingest_sources.ItemError("missing_caption", f"{item.key}: no caption sidecar or caption field")
+    return records.encode_record(_image_record(
+        data, cfg, item.image_path or item.key, key=fields["key"] or item.key, captions=fields["captions"],
+        source=fields["source"] or cfg.source, scores=fields["scores"], spec=fields["spec"], meta=fields["meta"]))
+
+
+def _encode_pair(item: ingest_sources.PairItem, cfg: IngestConfig) -> bytes:
+    """The encoded pair record (``data/preference.py``) of one preference row: image A then image B
+    read and checked like any image, the preferred one stored first; ``ItemError`` when it is bad."""
+    if item.error is not None:
+        raise ingest_sources.ItemError(*item.error)
+    lang = ingest_sources.detect_lang(item.prompt, ingest_sources.CaptionConfig(cfg.lang))
+    source = item.source or cfg.source or item.name
+    sides = []
+    for column, side in zip(preference.IMAGE_COLUMNS, item.images):
+        if side.error is not None:
+            raise ingest_sources.ItemError(*side.error)
+        what = f"{item.key} {column} ({side.image_path})" if side.image_path else f"{item.key} {column}"
+        sides.append(_image_record(_read_image(side), cfg, what, key=side.key, source=source,
+                                   captions={lang: {cfg.txt_caption_type: item.prompt}}, meta={"column": column}))
+    if sides[0].image == sides[1].image:
+        raise ingest_sources.ItemError("same_image", f"{item.key}: image_a and image_b are the same image")
+    chosen, rejected = sides if item.label == "a" else sides[::-1]
+    return preference.encode_pair(preference.PairRecord(
+        key=item.key, prompt=item.prompt, chosen=chosen, rejected=rejected, reason=item.reason, source=source,
+        meta={**item.meta, "preferred": item.label}))
+
+
 def check_item(item: ingest_sources.RawItem, cfg: IngestConfig) -> Outcome:
     """Reads, validates and encodes one item; never raises for bad input (see the reason table)."""
-    try:
-        if item.error is not None:
-            raise ingest_sources.ItemError(*item.error)
-        if item.image_path is not None and item.image_bytes is None and not os.path.exists(item.image_path):
-            raise ingest_sources.ItemError("missing_file", f"{item.image_path}: no such file")
-        caption_cfg = ingest_sources.CaptionConfig(cfg.lang, cfg.txt_caption_type, cfg.caption_column)
-        fields = ingest_sources.read_sidecars(item, caption_cfg)
-        data = _read_image(item)
-        if not data:
-            raise ingest_sources.ItemError("empty_file", f"{item.image_path or item.key}: zero bytes")
-        if not fields["captions"]:
-            raise ingest_sources.ItemError("missing_caption", f"{item.key}: no caption sidecar or caption field")
-        fmt, w, h = inspect_image(data, cfg, item.image_path or item.key)
-        record = records.Record(
-            key=fields["key"] or item.key, image=data, image_format=fmt, width=w, height=h,
-            captions=fields["captions"], source=fields["source"] or cfg.source, scores=fields["scores"],
-            spec=fields["spec"], meta=fields["meta"])
-        try:
-            return Outcome(item.key, encoded=records.encode_record(record))
-        except records.RecordError as e:
-            raise ingest_sources.ItemError("invalid_record", str(e)) from None
-    except ingest_sources.ItemError as e:
-        return Outcome(item.key, reason=e.reason, detail=e.detail)
-    except Exception as e:  # a bug or a library failure on one item must not end the job
-        return Outcome(item.key, reason="internal_error", detail=f"{item.key}: {type(e).__name__}: {e}")
+    return _outcome(item.key, lambda: _encode_item(item, cfg))
+
+
+def check_pair(item: ingest_sources.PairItem, cfg: IngestConfig) -> Outcome:
+    """Reads, validates and encodes one preference row as a pair record; never raises for bad input."""
+    return _outcome(item.key, lambda: _encode_pair(item, cfg))
 
 
 class _Checker:
@@ -188,11 +238,14 @@ class _Checker:
         self.cfg = cfg
 
     def __call__(self, item):
+        if isinstance(item, ingest_sources.PairItem):
+            return check_pair(item, self.cfg)
         return check_item(item, self.cfg)
 
 
-def _crashed(item: ingest_sources.RawItem) -> Outcome:
-    return Outcome(item.key, reason="decoder_crash", detail=f"{item.image_path or item.key}: worker process died")
+def _crashed(item) -> Outcome:
+    where = getattr(item, "image_path", None) or item.key
+    return Outcome(item.key, reason="decoder_crash", detail=f"{where}: worker process died")
 
 
 def format_report(report: dict) -> str:
@@ -212,6 +265,7 @@ def ingest(kind: str, paths: Union[str, Sequence[str]], out_dir: str, cfg: Inges
     """Ingests ``paths`` of input ``kind`` (``ingest_sources.FORMS``) into ``out_dir``.
 
     ``paths``: what ``ingest_sources.resolve_inputs`` returns (files; folders for folder and imagefolder).
+    Kind ``preference`` writes pair records (``data/preference.py``), one per good row.
 
     Returns the report: ``items`` (input items seen), ``written``, ``skipped`` ({reason: count}),
     ``skipped_total``, ``examples`` ({reason: [[key, detail], ...]} up to 5), ``seconds``,

@@ -26,14 +26,21 @@ coco           COCO captions (``captions_*.json``: ``images`` plus ``annotations
                against ``image_root``, default the first folder that exists of
                ``<json folder>/../<split>``, ``<json folder>/<split>`` (``<split>`` from
                ``captions_<split>.json``, e.g. ``train2017``) and the JSON's own folder.
+preference     preference pairs (``data/preference.py`` documents the format): JSONL or
+               Parquet rows of ``prompt``, ``image_a``, ``image_b``, ``preferred`` and an
+               optional ``reason``; one ``PairItem`` per row (``iter_preference``), which
+               ingestion turns into a pair record, not an image record.
 =============  ===========================================================================
 
 ``detect_form`` tells the form from a path: a file by its extension (``.jsonl``, ``.csv``,
-``.parquet``, ``.tar`` / ``.tar.gz`` / ``.tgz``, ``.json`` = COCO); a folder by what it holds
-(looked for at its top and two folder levels below, then in the whole tree), in this order:
-``metadata.jsonl`` / ``metadata.csv`` (imagefolder), ``.tar`` shards (webdataset; the
+``.parquet``, ``.tar`` / ``.tar.gz`` / ``.tgz``, ``.json`` = COCO), a ``.jsonl`` or ``.parquet``
+file whose columns include ``preference.REQUIRED_COLUMNS`` being ``preference``
+(``is_preference_file``: the first rows of a JSONL file, a Parquet file's schema); a folder by
+what it holds (looked for at its top and two folder levels below, then in the whole tree), in this
+order: ``metadata.jsonl`` / ``metadata.csv`` (imagefolder), ``.tar`` shards (webdataset; the
 ``.parquet`` img2dataset writes beside its tars only lists URLs), COCO ``captions_*.json`` files
-without a same-stem image (coco), image files (folder), ``.parquet`` files (parquet). A path
+without a same-stem image (coco), preference files (preference; the images beside them are
+theirs), image files (folder), ``.parquet`` files (parquet). A path
 that is none of these is refused with a message naming what it holds. ``resolve_inputs`` turns
 input paths into the form and the files to read (a folder of shards: its shards, sorted).
 
@@ -70,13 +77,14 @@ import re
 import tarfile
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from seedream_jax.data import preference
 from seedream_jax.data.records import CAPTION_TYPES
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 OTHER_IMAGE_EXTS = (".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jxl", ".jp2", ".ico")
 SIDECAR_EXTS = (".txt", ".json")
 TAR_EXTS = (".tar", ".tar.gz", ".tgz")
-FORMS = ("folder", "imagefolder", "jsonl", "csv", "parquet", "webdataset", "coco")
+FORMS = ("folder", "imagefolder", "jsonl", "csv", "parquet", "webdataset", "coco", "preference")
 # Where a row's image is, in order: paths, then Hugging Face's Image struct / bytes, then
 # img2dataset's encoded-image columns.
 IMAGE_COLUMNS = ("path", "image_path", "file", "file_name", "image", "jpg", "jpeg", "png", "webp")
@@ -114,6 +122,26 @@ class RawItem:
     image_bytes: Optional[bytes] = None
     sidecars: List[Tuple[str, Union[str, bytes]]] = dataclasses.field(default_factory=list)
     fields: Optional[dict] = None
+    error: Optional[Tuple[str, str]] = None
+
+
+@dataclasses.dataclass
+class PairItem:
+    """One preference row before its images are checked (``data/preference.py``).
+
+    key: id of the future pair record. name: the row's file name (the default source id). images:
+    the (image_a, image_b) items, each with ``image_path`` or ``image_bytes`` (or its own ``error``).
+    prompt, label (``"a"`` / ``"b"``), reason, source (None: the row names none), meta (the row's other
+    columns): the parsed row. error: ``(reason, detail)`` when the row is known bad at enumeration.
+    """
+    key: str
+    name: str = ""
+    images: Tuple[RawItem, ...] = ()
+    prompt: str = ""
+    label: str = ""
+    reason: str = ""
+    source: Optional[str] = None
+    meta: dict = dataclasses.field(default_factory=dict)
     error: Optional[Tuple[str, str]] = None
 
 
@@ -498,6 +526,60 @@ def _parquet_rows(path: str, name: str, batch_size: int = 256) -> Iterator[Tuple
             index += 1
 
 
+def _absent(value: Any) -> bool:
+    """A missing preference field: None, blank text, or an image struct with neither bytes nor a path."""
+    if isinstance(value, dict):
+        return value.get("bytes") is None and _absent(value.get("path"))
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _pair_error(row: dict, where: str) -> Optional[Tuple[str, str]]:
+    """(reason, detail) of what makes a preference row unusable before its images are read, or None.
+    Checked in this order: bad UTF-8, a missing field, an unknown label, a field of the wrong type, a URL."""
+    bad = _bad_utf8_field(row)
+    if bad is not None:
+        return "bad_utf8", f"{where}: field {bad!r} is not valid UTF-8"
+    missing = [c for c in preference.REQUIRED_COLUMNS if _absent(row.get(c))]
+    if missing:
+        return "missing_field", (f"{where}: no {', '.join(map(repr, missing))} (absent, null or empty); "
+                                 f"it has {sorted(map(str, row))}")
+    if preference.parse_label(row["preferred"]) is None:
+        return "unknown_label", f"{where}: preferred is {row['preferred']!r}, expected one of 'a', 'b', 'A', 'B'"
+    for column in ("prompt", "reason", "source"):
+        if row.get(column) is not None and not isinstance(row[column], str):
+            return "bad_sidecar", f"{where}: {column!r} is {type(row[column]).__name__}, expected text"
+    for column in preference.IMAGE_COLUMNS:
+        value = row[column]
+        if not isinstance(value, (str, bytes, bytearray, dict)):
+            return "bad_sidecar", f"{where}: {column!r} is {type(value).__name__}, expected a path or image bytes"
+        if isinstance(value, str) and "://" in value:
+            return "remote_url", f"{where}: {column!r} is a URL ({value}), not a local image"
+    return None
+
+
+def _pair_item(row: Row, index: int, image_root: str, name: str) -> PairItem:
+    """The one preference row -> ``PairItem`` path of JSONL and Parquet files (``_pair_error``'s checks;
+    each image resolved by ``_row_item`` as a one-column row: a path, bytes or an HF ``Image`` struct)."""
+    if isinstance(row, RawItem):  # a line that is not JSON
+        return PairItem(key=row.key, name=name, error=row.error)
+    key, where = f"{name}:{index}", f"{name} row {index}"
+    if not isinstance(row, dict):
+        return PairItem(key=key, name=name, error=("bad_manifest_row", f"{where}: not a JSON object"))
+    if row.get("key") is not None and not _SURROGATE.search(str(row["key"])):
+        key = str(row["key"])
+    error = _pair_error(row, where)
+    if error is not None:
+        return PairItem(key=key, name=name, error=error)
+    images = []
+    for column in preference.IMAGE_COLUMNS:
+        item = _row_item({column: row[column]}, index, image_root, name, column)
+        images.append(item if item.image_path is not None else dataclasses.replace(item, key=f"{key}:{column}"))
+    meta = {k: v for k, v in row.items() if k not in preference.COLUMNS and v is not None and _json_safe(v)}
+    return PairItem(key=key, name=name, images=tuple(images), prompt=row["prompt"].strip(),
+                    label=preference.parse_label(row["preferred"]), reason=(row.get("reason") or "").strip(),
+                    source=row.get("source") or None, meta=meta)
+
+
 def _coco_image_root(path: str) -> str:
     here = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -584,6 +666,37 @@ def iter_parquet(path: str, image_root: Optional[str] = None, image_column: Opti
     root = image_root or os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     yield from _items_of_rows(_parquet_rows(path, name, batch_size), root, name, image_column)
+
+
+def iter_preference(path: str, image_root: Optional[str] = None) -> Iterator[PairItem]:
+    """Pair items of a preference JSONL or Parquet file (``data/preference.py``), one per non-empty
+    line or row; relative image paths resolve against ``image_root`` (default: the file's folder)."""
+    root = image_root or os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    rows = _parquet_rows(path, name) if path.lower().endswith(".parquet") else _jsonl_rows(path, name)
+    for index, row in rows:
+        yield _pair_item(row, index, root, name)
+
+
+def is_preference_file(path: str, lines: int = 5) -> bool:
+    """Whether a ``.jsonl`` file (one of its first ``lines`` non-empty lines) or a ``.parquet`` file (its
+    schema) has every column of ``preference.REQUIRED_COLUMNS``; unreadable files are not."""
+    try:
+        if path.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+            return set(preference.REQUIRED_COLUMNS) <= set(pq.read_schema(path).names)
+        with open(path, "rb") as f:
+            rows = (line for line in f if line.strip())
+            for _, line in zip(range(lines), rows):
+                try:
+                    obj = json.loads(line.decode("utf-8-sig", "surrogateescape"))
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    return set(preference.REQUIRED_COLUMNS) <= set(obj)
+    except Exception:  # a zero-byte or corrupt Parquet file, an unreadable file: not a preference file
+        return False
+    return False
 
 
 def iter_coco(path: str, image_root: Optional[str] = None) -> Iterator[RawItem]:
@@ -701,11 +814,16 @@ def check_options(kind: str, image_column: Optional[str] = None, caption_column:
         raise ValueError(f"image_column does not apply to the {kind} form")
     if kind == "coco" and caption_column:
         raise ValueError("caption_column does not apply to COCO (its captions are the annotations)")
+    if kind == "preference" and (image_column or caption_column):
+        raise ValueError(f"image_column and caption_column do not apply to the preference form (its columns are "
+                         f"{', '.join(preference.COLUMNS)}: data/preference.py)")
 
 
 def iter_source(kind: str, paths: Union[str, Sequence[str]], image_root: Optional[str] = None,
-                image_column: Optional[str] = None, caption_column: Optional[str] = None) -> Iterator[RawItem]:
-    """Items of ``paths`` (files, or folders for ``folder`` / ``imagefolder``) of form ``kind`` (``FORMS``).
+                image_column: Optional[str] = None,
+                caption_column: Optional[str] = None) -> Iterator[Union[RawItem, PairItem]]:
+    """Items of ``paths`` (files, or folders for ``folder`` / ``imagefolder``) of form ``kind`` (``FORMS``):
+    ``RawItem`` each, ``PairItem`` each for ``preference``.
 
     ``image_root``: base of relative image paths of manifests, Parquet and COCO (default: the file's
     folder; COCO's split folder). ``image_column`` / ``caption_column``: the row fields holding the
@@ -727,6 +845,8 @@ def iter_source(kind: str, paths: Union[str, Sequence[str]], image_root: Optiona
             yield from iter_csv(p, image_root, image_column, caption_column)
         elif kind == "parquet":
             yield from iter_parquet(p, image_root, image_column)
+        elif kind == "preference":
+            yield from iter_preference(p, image_root)
         else:
             yield from iter_coco(p, image_root)
 
@@ -789,25 +909,32 @@ def detect_form(path: str) -> str:
         ext = _ext(path)
         for e, form in _FILE_FORMS:
             if ext == e:
-                return form
+                return "preference" if form in ("jsonl", "parquet") and is_preference_file(path) else form
         raise ValueError(f"cannot tell the input form of {path!r}: a {ext or 'extension-less'} file, not one of "
                          f"{sorted({e for e, _ in _FILE_FORMS})}; pass --format ({', '.join(FORMS)})")
     for depth in (2, None):
         found = _scan(path, depth)
         for category, form in (("metadata", "imagefolder"), ("tar", "webdataset"), ("coco", "coco"),
-                               ("image", "folder"), ("parquet", "parquet")):
-            if found.get(category):
+                               ("preference", "preference"), ("image", "folder"), ("parquet", "parquet")):
+            if (_preference_files(found) if category == "preference" else found.get(category)):
                 return form
     other = ", ".join(f"{len(v)} {k}" for k, v in sorted(found.items(), key=lambda kv: -len(kv[1]))) or "nothing"
     raise ValueError(f"cannot tell the input form of folder {path!r}: it holds {other} (no images, "
-                     f"{' / '.join(METADATA_FILES)}, .tar, .parquet or captions_*.json); pass --format "
-                     f"({', '.join(FORMS)})")
+                     f"{' / '.join(METADATA_FILES)}, .tar, .parquet, captions_*.json or preference .jsonl); "
+                     f"pass --format ({', '.join(FORMS)})")
+
+
+def _preference_files(found: Dict[str, List[str]]) -> List[str]:
+    """The preference files (``is_preference_file``) among the ``.jsonl`` and ``.parquet`` files of a
+    ``_scan``, sorted."""
+    return sorted(f for f in found.get(".jsonl", []) + found.get("parquet", []) if is_preference_file(f))
 
 
 def expand_input(path: str, kind: str) -> List[str]:
     """The files (or the folder) that ``iter_source(kind, ...)`` reads for one input path: a folder
-    of ``parquet`` / ``webdataset`` / ``coco`` / ``jsonl`` / ``csv`` becomes its files of that kind
-    (whole tree, sorted); ``folder`` and ``imagefolder`` need a folder."""
+    of ``parquet`` / ``webdataset`` / ``coco`` / ``jsonl`` / ``csv`` becomes its files of that kind,
+    of ``preference`` its preference files (whole tree, sorted); ``folder`` and ``imagefolder``
+    need a folder."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"input {path!r} does not exist")
     if kind in ("folder", "imagefolder"):
@@ -818,8 +945,11 @@ def expand_input(path: str, kind: str) -> List[str]:
         return [path]
     found = _scan(path, None)
     category = {"webdataset": "tar", "coco": "coco", "parquet": "parquet"}.get(kind)
-    files = found.get(category, []) if category else [f for group in found.values() for f in group
-                                                      if _ext(f) == f".{kind}"]
+    if kind == "preference":
+        files = _preference_files(found)
+    else:
+        files = found.get(category, []) if category else [f for group in found.values() for f in group
+                                                          if _ext(f) == f".{kind}"]
     if not files:
         raise ValueError(f"folder {path!r} holds no files of the {kind} form")
     return sorted(files)

@@ -2,7 +2,8 @@
 
 A record is what an ArrayRecord shard (``data/arrayrecord_io.py``) or the TFDS builder
 (``data/tfds_builder.py``) holds per entry, and what ingestion, curation, the Grain pipeline and
-the latent cache read and write.
+the latent cache read and write. A preference dataset holds pair records instead
+(``data/preference.py``): a prompt with two of these records, the preferred image first.
 
 Schema (version ``SCHEMA_VERSION`` = 1)
 ---------------------------------------
@@ -177,21 +178,31 @@ def encode_record(record: Record) -> bytes:
         "ocr": [b.to_json() for b in record.ocr], "spec": record.spec, "meta": record.meta,
         "image_len": len(image), "image_crc32": zlib.crc32(image),
     }
+    return pack_framed(MAGIC, header, image, f"record {record.key!r}: spec/meta/scores")
+
+
+def pack_framed(magic: bytes, header: dict, payload: bytes, what: str) -> bytes:
+    """``magic`` (4 bytes) + uint32 LE header length + ``header`` as compact sorted UTF-8 JSON +
+    ``payload``: the framing of every encoded record kind (this one, ``data/preference.py``'s pairs).
+    ``what`` names the record in the ``RecordError`` raised when ``header`` is not JSON-serialisable."""
     try:
         blob = json.dumps(header, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                           allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
-        raise RecordError(f"record {record.key!r}: spec/meta/scores are not JSON-serialisable: {e}") from e
-    return _HEADER.pack(MAGIC, len(blob)) + blob + image
+        raise RecordError(f"{what} are not JSON-serialisable: {e}") from e
+    return _HEADER.pack(magic, len(blob)) + blob + payload
 
 
-def _split(data: bytes):
+def unpack_framed(data: bytes, magic: bytes = MAGIC, version: int = SCHEMA_VERSION, kind: str = "seedream record"):
+    """(header dict, payload memoryview) of ``pack_framed`` bytes; ``RecordError`` when the magic is not
+    ``magic`` (the message names ``kind``), the data is truncated, the header is not JSON with an
+    integer ``v``, or ``v`` is newer than ``version``."""
     data = memoryview(data)
     if len(data) < _HEADER.size:
         raise RecordError(f"encoded record too short ({len(data)} bytes)")
-    magic, n = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise RecordError(f"not a seedream record (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    found, n = _HEADER.unpack_from(data)
+    if found != magic:
+        raise RecordError(f"not a {kind} (magic {bytes(found)!r}, expected {magic!r})")
     if _HEADER.size + n > len(data):
         raise RecordError(f"encoded record truncated: header of {n} bytes, record of {len(data)} bytes")
     try:
@@ -200,20 +211,20 @@ def _split(data: bytes):
         raise RecordError(f"record header is not UTF-8 JSON: {e}") from e
     if not isinstance(header, dict) or not isinstance(header.get("v"), int):
         raise RecordError("record header has no integer version 'v'")
-    if header["v"] > SCHEMA_VERSION:
-        raise RecordError(f"record {header.get('key')!r} has schema version {header['v']}, this code reads "
-                          f"<= {SCHEMA_VERSION}: upgrade seedream_jax")
+    if header["v"] > version:
+        raise RecordError(f"{kind} {header.get('key')!r} has schema version {header['v']}, this code reads "
+                          f"<= {version}: upgrade seedream_jax")
     return header, data[_HEADER.size + n:]
 
 
 def decode_header(data: bytes) -> dict:
     """The JSON header of an encoded record (all fields but the image), without copying the image."""
-    return _split(data)[0]
+    return unpack_framed(data)[0]
 
 
 def decode_record(data: bytes) -> Record:
     """Parses an encoded record and checks its image length and CRC32; raises ``RecordError``."""
-    header, image = _split(data)
+    header, image = unpack_framed(data)
     key = header.get("key")
     if len(image) != header["image_len"]:
         raise RecordError(f"record {key!r}: image is {len(image)} bytes, header says {header['image_len']}")

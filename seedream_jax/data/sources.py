@@ -15,10 +15,14 @@ yields this process's rows (``process_index::process_count``) of each global bat
                          latent cache's posteriors and the text cache's outputs when given those
   prompts      prompts  {"prompt": [str] * b}
   pairs        pairs    {"prompt": [str] * b, "chosen": [str] * b, "rejected": [str] * b}
+  image_pairs  image_pairs
+                        {"prompt": [str] * b, "chosen": uint8 [b, S, S, 3], "rejected": uint8 [b, S, S, 3],
+                         "index": int64 [b]}, S = ``data.image_size``: a pair dataset (``data/preference.py``)
   text         text     {"source": [str] * b, "target": [str] * b}
 
-An ``images`` source takes ``batch_fn`` (batch -> batch, e.g. tokenising the captions, applied to
-each batch) and has ``image_size`` (height, width): the base size a model initialises at. A stage
+An ``images`` (and ``image_pairs``) source takes ``batch_fn`` (batch -> batch, e.g. tokenising the
+captions, applied to each batch) and has ``image_size`` (height, width): the base size a model
+initialises at. A stage
 names what it reads (``lookup(name, yields='images')``), so a wrong format fails before anything
 loads, naming the formats that would do; ``register`` adds a format (a user's module can add its own).
 
@@ -39,7 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from seedream_jax.data import arrayrecord_io, synthetic
+from seedream_jax.data import arrayrecord_io, augment, preference, records, synthetic
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.captions import choose_captions
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
@@ -119,11 +123,13 @@ class SyntheticImages(IndexedBatches):
         return self.batch_fn(batch) if self.batch_fn is not None else batch
 
 
-def arrayrecord_path(data_cfg, workdir: str) -> str:
-    """The ArrayRecord dataset of ``data.path`` (inside ``workdir`` when relative)."""
+def arrayrecord_path(data_cfg, workdir: str,
+                     made_by: str = "tools/ingest.py, tools/curate.py or tools/make_synthetic.py --format arrayrecord"
+                     ) -> str:
+    """The ArrayRecord dataset of ``data.path`` (inside ``workdir`` when relative); ``made_by`` names the
+    tools that write one in the error for an empty ``data.path``."""
     if not data_cfg.path:
-        raise ValueError("data.format = 'arrayrecord' needs data.path: a dataset written by tools/ingest.py, "
-                         "tools/curate.py or tools/make_synthetic.py --format arrayrecord")
+        raise ValueError(f"data.format = {str(data_cfg.format)!r} needs data.path: a dataset written by {made_by}")
     return os.path.join(workdir, data_cfg.path)
 
 
@@ -147,6 +153,75 @@ def arrayrecord_images(data_cfg, workdir: str, global_batch: int, *, batch_fn: O
     source = arrayrecord_io.ArrayRecordSource(arrayrecord_path(data_cfg, workdir))
     return RecordPipeline(source, pipeline_config(data_cfg, global_batch), batch_fn=batch_fn, cache=cache,
                           text_cache=text_cache)
+
+
+# ---- image preference pairs
+
+@register("image_pairs", yields="image_pairs")
+class ImagePairs(IndexedBatches):
+    """Image preference pairs of the pair dataset ``data.path`` (``tools/ingest.py`` of a preference
+    file, ``data/preference.py``), shuffled by ``IndexedBatches`` with ``data.seed``: batches
+    {"prompt": [str] * b, "chosen", "rejected": uint8 [b, S, S, 3], "index": int64 [b]} (record
+    indices), S = ``data.image_size``. Each image is fit as the image sources fit theirs
+    (``augment.fit_to_bucket``: scale to cover, then a random crop when ``data.random_crop``, else
+    centred, and ``data.flip_prob``), both images of a pair with the same draws. A record that does not
+    decode is logged, counted (``skipped``) and replaced by the next record of the dataset. The state
+    is the batch position (``get_state``: position, seed, num_records)."""
+
+    max_bad_in_a_row = 16
+
+    def __init__(self, data_cfg, workdir: str, global_batch: int, *, batch_fn: Optional[Callable] = None):
+        path = arrayrecord_path(data_cfg, workdir, "tools/ingest.py from a preference file (data/preference.py)")
+        self.source = arrayrecord_io.ArrayRecordSource(path)
+        if len(self.source):
+            try:
+                preference.decode_pair_header(self.source[0])
+            except records.RecordError as e:
+                raise ValueError(f"data.path {path} does not hold preference pairs ({e}); ingest a preference "
+                                 "file with tools/ingest.py (data.format='arrayrecord' reads image datasets)") from None
+        size = int(data_cfg.image_size)
+        self.image_size = (size, size)
+        self.random_crop, self.flip_prob = bool(data_cfg.random_crop), float(data_cfg.flip_prob)
+        self.batch_fn, self.skipped = batch_fn, 0
+        super().__init__(len(self.source), int(global_batch), int(data_cfg.seed), self._make_batch)
+
+    def _load(self, index: int):
+        """(record index, prompt, chosen uint8 [H, W, 3], rejected uint8 [H', W', 3]) of ``index``, or of
+        the next record that decodes (each failure logged and counted in ``skipped``)."""
+        for attempt in range(self.max_bad_in_a_row + 1):
+            i = (index + attempt) % self.num_records
+            try:
+                pair = preference.decode_pair(self.source[i])
+                images = [records.decode_image(r.image) for r in (pair.chosen, pair.rejected)]
+                return (i, pair.prompt, *images)
+            except Exception as e:  # corrupt record or undecodable image: count, replace
+                logging.warning("data: skipping pair record %d (%s: %s)", i, type(e).__name__, e)
+                self.skipped += 1
+        raise RuntimeError(f"data: pair record {index} and the {self.max_bad_in_a_row} after it failed to decode; "
+                           "check the dataset")
+
+    def _fit(self, image: np.ndarray, seed: int) -> np.ndarray:
+        """uint8 [H, W, 3] -> uint8 [S, S, 3] with the draws of ``seed`` (one seed per pair)."""
+        return augment.fit_to_bucket(image, self.image_size, np.random.default_rng(seed), self.random_crop,
+                                     self.flip_prob)
+
+    def _make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict:
+        rows = [self._load(int(i)) for i in idx]
+        seeds = rng.integers(2 ** 63, size=len(rows))
+        batch = {"prompt": [r[1] for r in rows],
+                 "chosen": np.stack([self._fit(r[2], seed) for r, seed in zip(rows, seeds)]),
+                 "rejected": np.stack([self._fit(r[3], seed) for r, seed in zip(rows, seeds)]),
+                 "index": np.asarray([r[0] for r in rows], np.int64)}
+        return self.batch_fn(batch) if self.batch_fn is not None else batch
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "num_records": int(self.num_records)}
+
+    def set_state(self, state: dict) -> None:
+        if int(state.get("num_records", self.num_records)) != self.num_records:
+            raise ValueError(f"data state was saved with num_records={state['num_records']}, this dataset has "
+                             f"{self.num_records}: resuming would not continue with the same pairs")
+        super().set_state(state)
 
 
 # ---- rows of text: prompts, preference pairs, rewrite pairs

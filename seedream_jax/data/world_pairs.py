@@ -25,7 +25,7 @@ may weight the kinds: ``kind_cycle``).
 """
 import collections
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -178,8 +178,9 @@ def perturb(scene: Scene, kind: str, rng: np.random.Generator, allow_heldout: bo
     return out
 
 
-def _with_heldout_group(scene: Scene, rng) -> Optional[Scene]:
-    """``scene`` with one group turned into a held-out (colour, shape) pair, groups kept apart."""
+def with_heldout_group(scene: Scene, rng) -> Optional[Scene]:
+    """``scene`` with one group turned into a held-out (colour, shape) pair, groups kept apart
+    (None when no held-out pair fits): a scene no train split draws (``data/heldout.py``)."""
     groups = _groups(scene)
     key = _choice(rng, list(groups))
     options = [(s, c, key[2]) for c, s in heldout.HELDOUT_COLOUR_SHAPES if (s, c, key[2]) not in groups]
@@ -190,14 +191,14 @@ def _with_heldout_group(scene: Scene, rng) -> Optional[Scene]:
                          for o in scene.objects])
 
 
-def kind_cycle(weights) -> List[str]:
-    """Kinds repeated by their integer ``weights`` (in ``KINDS`` order): pair i of a training
+def kind_cycle(weights, kinds: Sequence[str] = KINDS) -> List[str]:
+    """``kinds`` repeated by their integer ``weights`` (in that order): pair i of a training
     stream is of kind ``cycle[i % len(cycle)]``."""
-    weights = [int(w) for w in weights]
-    if len(weights) != len(KINDS) or min(weights) < 0 or sum(weights) == 0:
-        raise ValueError(f"kind weights {weights} must be {len(KINDS)} non-negative integers (for {KINDS}) "
+    weights, kinds = [int(w) for w in weights], tuple(kinds)
+    if len(weights) != len(kinds) or min(weights) < 0 or sum(weights) == 0:
+        raise ValueError(f"kind weights {weights} must be {len(kinds)} non-negative integers (for {kinds}) "
                          "with a positive sum")
-    return [k for k, w in zip(KINDS, weights) for _ in range(w)]
+    return [k for k, w in zip(kinds, weights) for _ in range(w)]
 
 
 def make_pair(seed: int, split: str, index: int, mixed_captions: Optional[bool] = None,
@@ -217,7 +218,7 @@ def make_pair(seed: int, split: str, index: int, mixed_captions: Optional[bool] 
     for _ in range(_MAX_TRIES):
         scene = synthetic.sample_scene(rng, WORLDS[kind])
         if split == "heldout":
-            scene = _with_heldout_group(scene, rng)
+            scene = with_heldout_group(scene, rng)
             if scene is None or (kind == "relation" and synthetic._relation(scene.objects) is None):
                 continue
         negative = perturb(scene, kind, rng, allow_heldout=split == "heldout")

@@ -8,6 +8,12 @@ Registered by loading a reward stage:
   ``load_alignment(stage_dir, name='alignment')``: the learned image-text alignment model
                  (``rewards/alignment.py``): cosine per (image, prompt), jitted, batched and
                  differentiable with respect to the pixels (for reward backpropagation).
+  ``load_aesthetic(stage_dir, name='aesthetic')``: the learned aesthetic/structure model
+                 (``rewards/aesthetic.py``): one score per image (prompts ignored), higher for
+                 clean renderings than degraded or generated ones; jitted and differentiable.
+  ``load_glyph(stage_dir, name='text_rendering')``: the text-rendering score of a glyph_align
+                 stage (``rewards/glyph.py``): the cosine between the prompt's quoted text and the
+                 image features where the world draws a word (best layout); 0 without quoted text.
 
 ``images``: uint8 [B, H, W, 3] or float in [-1, 1] [B, H, W, 3]; ``prompts``: B strings.
 """
@@ -40,8 +46,9 @@ def register(name: str, fn: Callable, *, differentiable: bool, description: str 
 
 def get(name: str) -> Reward:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown reward {name!r}; registered: {names()} (a trained alignment model is "
-                       "registered by rewards.load_alignment(stage_dir))")
+        raise KeyError(f"unknown reward {name!r}; registered: {names()} (trained models are registered by "
+                       "rewards.load_alignment(stage_dir), rewards.load_aesthetic(stage_dir) and "
+                       "rewards.load_glyph(stage_dir))")
     return _REGISTRY[name]
 
 
@@ -56,15 +63,36 @@ def score(name: str, images, prompts: Sequence[str]):
     return get(name).fn(images, list(prompts))
 
 
+def _load(module: str, scorer_class: str, stage_dir: str, name: str, weights: str, replace: bool, description: str):
+    """Build ``seedream_jax.rewards.<module>.<scorer_class>.from_stage(stage_dir, weights)`` and
+    register it (differentiable) as ``name``."""
+    import importlib
+
+    scorer = getattr(importlib.import_module(f"seedream_jax.rewards.{module}"), scorer_class).from_stage(
+        stage_dir, weights)
+    register(name, scorer, differentiable=True, replace=replace, description=description.format(stage_dir))
+    return scorer
+
+
 def load_alignment(stage_dir: str, name: str = "alignment", weights: str = "ema", replace: bool = True):
     """Load a reward stage's alignment model (``weights`` 'ema' or 'raw') and register it as ``name``;
     returns the ``alignment.AlignmentScorer``."""
-    from seedream_jax.rewards.alignment import AlignmentScorer
+    return _load("alignment", "AlignmentScorer", stage_dir, name, weights, replace,
+                 "learned image-text alignment of {} (cosine)")
 
-    scorer = AlignmentScorer.from_stage(stage_dir, weights)
-    register(name, scorer, differentiable=True, replace=replace,
-             description=f"learned image-text alignment of {stage_dir} (cosine)")
-    return scorer
+
+def load_aesthetic(stage_dir: str, name: str = "aesthetic", weights: str = "ema", replace: bool = True):
+    """Load an aesthetic stage's model (``weights`` 'ema' or 'raw') and register it as ``name``;
+    returns the ``aesthetic.AestheticScorer``."""
+    return _load("aesthetic", "AestheticScorer", stage_dir, name, weights, replace,
+                 "learned aesthetic/structure score of {} (higher = cleaner; prompts ignored)")
+
+
+def load_glyph(stage_dir: str, name: str = "text_rendering", weights: str = "ema", replace: bool = True):
+    """Load a glyph_align stage's aligner (``weights`` 'ema' or 'raw') and register its text-rendering
+    score as ``name``; returns the ``glyph.TextRenderingScorer``."""
+    return _load("glyph", "TextRenderingScorer", stage_dir, name, weights, replace,
+                 "text-rendering score of {} (cosine of quoted text and drawn glyphs)")
 
 
 register("objective", objective.objective_score, differentiable=False,

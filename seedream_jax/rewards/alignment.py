@@ -15,7 +15,8 @@ import numpy as np
 
 from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data.tokenizer import TextTokenizer
-from seedream_jax.models.rewards import AlignmentReward, resize_images
+from seedream_jax.models.rewards import AlignmentReward
+from seedream_jax.rewards.common import batched, images_per_second, model_pixels
 
 COMPONENT = "alignment"  # the component name in a reward stage's checkpoint and stage.json
 
@@ -36,8 +37,8 @@ class AlignmentScorer:
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.config = model.config
         self._score = jax.jit(self.score_fn)
-        self._embed_images = jax.jit(lambda p, x: model.apply({"params": p}, self._pixels(x),
-                                                              method=AlignmentReward.encode_image))
+        self._embed_images = jax.jit(lambda p, x: model.apply(
+            {"params": p}, model_pixels(x, self.config.image_size), method=AlignmentReward.encode_image))
         self._embed_texts = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask,
                                                                      method=AlignmentReward.encode_text))
 
@@ -53,13 +54,10 @@ class AlignmentScorer:
         """(ids int32, mask bool) [B, max_length] of ``prompts``."""
         return self.tokenizer(list(prompts), self.config.max_length)
 
-    def _pixels(self, images):
-        x = images.astype(jnp.float32) / 127.5 - 1.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-        return resize_images(x, self.config.image_size)
-
     def score_fn(self, params, images, ids, mask):
         """Pure: cosines [B] of images (uint8, or float in [-1, 1]) and token arrays."""
-        return self.model.apply({"params": params}, self._pixels(images), ids, mask, method=AlignmentReward.score)
+        return self.model.apply({"params": params}, model_pixels(images, self.config.image_size), ids, mask,
+                                method=AlignmentReward.score)
 
     def embed_images(self, images) -> jax.Array:
         """Unit image embeddings [B, E]."""
@@ -76,26 +74,7 @@ class AlignmentScorer:
 
     def images_per_second(self, images, prompts: Sequence[str], repeats: int = 5) -> float:
         """Throughput of ``__call__`` on this batch (compiled first, then ``repeats`` timed calls)."""
-        import time
-
-        jax.block_until_ready(self(images, prompts))
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            jax.block_until_ready(self(images, prompts))
-        return repeats * len(prompts) / (time.perf_counter() - t0)
-
-
-def _batched(fn, rows, batch_size: int) -> np.ndarray:
-    """``fn`` over ``rows`` ``batch_size`` at a time, the last batch padded (one compiled shape)."""
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        n = len(chunk)
-        if len(rows) > batch_size and n < batch_size:
-            chunk = (np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-                     if isinstance(chunk, np.ndarray) else list(chunk) + [chunk[-1]] * (batch_size - n))
-        out.append(np.asarray(fn(chunk))[:n])
-    return np.concatenate(out)
+        return images_per_second(lambda: self(images, prompts), len(prompts), repeats)
 
 
 def pairwise_accuracy(scorer: AlignmentScorer, pairs, image_size: int, languages: Sequence[str] = ("en", "zh"),
@@ -105,13 +84,13 @@ def pairwise_accuracy(scorer: AlignmentScorer, pairs, image_size: int, languages
     caption than with the perturbed one; an image pair when the true caption scores the true image
     higher than the image rendered from the perturbed spec."""
     rendered = [p.images(image_size) for p in pairs]
-    chosen = _batched(scorer.embed_images, np.stack([c for c, _ in rendered]), batch_size)
-    rejected = _batched(scorer.embed_images, np.stack([r for _, r in rendered]), batch_size)
+    chosen = batched(scorer.embed_images, np.stack([c for c, _ in rendered]), batch_size)
+    rejected = batched(scorer.embed_images, np.stack([r for _, r in rendered]), batch_size)
     out = {"caption": {}, "image": {}}
     for lang in languages:
         captions = [p.captions(lang) for p in pairs]
-        true = _batched(scorer.embed_texts, [c for c, _ in captions], batch_size)
-        wrong = _batched(scorer.embed_texts, [r for _, r in captions], batch_size)
+        true = batched(scorer.embed_texts, [c for c, _ in captions], batch_size)
+        wrong = batched(scorer.embed_texts, [r for _, r in captions], batch_size)
         s_true, s_caption, s_image = (np.sum(a * b, -1) for a, b in ((chosen, true), (chosen, wrong), (rejected, true)))
         for kind in dict.fromkeys(p.kind for p in pairs):
             rows = np.array([p.kind == kind for p in pairs])

@@ -54,3 +54,28 @@ def alignment_loss(image_pos, image_neg, text_pos, text_neg, scale, positives, *
                   "caption_pair_accuracy": jnp.mean((s_pos > s_caption_neg).astype(jnp.float32)),
                   "image_pair_accuracy": jnp.mean((s_pos > s_image_neg).astype(jnp.float32)),
                   "temperature": 1.0 / scale}
+
+
+def glyph_loss(box_emb: jax.Array, span_emb: jax.Array, negative_emb: jax.Array, negative_valid: jax.Array,
+               scale: jax.Array, positives: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Glyph-ByT5's box-level contrastive loss with hard negatives, and its metrics.
+
+    box_emb, span_emb: unit [B, E] (example i's box and its template's text span); negative_emb:
+    unit [B, K, E], the spans of example i's K augmented templates, ``negative_valid`` [B, K] where
+    the augmentation applies; positives [B, B]: 1 where template j is example i's template. The
+    box-to-text direction is a softmax over the batch's B texts plus the box's own valid hard
+    negatives; the text-to-box direction over the batch's boxes. Metrics: ``hard_accuracy``, the
+    fraction of boxes whose true text scores above every valid hard negative, and the per-batch
+    InfoNCE terms.
+    """
+    logits = scale * box_emb @ span_emb.T                                   # [B, B]
+    hard = jnp.where(negative_valid, scale * jnp.einsum("be,bke->bk", box_emb, negative_emb), -jnp.inf)
+    pos = positives.astype(jnp.float32)
+    row_logp = jax.nn.log_softmax(jnp.concatenate([logits, hard], axis=1), axis=1)[:, :logits.shape[1]]
+    rows = -jnp.sum(pos / jnp.sum(pos, 1, keepdims=True) * row_logp, axis=1)
+    cols = -jnp.sum(pos / jnp.sum(pos, 0, keepdims=True) * jax.nn.log_softmax(logits, axis=0), axis=0)
+    loss = 0.5 * (jnp.mean(rows) + jnp.mean(cols))
+    true = jnp.diagonal(logits)
+    beaten = jnp.all(jnp.where(negative_valid, hard < true[:, None], True), axis=1)
+    return loss, {"box_to_text": jnp.mean(rows), "text_to_box": jnp.mean(cols),
+                  "hard_accuracy": jnp.mean(beaten.astype(jnp.float32)), "temperature": 1.0 / scale}

@@ -1,0 +1,40 @@
+"""What the learned reward scorers share: pixel conversion, batched evaluation, timing."""
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seedream_jax.models.rewards import resize_images
+
+
+def model_pixels(images, size: int) -> jax.Array:
+    """Images uint8 [B, H, W, 3] (0-255) or float [B, H, W, 3] in [-1, 1] -> float32 in [-1, 1],
+    [B, size, size, 3] (bilinear with antialiasing where H, W differ; differentiable)."""
+    x = images.astype(jnp.float32) / 127.5 - 1.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+    return resize_images(x, size)
+
+
+def batched(fn: Callable, rows, batch_size: int) -> np.ndarray:
+    """``fn`` over ``rows`` (an array or a list) ``batch_size`` at a time, the last batch padded
+    with copies of its last row (one compiled shape) -> the outputs concatenated along axis 0."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        n = len(chunk)
+        if len(rows) > batch_size and n < batch_size:
+            chunk = (np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+                     if isinstance(chunk, np.ndarray) else list(chunk) + [chunk[-1]] * (batch_size - n))
+        out.append(np.asarray(fn(chunk))[:n])
+    return np.concatenate(out)
+
+
+def images_per_second(call: Callable[[], jax.Array], num_images: int, repeats: int = 5) -> float:
+    """Throughput of ``call()``, which scores ``num_images`` images: compiled (and warmed) first,
+    then ``repeats`` timed calls, each waited for."""
+    jax.block_until_ready(call())
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(call())
+    return repeats * num_images / (time.perf_counter() - t0)
