@@ -140,7 +140,7 @@ def to_export_array(arr, layout: str, dtype=None) -> np.ndarray:
     out = to_torch_layout(np.asarray(jax.device_get(arr)), layout)
     if dtype is not None:
         out = out.astype(dtype, copy=False)
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out).reshape(out.shape)  # a 0-d leaf (a logit scale) stays 0-d
 
 
 def export_params(params, name_fn: Callable[[Tuple[str, ...], int], TorchParam],

@@ -84,7 +84,9 @@ def _check_components(source, components, conditioner_cfg, mmdit_cfg, vae_cfg):
         convert.check_shapes(source.scoped(top), checks[top](), where=f"{source.describe}: {top}")
 
 
-def _copy_tokenizer(tok: TokenizerFiles, out_dir: str) -> dict:
+def copy_tokenizer(tok: TokenizerFiles, out_dir: str) -> dict:
+    """Copy the tokenizer files to ``out_dir/tokenizer``; returns the ``tokenizer`` entry of the
+    export's JSON ({'kind', 'path'} relative to ``out_dir``), which ``torch_pipeline.LLMTokenizer`` reads."""
     dest = os.path.join(out_dir, "tokenizer")
     os.makedirs(dest, exist_ok=True)
     if tok.kind == "sentencepiece":
@@ -169,7 +171,7 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
     provenance = {**(provenance or {}), "dtype": dt.name, "components": components,
                   "not_exported": extra_tops}
     info = pipeline_config(conditioner_cfg, mmdit_cfg, vae_cfg,
-                           tokenizer=_copy_tokenizer(tokenizer, out_dir) if tokenizer and complete else None,
+                           tokenizer=copy_tokenizer(tokenizer, out_dir) if tokenizer and complete else None,
                            schedule=schedule or DEFAULT_SCHEDULE,
                            defaults=defaults or {"height": 512, "width": 512, "num_steps": 28, "guidance_scale": 4.0},
                            provenance=provenance,

@@ -195,6 +195,27 @@ def check_keys(component: str, folder: str, model_name: str, missing=(), unexpec
                               f"to load it (those weights would be random-initialised or dropped)")
 
 
+def load_tensors_strict(model: nn.Module, path: str, component: str, skip: Tuple[str, ...] = ()) -> nn.Module:
+    """Load the safetensors file ``path`` into ``model`` (a ``torch.nn.Module``): raises
+    ``StrictLoadError`` unless it holds exactly the model's state-dict keys and shapes, apart from
+    those starting with a ``skip`` prefix (submodules loaded on their own, e.g. an HF text tower)."""
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
+    check_keys(component, os.path.dirname(path), type(model).__name__, expected.keys() - tensors.keys(),
+               tensors.keys() - expected.keys(),
+               [(k, tuple(tensors[k].shape), expected[k]) for k in expected.keys() & tensors.keys()
+                if tuple(tensors[k].shape) != expected[k]])
+    model.load_state_dict(tensors, strict=not skip)
+    return model
+
+
+def hf_dtype_kwargs(torch_dtype) -> dict:
+    """The ``from_pretrained`` keyword for a dtype: 'dtype' from transformers 5 on, 'torch_dtype' before."""
+    import transformers
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
+
+
 def load_strict(cls, folder: str, component: str, **kwargs):
     """``cls.from_pretrained(folder, **kwargs)`` (a transformers / diffusers model class) that raises
     ``StrictLoadError`` unless the files hold exactly the model's keys with the model's shapes."""
@@ -286,17 +307,9 @@ class ConditionerLayers(nn.Module):
     def from_pretrained(cls, folder: str) -> "ConditionerLayers":
         """Strict load of ``folder/conditioner.safetensors``: missing, unexpected or mis-shaped keys
         raise ``StrictLoadError`` naming them."""
-        from safetensors.torch import load_file
         with open(os.path.join(folder, "config.json")) as f:
             model = cls(json.load(f))
-        tensors = load_file(os.path.join(folder, "conditioner.safetensors"))
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        check_keys("conditioner", folder, cls.__name__, expected.keys() - tensors.keys(),
-                   tensors.keys() - expected.keys(),
-                   [(k, tuple(tensors[k].shape), expected[k]) for k in expected.keys() & tensors.keys()
-                    if tuple(tensors[k].shape) != expected[k]])
-        model.load_state_dict(tensors, strict=True)
-        return model.eval()
+        return load_tensors_strict(model, os.path.join(folder, "conditioner.safetensors"), "conditioner").eval()
 
     def forward(self, llm_hidden, llm_mask, glyph_hidden=None, glyph_mask=None):
         """llm_hidden [B, L, W] (the LLM's selected hidden states), llm_mask [B, L]; glyph_hidden
@@ -350,8 +363,7 @@ class SeedreamPipeline:
             config = json.load(f)
         sub = lambda name: os.path.join(folder, config["components"][name])
         kw = dict(local_files_only=True, use_safetensors=True)
-        import transformers  # 'dtype' from transformers 5 on, 'torch_dtype' before
-        dtype_kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch_dtype}
+        dtype_kw = hf_dtype_kwargs(torch_dtype)
         with open(os.path.join(sub("text_encoder"), "config.json")) as f:
             causal = "Qwen2ForCausalLM" in json.load(f).get("architectures", [])
         llm = load_strict(Qwen2ForCausalLM if causal else Qwen2Model, sub("text_encoder"), "text_encoder",
