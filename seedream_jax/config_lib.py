@@ -139,7 +139,9 @@ def data_section(**overrides) -> ConfigDict:
     pipeline, seedream_jax/data/pipeline.py, with aspect-ratio buckets of base resolution
     ``image_size``, the latent cache in ``cache_dir`` or ``<path>-latents`` and the text cache in
     ``text_cache_dir`` or ``<path>-text`` when present), "prompts" (``prompts`` or the text/JSONL
-    file ``path``), "pairs" (preference pairs, JSONL ``path``) or "text" (rewrite pairs, JSONL ``path``).
+    file ``path``), "pairs" (text preference pairs, JSONL ``path``), "image_pairs" (image preference
+    pairs ingested by ``tools/ingest.py`` into a record dataset at ``path``, ``data/preference.py``)
+    or "text" (rewrite pairs, JSONL ``path``).
     An override of a key the section does not have raises KeyError naming it.
     """
     section = ConfigDict(dict(
