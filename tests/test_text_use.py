@@ -1,11 +1,11 @@
-"""eval/text_use.py: the text gain is exactly 0 for a DiT that ignores its prompt (a fresh adaLN-Zero
-MMDiT) and non-zero for one whose output depends on the prompt."""
+"""eval/text_use.py: the text gain and the attribute gain are exactly 0 for a DiT that ignores its
+prompt (a fresh adaLN-Zero MMDiT) and non-zero for one whose output depends on the prompt."""
 import jax
 import numpy as np
 import pytest
 
 from seedream_jax.eval.suite import build_suite
-from seedream_jax.eval.text_use import suite_batch, text_use
+from seedream_jax.eval.text_use import attribute_gain, suite_batch, text_use
 from test_generate import random_params, tiny_pipeline
 
 
@@ -43,3 +43,14 @@ def test_text_gain_is_zero_without_text_use_and_nonzero_with_it(batch):
     assert ignored["text_gain"] == 0.0 and ignored["empty_gain"] == 0.0 and ignored["matched"] > 0
     with pytest.raises(ValueError, match="roll"):
         text_use(pipe, params, images, captions, roll=6)
+
+
+def test_attribute_gain_is_zero_without_text_use_and_counts_the_pairs_where_a_kind_applies():
+    pipe, params = pipeline_with_encoder()
+    scenes = [i.scene for i in build_suite() if i.kind == "single"][:3]
+    used = attribute_gain(pipe, params, scenes, 16, kinds=("colour", "position"), times=(0.9,))
+    assert used["colour"]["pairs"] == 3 and used["position"]["pairs"] == 3
+    assert abs(used["colour"]["0.90"]["gain"]) > 1e-7 and used["colour"]["0.90"]["matched"] > 0
+    zero_out = dict(params, mmdit=jax.tree_util.tree_map(lambda x: x * 0, params["mmdit"]))
+    ignored = attribute_gain(pipe, zero_out, scenes, 16, kinds=("colour",), times=(0.9,))["colour"]["0.90"]
+    assert ignored["gain"] == 0.0 and ignored["matched"] > 0
