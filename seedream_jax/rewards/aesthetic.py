@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.models.rewards import AestheticReward
-from seedream_jax.rewards.common import batched, images_per_second, model_pixels
+from seedream_jax.rewards.common import batched, images_per_second, model_pixels, stage_model
 
 COMPONENT = "aesthetic"  # the component name in an aesthetic stage's checkpoint and stage.json
 
@@ -32,9 +31,8 @@ class AestheticScorer:
     @classmethod
     def from_stage(cls, stage_dir: str, weights: str = "ema") -> "AestheticScorer":
         """The scorer of an aesthetic stage directory (its stage.json and latest checkpoint)."""
-        stage = open_stage(stage_dir)
-        model, _ = stage.component(COMPONENT)
-        return cls(model, jax.tree_util.tree_map(jnp.asarray, stage.params(weights)[COMPONENT]))
+        _, model, params = stage_model(stage_dir, COMPONENT, weights)
+        return cls(model, params)
 
     def score_fn(self, params, images) -> jax.Array:
         """Pure: scores float32 [B] of images (uint8, or float in [-1, 1])."""

@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data.tokenizer import TextTokenizer
 from seedream_jax.models.rewards import AlignmentReward
-from seedream_jax.rewards.common import batched, images_per_second, model_pixels
+from seedream_jax.rewards.common import batched, images_per_second, model_pixels, stage_model
 
 COMPONENT = "alignment"  # the component name in a reward stage's checkpoint and stage.json
 
@@ -45,9 +44,7 @@ class AlignmentScorer:
     @classmethod
     def from_stage(cls, stage_dir: str, weights: str = "ema") -> "AlignmentScorer":
         """The scorer of a reward stage directory (its stage.json, latest checkpoint and tokenizer)."""
-        stage = open_stage(stage_dir)
-        model, _ = stage.component(COMPONENT)
-        params = jax.tree_util.tree_map(jnp.asarray, stage.params(weights)[COMPONENT])
+        stage, model, params = stage_model(stage_dir, COMPONENT, weights)
         return cls(model, params, open_tokenizer(stage.tokenizer()))
 
     def tokenize(self, prompts: Sequence[str]):

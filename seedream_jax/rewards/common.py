@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.models.rewards import resize_images
 
 
@@ -38,3 +39,11 @@ def images_per_second(call: Callable[[], jax.Array], num_images: int, repeats: i
     for _ in range(repeats):
         jax.block_until_ready(call())
     return repeats * num_images / (time.perf_counter() - t0)
+
+
+def stage_model(stage_dir: str, component: str, weights: str = "ema"):
+    """(stage, Flax model, params as jax arrays) of ``component`` in a stage directory's latest
+    checkpoint (``weights`` 'ema' or 'raw')."""
+    stage = open_stage(stage_dir)
+    model, _ = stage.component(component)
+    return stage, model, jax.tree_util.tree_map(jnp.asarray, stage.params(weights)[component])

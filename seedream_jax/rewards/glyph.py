@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data import fonts, glyph_pairs, synthetic
 from seedream_jax.models.conditioner import glyph_text
 from seedream_jax.models.glyph import GlyphAligner
@@ -57,9 +56,8 @@ class TextRenderingScorer:
     @classmethod
     def from_stage(cls, stage_dir: str, weights: str = "ema") -> "TextRenderingScorer":
         """The scorer of a glyph_align stage directory (its stage.json and latest checkpoint)."""
-        stage = open_stage(stage_dir)
-        model, _ = stage.component(COMPONENT)
-        return cls(model, jax.tree_util.tree_map(jnp.asarray, stage.params(weights)[COMPONENT]))
+        _, model, params = common.stage_model(stage_dir, COMPONENT, weights)
+        return cls(model, params)
 
     def score_fn(self, params, images, ids, mask, spans, boxes, valid):
         """Pure: [B] maximum over the K candidate ``boxes`` [B, K, 4] (``valid`` [B, K]) of the cosine
