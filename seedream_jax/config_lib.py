@@ -41,7 +41,7 @@ def _mmdit(heads, head_dim, double, single, axes_dims, latent_channels, context_
     return dict(in_channels=latent_channels, patch_size=2, num_heads=heads, head_dim=head_dim,
                 num_double_blocks=double, num_single_blocks=single, mlp_ratio=4.0,
                 context_dim=context_dim, pooled_dim=context_dim, axes_dims=tuple(axes_dims),
-                rope_theta=10000.0, rope_rule="scaled", rope_base_grid=base_grid, text_ids="diagonal")
+                rope_theta=10000.0, rope_rule="scaled", rope_base_grid=base_grid, text_ids="diagonal", image_pos_embed="none")
 
 
 MODEL_SIZES = {

@@ -201,3 +201,35 @@ def test_patch_size_4_exports_to_diffusers_flux(tmp_path):
     assert loaded_cfg == cfg
     with pytest.raises(ValueError, match="patch size 3"):
         load_mmdit(str(tmp_path), patch_size=3)
+
+
+def test_sincos_image_position_embedding_exports_with_its_torch_piece(tmp_path):
+    """``image_pos_embed='sincos'`` (absolute 2D position for image tokens, which diffusers' Flux
+    lacks): exported as a plain Flux transformer, ``torch_pipeline.flux_velocity`` with the
+    mirrored ``sincos_position_embedding`` reproduces ours; without it the outputs differ."""
+    from diffusers import FluxTransformer2DModel
+    from seedream_jax.interop.torch_pipeline import flux_velocity, pack_latents, sincos_position_embedding
+    from seedream_jax.models import rope
+    cfg = MMDiTConfig(**{**CFG.__dict__, "image_pos_embed": "sincos", "text_ids": "zeros"})
+    latents, t, ctx, mask, pooled = _inputs()
+    params = perturbed(nn.meta.unbox(MMDiT(cfg).init(jax.random.PRNGKey(0), latents, t, ctx, mask, pooled)["params"]))
+    ours = np.asarray(MMDiT(cfg).apply({"params": params}, latents, t, ctx, mask, pooled))
+    plain = np.asarray(MMDiT(MMDiTConfig(**{**cfg.__dict__, "image_pos_embed": "none"})).apply(
+        {"params": params}, latents, t, ctx, mask, pooled))
+    img_ids, txt_ids = flux_position_ids(cfg, 8, 12, ctx.shape[1])
+    pe_np = sincos_position_embedding(img_ids, cfg.hidden_size)
+    assert max_abs_diff(pe_np, rope.sincos_position_embedding(jnp.asarray(img_ids), cfg.hidden_size)) <= 1e-6
+    export_mmdit(params, cfg, str(tmp_path))
+    model = FluxTransformer2DModel.from_pretrained(str(tmp_path)).eval()
+    args = (pack_latents(torch.from_numpy(latents), 2), torch.from_numpy(t), torch.from_numpy(ctx),
+            torch.from_numpy(mask), torch.from_numpy(pooled), torch.from_numpy(img_ids), torch.from_numpy(txt_ids))
+    with torch.no_grad():
+        theirs = flux_velocity(model, *args, torch.from_numpy(pe_np))
+        without = flux_velocity(model, *args)
+    from seedream_jax.interop.torch_pipeline import unpack_latents
+    d = max_abs_diff(ours, unpack_latents(theirs, 8, 12, 2))
+    print(f"MMDiT with sin-cos image positions vs diffusers Flux + the torch piece: max abs diff {d:.2e}")
+    assert d <= 1e-5
+    assert max_abs_diff(plain, unpack_latents(without, 8, 12, 2)) <= 1e-5
+    assert max_abs_diff(ours, plain) > 1e-2
+    assert load_mmdit(str(tmp_path), rope_base_grid=4, text_ids="zeros", image_pos_embed="sincos")[0] == cfg

@@ -123,7 +123,8 @@ def pipeline_config(conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, 
             "latent": {"vae_downsample_factor": vae_cfg.downsample_factor, "latent_channels": vae_cfg.latent_channels,
                        "patch_size": mmdit_cfg.patch_size},
             "rope": {"rule": mmdit_cfg.rope_rule, "base_grid": mmdit_cfg.rope_base_grid,
-                     "text_ids": mmdit_cfg.text_ids, "theta": mmdit_cfg.rope_theta,
+                     "text_ids": mmdit_cfg.text_ids, "image_pos_embed": mmdit_cfg.image_pos_embed,
+                     "theta": mmdit_cfg.rope_theta,
                      "axes_dims": list(mmdit_cfg.axes_dims)},
             "schedule": dict(schedule), "defaults": dict(defaults), "source": provenance}
 
@@ -299,7 +300,7 @@ def import_pipeline(folder: str):
         text_encoder=path("text_encoder"), byt5=path("byt5"), conditioner=path("conditioner"),
         transformer=path("transformer"), vae=path("vae"),
         mmdit_overrides=dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"],
-                             patch_size=info["latent"]["patch_size"]))
+                             image_pos_embed=rope.get("image_pos_embed", "none"), patch_size=info["latent"]["patch_size"]))
     return configs["conditioner"], configs["transformer"], configs["vae"], params
 
 
@@ -407,6 +408,9 @@ Exported by seedream-jax from `{src.get('checkpoint', '<in-memory parameters>')}
    gh x gw grid (gh = h/{p}): d = i + 0.5 - gh/2 (rows; columns alike), then rule `{r['rule']}` with base grid {r['base_grid']}:
    `scaled` keeps d where |d| <= B/2 and maps the rest to sign(d) (B/2 + (|d| - B/2) B/g); ids (0, row, col).
    Text token k: `{r['text_ids']}` ('diagonal': (0, m + k, m + k) with m = 1 + the largest |image id|).
+   Absolute image position: `{r.get('image_pos_embed', 'none')}` ('sincos': `sincos_position_embedding(img_ids, D)`,
+   [sin(r w), cos(r w), sin(c w), cos(c w)] with w_k = 10000^(-k / (D/4)), is added to the image tokens right
+   after `x_embedder`; `flux_velocity` does it with a forward hook. 'none': nothing, as in Flux).
 5. **Sampling** (rectified flow, t = 1 is noise, the model predicts v = noise - x0). For N image tokens
    mu = {sch['base_shift']} + ({sch['max_shift']} - {sch['base_shift']}) (N - {sch['base_tokens']}) / ({sch['max_tokens']} - {sch['base_tokens']}); times
    t_i = exp(mu) / (exp(mu) + 1/s_i - 1) for s = linspace(1, 0, steps + 1) (t = 0 at the end).

@@ -135,6 +135,19 @@ def image_position_ids(grid_h: int, grid_w: int, rule: str, base_grid: int) -> n
     return np.stack([np.zeros_like(r), r, c], axis=-1).reshape(-1, 3).astype(np.float32)
 
 
+def sincos_position_embedding(img_ids: np.ndarray, dim: int, max_period: float = 10000.0) -> np.ndarray:
+    """[N, 3] image ids -> [N, dim] float32 [sin(r w), cos(r w), sin(c w), cos(c w)] with
+    w_k = max_period ** (-k / (dim / 4)): added to the image tokens after ``x_embedder`` in models
+    exported with ``image_pos_embed = 'sincos'`` (mirror of ``models/rope.sincos_position_embedding``)."""
+    n = dim // 4
+    omega = (max_period ** (-np.arange(n, dtype=np.float64) / n)).astype(np.float32)
+    parts = []
+    for axis in (1, 2):
+        angles = img_ids[:, axis:axis + 1].astype(np.float32) * omega
+        parts += [np.sin(angles), np.cos(angles)]
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
 def text_position_ids(num_tokens: int, grid_h: int, grid_w: int, scheme: str, rule: str, base_grid: int):
     """[num_tokens, 3] float32: 'diagonal' (0, m + k, m + k) with m = 1 + max |image id|, or 'zeros'."""
     if scheme == "zeros":
@@ -333,15 +346,25 @@ class ConditionerLayers(nn.Module):
 # ----------------------------------------------------------------------------- the pipeline
 
 @torch.no_grad()
-def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids):
+def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids, image_pos_embed=None):
     """A diffusers ``FluxTransformer2DModel``'s velocity [B, N, 4C] for packed latents [B, N, 4C]
     at times t [B] in [0, 1], text tokens context [B, T, C] with mask [B, T] (padded text tokens
-    are masked out of the joint attention), pooled [B, C], img_ids [N, 3], txt_ids [T, 3]."""
+    are masked out of the joint attention), pooled [B, C], img_ids [N, 3], txt_ids [T, 3].
+    ``image_pos_embed`` [N, D] (``sincos_position_embedding``), when given, is added to the image
+    tokens right after ``x_embedder`` (a forward hook; diffusers' Flux has no such term)."""
     b, n = packed.shape[:2]
     key_mask = torch.cat([mask.bool(), torch.ones((b, n), dtype=torch.bool, device=mask.device)], dim=1)
-    return transformer(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
-                       timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
-                       joint_attention_kwargs={"attention_mask": key_mask[:, None, None, :]})[0]
+    hook = None
+    if image_pos_embed is not None:
+        hook = transformer.x_embedder.register_forward_hook(
+            lambda module, inputs, out: out + image_pos_embed.to(device=out.device, dtype=out.dtype))
+    try:
+        return transformer(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
+                           timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
+                           joint_attention_kwargs={"attention_mask": key_mask[:, None, None, :]})[0]
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 class SeedreamPipeline:
@@ -430,7 +453,12 @@ class SeedreamPipeline:
         return torch.from_numpy(img).to(self.device), torch.from_numpy(txt).to(self.device)
 
     def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids):
-        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids)
+        pos = None
+        if self.config["rope"].get("image_pos_embed", "none") == "sincos":
+            c = self.transformer.config
+            pos = torch.from_numpy(sincos_position_embedding(img_ids.cpu().numpy(),
+                                                             c.num_attention_heads * c.attention_head_dim))
+        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids, pos)
 
     @torch.no_grad()
     def decode(self, latents_nhwc: torch.Tensor) -> torch.Tensor:

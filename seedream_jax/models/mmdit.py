@@ -29,6 +29,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 BLOCK_KINDS = ("double", "single")
+IMAGE_POS_EMBEDS = ("none", "sincos")
 
 
 def block_remat_policies(spec: str) -> dict:
@@ -54,7 +55,11 @@ class MMDiTConfig:
     """in_channels: latent channels; hidden size = num_heads * head_dim; axes_dims must sum to
     head_dim; context_dim / pooled_dim: widths of the incoming text tokens / pooled vector;
     attention_impl: see ``models.attention`` (None/"xla", "cudnn", "splash" on TPU);
-    remat_policy: "none" | "full" | "dots" for every block, or per kind ("double=dots,single=full")."""
+    remat_policy: "none" | "full" | "dots" for every block, or per kind ("double=dots,single=full");
+    image_pos_embed: "none" (Flux: image tokens know their place only through RoPE, which is
+    relative between image tokens) or "sincos" (a fixed 2D sin-cos embedding of the image ids,
+    ``rope.sincos_position_embedding``, added to the image tokens after ``x_embedder``, as SD3 and
+    DiT do: absolute position for every token; no parameters)."""
     in_channels: int = 16
     patch_size: int = 2
     num_heads: int = 8
@@ -69,6 +74,7 @@ class MMDiTConfig:
     rope_rule: str = "scaled"
     rope_base_grid: int = 32
     text_ids: str = "diagonal"
+    image_pos_embed: str = "none"
     qk_norm_eps: float = 1e-6
     dtype: str = "float32"
     attention_impl: Optional[str] = None
@@ -78,6 +84,8 @@ class MMDiTConfig:
         if sum(self.axes_dims) != self.head_dim:
             raise ValueError(f"axes_dims {self.axes_dims} must sum to head_dim {self.head_dim}")
         block_remat_policies(self.remat_policy)
+        if self.image_pos_embed not in IMAGE_POS_EMBEDS:
+            raise ValueError(f"image_pos_embed must be one of {IMAGE_POS_EMBEDS}, got {self.image_pos_embed!r}")
         attention.check_implementation(self.attention_impl)
 
     @property
@@ -259,8 +267,10 @@ class MMDiT(nn.Module):
             txt_ids = jnp.broadcast_to(txt_ids, (b,) + txt_ids.shape[-2:])
         cos, sin = rope.rope_frequencies(jnp.concatenate([txt_ids, img_ids], axis=-2), cfg.axes_dims, cfg.rope_theta)
 
-        img = layers.constrain_tokens(
-            layers.dense(d, None, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p)))
+        img = layers.dense(d, None, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p))
+        if cfg.image_pos_embed == "sincos":
+            img = img + rope.sincos_position_embedding(img_ids, d).astype(dt)
+        img = layers.constrain_tokens(img)
         txt = layers.constrain_tokens(
             layers.dense(d, axes.MLP, axes.EMBED, dtype=dt, name="context_embedder")(context.astype(dt)))
         temb = MLPEmbedder(d, dt, name="time_text_embed_timestep_embedder")(

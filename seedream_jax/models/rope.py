@@ -95,3 +95,22 @@ def text_position_ids(num_tokens: int, grid_h: int, grid_w: int, *, scheme: str 
     m = 1.0 + float(np.abs(img[:, 1:]).max())
     k = m + np.arange(num_tokens, dtype=np.float64)
     return np.stack([np.zeros_like(k), k, k], axis=-1).astype(np.float32)
+
+
+def sincos_position_embedding(ids: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Fixed 2D sin-cos absolute position embedding (MAE / DiT / SD3) of image position ids.
+
+    ids [..., N, 3] float (``image_position_ids``: (0, row id, column id), centred and scaled by
+    the RoPE rule, so the embedding follows the same resolution rule as the rotary phases)
+    -> [..., N, dim] float32: [sin(r w), cos(r w), sin(c w), cos(c w)] with the dim/4
+    frequencies w_k = max_period ** (-k / (dim / 4)), k = 0 .. dim/4 - 1; dim % 4 == 0.
+    """
+    if dim % 4:
+        raise ValueError(f"the sin-cos position embedding needs a width divisible by 4, got {dim}")
+    n = dim // 4
+    omega = jnp.asarray(max_period ** (-np.arange(n, dtype=np.float64) / n), jnp.float32)
+    parts = []
+    for axis in (1, 2):
+        angles = ids[..., axis:axis + 1].astype(jnp.float32) * omega
+        parts += [jnp.sin(angles), jnp.cos(angles)]
+    return jnp.concatenate(parts, axis=-1)
