@@ -257,6 +257,93 @@ def glyph_align_section(byt5: ConfigDict, **overrides) -> ConfigDict:
     return _updated("glyph_align_section", section, overrides)
 
 
+def rlhf_section(**overrides) -> ConfigDict:
+    """The ``rlhf`` stage (``stages/rlhf.py``): reward fine-tuning of the DiT from a trained stage.
+
+    method: 'refl' (ReFL: sample without gradient to a random step of ``refl.window``, one
+    gradient step predicting x0, decode, score), 'draft' (DRaFT-K: gradient through the sampler's
+    last ``draft.k`` steps) or 'grpo' (Flow-GRPO: SDE rollouts, ``grpo.group_size`` images per
+    prompt, group-normalised advantages, PPO clipping, KL to a frozen reference copy of the DiT).
+    init_from: {component: stage} (``checkpoint/init_from.py``); the pipeline's model configs,
+    time shift and tokenizer are the ``mmdit`` source stage's (its stage.json). frozen: path
+    prefixes not trained (the DiT trains by default; drop 'conditioner' or name its parts, e.g.
+    ('vae', 'conditioner/text_encoder/llm', 'conditioner/byt5'), to also train the adapter and
+    projection). prompts: a data section yielding prompts: format 'synthetic' takes every caption
+    (``prompts.caption_languages`` x ``prompts.caption_types``) of the world in ``prompts.dir``,
+    format 'prompts' a list or a text/JSONL file; prompts over the LLM's token limit are skipped
+    and counted. train.batch_size: prompts per step (GRPO samples group_size images of each).
+    rewards: {name: weight} of the reward API (``seedream_jax/rewards``); reward_stages: {name:
+    stage dir} of the learned ones to load (the loader follows the stage's kind: reward ->
+    alignment, aesthetic, glyph_align -> text rendering); names without a stage must already be
+    registered (``objective`` is). Each reward is logged every step as ``reward/<name>``.
+    Sampler: num_steps, solver, guidance_scale (the rollouts' and the reward samples'; fewer than
+    the sample stage's steps is Flow-GRPO's denoising reduction), height, width. reward_loss:
+    'relu' (relu(reward_margin - r) * reward_weight) or 'neg' (-r * reward_weight), for refl and
+    draft. flow_weight: weight of the flow-matching loss on the stage's image data (``rlhf.data``
+    if given, else ``cfg.data``) at logit-normal(time_mean, time_std) times, a regulariser (0 = off).
+    eval_prompts, eval_steps: the sample grid written every ``train.eval_every`` steps, with each
+    reward of those images. Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="rlhf", method="refl",
+        train=train_section(steps=200, batch_size=8, log_every=10, checkpoint_every=50, ema_decay=0.99),
+        optimizer=optimizer_section(lr=2e-5, warmup_steps=10, weight_decay=0.0),
+        init_from=ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain")),
+        frozen=("vae", "conditioner"),
+        prompts=data_section(format="synthetic", cfg_drop_prob=0.0),
+        rewards=ConfigDict(dict(alignment=1.0)),
+        reward_stages=ConfigDict(dict(alignment="reward")),
+        num_steps=20, solver="euler", guidance_scale=4.0,
+        height=MODEL_SIZES["tiny"]["resolution"], width=MODEL_SIZES["tiny"]["resolution"],
+        reward_loss="relu", reward_margin=2.0, reward_weight=1.0,
+        flow_weight=0.0, time_mean=0.0, time_std=1.0,
+        # ReFL: the gradient step's index on the num_steps grid, drawn uniformly in [first, last]
+        # (ImageReward: steps 30..39 of 40, where the image is already legible)
+        refl=ConfigDict(dict(window=(14, 19))),
+        draft=ConfigDict(dict(k=1)),       # DRaFT-K: gradient through the last k sampler steps
+        grpo=grpo_settings(),
+        eval_prompts=(), eval_steps=20))
+    return _updated("rlhf_section", section, overrides)
+
+
+def grpo_settings(preset: str = "flow_grpo") -> ConfigDict:
+    """The ``rlhf.grpo`` settings of a preset.
+
+    'flow_grpo' (Liu et al. 2025, SD3.5-M GenEval): noise level eta 0.7 in sigma_t = eta
+      sqrt(t / (1 - t)), 8 images per prompt (the paper: 24), training on int(0.99 * num_steps)
+      random denoising steps, PPO clip range 1e-4 on per-element log-probabilities, advantages
+      clipped to +-5, KL weight 0.004 to the reference, independent noise per image.
+    'dance_grpo' (Xue et al. 2025, Flux/video, sparse or binary rewards): noise level 0.3, 12 images
+      per prompt sharing their initial noise (so a group differs only by its SDE noise),
+      int(0.6 * num_steps) random steps, clip 1e-4, advantages clipped to +-5, no KL term; use it
+      with a binary reward such as ``objective`` (``dance_grpo_section``). DanceGRPO's own SDE has a
+      constant diffusion coefficient; here the rollouts keep Flow-GRPO's sigma_t schedule.
+    Fields: eta, group_size, train_fraction, clip_range, adv_clip (0 = none), adv_eps (the
+    advantage's std floor), kl_weight, per_element (log-probabilities and KL averaged over the
+    latent, not summed), same_noise (one initial noise per group), inner_steps (updates per
+    rollout; ``train.steps`` must be a multiple of it).
+    """
+    presets = {
+        "flow_grpo": dict(eta=0.7, group_size=8, train_fraction=0.99, clip_range=1e-4, adv_clip=5.0, adv_eps=1e-4,
+                          kl_weight=0.004, per_element=True, same_noise=False, inner_steps=2),
+        "dance_grpo": dict(eta=0.3, group_size=12, train_fraction=0.6, clip_range=1e-4, adv_clip=5.0, adv_eps=1e-4,
+                           kl_weight=0.0, per_element=True, same_noise=True, inner_steps=2),
+    }
+    if preset not in presets:
+        raise ValueError(f"unknown GRPO preset {preset!r}; expected one of {sorted(presets)}")
+    return ConfigDict(presets[preset])
+
+
+def dance_grpo_section(**overrides) -> ConfigDict:
+    """An ``rlhf`` section with DanceGRPO's settings (``grpo_settings('dance_grpo')``) and the
+    closed-world objective scorer's pass/fail as the (binary) reward; ``overrides`` as in
+    ``rlhf_section``."""
+    section = rlhf_section(method="grpo", num_steps=16)
+    section.grpo = grpo_settings("dance_grpo")  # assignments replace (``update`` merges nested sections)
+    section.rewards, section.reward_stages = ConfigDict(dict(objective=1.0)), ConfigDict()
+    return _updated("dance_grpo_section", section, overrides)
+
+
 def base_config(size: str = "tiny") -> ConfigDict:
     """Defaults shared by every stage; a config file picks stages and overrides values."""
     c = ConfigDict()
@@ -292,6 +379,7 @@ def base_config(size: str = "tiny") -> ConfigDict:
     c.reward.model.llm.vocab_size = c.model.llm.vocab_size
     c.aesthetic = aesthetic_section()  # a stage when config.stages names it
     c.glyph_align = glyph_align_section(c.model.byt5)  # a stage when config.stages names it
+    c.rlhf = rlhf_section(height=c.model.resolution, width=c.model.resolution)  # a stage when named
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,

@@ -6,7 +6,8 @@ are pure, usable inside ``lax.scan``.
 
 ODE steps ``step(v_fn, x, t_cur, t_next) -> x_next``: ``euler_step``, ``heun_step``.
 SDE step ``sde_step(v_fn, x, t_cur, t_next, eta, rng) -> (x_next, logp)``: Flow-GRPO's
-Euler-Maruyama step with the same marginals as the ODE; eta = 0 is ``euler_step``.
+Euler-Maruyama step with the same marginals as the ODE; eta = 0 is ``euler_step``. Its Gaussian's
+mean and std alone: ``sde_mean_std``.
 """
 import math
 
@@ -53,6 +54,15 @@ def gaussian_logprob(x, mean, std):
     return jnp.sum(elem.reshape(x.shape[0], -1), axis=1)
 
 
+def sde_mean_std(v, x, t_cur, t_next, eta):
+    """(mean [B, ...], std scalar) of the Gaussian transition of ``sde_step`` given the velocity
+    ``v`` = v(x, t_cur): the policy's mean (what a KL between two models compares) and its noise."""
+    dt = t_next - t_cur
+    sigma = sde_sigma(t_cur, t_next, eta)
+    mean = x + (v + jnp.square(sigma) / (2.0 * t_cur) * (x + (1.0 - t_cur) * v)) * dt
+    return mean, sigma * jnp.sqrt(-dt)
+
+
 def sde_step(v_fn, x, t_cur, t_next, eta, rng, *, x_next=None):
     """One step of the reverse-time SDE with the flow's marginals (Flow-GRPO, Liu et al. 2025).
 
@@ -68,11 +78,7 @@ def sde_step(v_fn, x, t_cur, t_next, eta, rng, *, x_next=None):
     """
     if x_next is None and rng is None and not (isinstance(eta, (int, float)) and eta == 0):
         raise ValueError("sde_step needs an rng to draw its noise when eta may be nonzero")
-    v = v_fn(x, t_cur)
-    dt = t_next - t_cur
-    sigma = sde_sigma(t_cur, t_next, eta)
-    mean = x + (v + jnp.square(sigma) / (2.0 * t_cur) * (x + (1.0 - t_cur) * v)) * dt
-    std = sigma * jnp.sqrt(-dt)
+    mean, std = sde_mean_std(v_fn(x, t_cur), x, t_cur, t_next, eta)
     if x_next is None:
         x_next = mean if rng is None else mean + std * jax.random.normal(rng, mean.shape, mean.dtype)
     noisy = std > 0
