@@ -58,6 +58,10 @@ def get_config():
     # Text tokens at position 0 (Flux's convention): image ids are centred on the image, so the
     # rotary phase between a word and an image token says where that token is.
     c.model.mmdit.text_ids = "zeros"
+    # Absolute position for image tokens: a fixed 2D sin-cos embedding of the image ids added after
+    # the patch embedding (SD3 / DiT). RoPE alone is relative between image tokens, so the pooled
+    # prompt vector (adaLN) could not say where to draw; exported with its own torch piece.
+    c.model.mmdit.image_pos_embed = "sincos"
     # Training times weighted toward noise: logit-normal t with mean 0.8 instead of 0. The prompt
     # decides the layout at high noise; at low noise the noisy image already shows it. At 300 DiT
     # steps this multiplies the text gain (flow-matching error with other scenes' captions minus
@@ -77,4 +81,7 @@ def get_config():
     c.pretrain.train.batch_size = 16
     c.pretrain.optimizer.lr = 1e-3
     c.pretrain.optimizer.warmup_steps = 50
+    # A constant learning rate after warmup (no cosine decay): the EMA averages the end of the run,
+    # and a run can be extended by resuming with more steps (configs/tiny_long.py was measured so).
+    c.pretrain.optimizer.final_lr_fraction = 1.0
     return c

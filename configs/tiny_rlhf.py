@@ -37,6 +37,7 @@ def get_config():
     r.rewards, r.reward_stages = ConfigDict(dict(objective=1.0)), ConfigDict()
     r.init_from = ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain"))
     r.num_steps = 10                      # rollouts: Flow-GRPO's denoising reduction (the eval samples 28)
+    r.refl.window = (6, 9)                # ReFL: the gradient step among the last 4 of those 10
     r.guidance_scale = c.sample.guidance_scale
     r.time_mean = c.pretrain.time_mean    # for a flow regulariser (flow_weight > 0), the pretrain times
     r.train.update(dict(steps=100, batch_size=8, log_every=2, checkpoint_every=20, eval_every=50))
