@@ -18,7 +18,14 @@ Variants on the command line or in a copy of this file:
   ReFL with the learned alignment reward: train the reward model first (stage ``reward``), then
     ``--config.rlhf.method=refl`` with ``c.rlhf.rewards = {'alignment': 1.0}`` and
     ``c.rlhf.reward_stages = {'alignment': 'reward'}`` (``c.stages = ('reward', 'rlhf', 'sample', 'eval')``);
-    ``--config.rlhf.method=draft`` for DRaFT-K.
+    ``--config.rlhf.method=draft`` for DRaFT-K. Run ReFL and DRaFT with ``SEEDREAM_XLA_DEFAULTS=0``:
+    on a single-device CPU process the default YNNPACK elementwise fusion crashed XLA:CPU
+    (segmentation fault) in their step.
+
+Measured on the 3000-step base of configs/tiny_long.py (benchmarks/RESULTS.md (e)): this GRPO
+with the exact-pass objective reward is too sparse there (3 of 12 rollouts had a passing image;
+no gain); ReFL with the aesthetic reward raised shape, position and relation and showed reward
+hacking (background stripes).
 """
 import os
 import sys
