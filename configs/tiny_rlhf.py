@@ -18,9 +18,10 @@ Variants on the command line or in a copy of this file:
   ReFL with the learned alignment reward: train the reward model first (stage ``reward``), then
     ``--config.rlhf.method=refl`` with ``c.rlhf.rewards = {'alignment': 1.0}`` and
     ``c.rlhf.reward_stages = {'alignment': 'reward'}`` (``c.stages = ('reward', 'rlhf', 'sample', 'eval')``);
-    ``--config.rlhf.method=draft`` for DRaFT-K. Run ReFL and DRaFT with ``SEEDREAM_XLA_DEFAULTS=0``:
-    on a single-device CPU process the default YNNPACK elementwise fusion crashed XLA:CPU
-    (segmentation fault) in their step.
+    ``--config.rlhf.method=draft`` for DRaFT-K. On a single-device CPU process run ReFL and DRaFT
+    with ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot``: the framework's default
+    YNNPACK elementwise fusion (``dot,eltwise``) crashed XLA:CPU (segmentation fault) at their
+    second update.
 
 Measured on the 3000-step base of configs/tiny_long.py (benchmarks/RESULTS.md (e)): this GRPO
 with the exact-pass objective reward is too sparse there (3 of 12 rollouts had a passing image;
