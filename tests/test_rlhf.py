@@ -447,6 +447,8 @@ def test_lr_zero_keeps_the_policy_bit_identical_to_the_reference_and_sample_read
     cfg, summary = _run(workdir, "rlhf_lr0", {"method": "grpo", "optimizer.lr": 0.0, "train.ema_decay": 0.9,
                                               "grpo.group_size": 2})
     assert summary["steps"] == 4 and not summary["preempted"]
+    curves_png = os.path.join(workdir, "rlhf_lr0", "reward_curves.png")
+    assert summary["reward_curves"] == curves_png and os.path.getsize(curves_png) > 0
     metrics = summary["final_metrics"]
     assert {"reward/redness", "reward/total", "kl", "clip_fraction", "advantage_abs"} <= set(metrics)
     assert metrics["kl"] < 1e-10 and abs(metrics["ratio"] - 1.0) < 1e-5

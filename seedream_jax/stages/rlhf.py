@@ -23,6 +23,8 @@ the loop's non-finite guard). Methods (``training/rlhf_losses.py``):
 ``flow_weight`` > 0 adds the flow-matching loss of the pretrain stage (``pretrain.model_functions``)
 on the stage's image data (``rlhf.data``, else ``cfg.data``) as a regulariser.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,7 @@ from seedream_jax import rewards as rewards_api
 from seedream_jax.checkpoint.init_from import parse_sources
 from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, source_record
 from seedream_jax.data import prompt_data
+from seedream_jax.eval import curves
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.conditioner import tokenize_prompts
 from seedream_jax.models.partition import merge_params
@@ -196,6 +199,15 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     return loop.Task(name="rlhf", init_params=init_params, loss_fn=loss_fn, data=data, init_sources=init_sources,
                      evaluate=evaluate if prompts else None, rollout=rollout if grpo else None,
                      inner_steps=int(g.inner_steps) if grpo else 1)
+
+
+def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
+    """Draws every reward's curve over training (``reward/<name>`` per step and the periodic
+    ``eval/reward/<name>``, from the stage's TensorBoard events) to ``reward_curves.png``."""
+    series = curves.read_scalars(os.path.join(stage_dir, "tensorboard"), ("reward/", "eval/reward/"))
+    if not series:
+        return {}
+    return {"reward_curves": curves.plot_curves(series, os.path.join(stage_dir, "reward_curves.png"))}
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
