@@ -21,19 +21,15 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-LOADERS = {"aesthetic": "load_aesthetic", "reward": "load_alignment", "glyph_align": "load_glyph"}
-
-
 def load_reward(spec: str) -> str:
-    """'name' (already registered) or 'name=<stage dir>' -> the registered name."""
+    """'name' (already registered) or 'name=<reward stage dir>' -> the registered name."""
     from seedream_jax import rewards
-    from seedream_jax.checkpoint.stage_dir import open_stage
     name, _, stage_dir = spec.partition("=")
     if stage_dir:
-        kind = open_stage(stage_dir).kind
-        if kind not in LOADERS:
-            raise SystemExit(f"--reward {spec}: stage kind {kind!r} is not a reward stage ({sorted(LOADERS)})")
-        getattr(rewards, LOADERS[kind])(stage_dir, name=name)
+        try:
+            rewards.load_stage(stage_dir, name=name)
+        except ValueError as e:
+            raise SystemExit(f"--reward {spec}: {e}") from e
     rewards.get(name)
     return name
 

@@ -95,5 +95,19 @@ def load_glyph(stage_dir: str, name: str = "text_rendering", weights: str = "ema
                  "text-rendering score of {} (cosine of quoted text and drawn glyphs)")
 
 
+STAGE_LOADERS = {"reward": load_alignment, "aesthetic": load_aesthetic, "glyph_align": load_glyph}  # stage kind -> loader
+
+
+def load_stage(stage_dir: str, name: str, weights: str = "ema", replace: bool = True):
+    """Load the reward model of a reward stage of any kind in ``STAGE_LOADERS`` (read from its
+    stage.json) and register it as ``name``; returns its scorer. Another kind fails naming them."""
+    from seedream_jax.checkpoint.stage_dir import open_stage
+
+    kind = open_stage(stage_dir).kind
+    if kind not in STAGE_LOADERS:
+        raise ValueError(f"{stage_dir} is a stage of kind {kind!r}; a reward stage is of kind {sorted(STAGE_LOADERS)}")
+    return STAGE_LOADERS[kind](stage_dir, name=name, weights=weights, replace=replace)
+
+
 register("objective", objective.objective_score, differentiable=False,
          description="closed-world check of a world caption: 1 if every claim holds, else 0")

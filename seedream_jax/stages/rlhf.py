@@ -46,8 +46,6 @@ from seedream_jax.training import loop, rlhf_losses
 METHODS = ("refl", "draft", "grpo")
 REFERENCE = "ref"  # frozen[REFERENCE]['mmdit']: GRPO's reference DiT
 UNCOND, FLOW = "uncond/", "flow/"  # batch keys: the empty prompt's tokens, the regulariser's images
-REWARD_LOADERS = {"reward": rewards_api.load_alignment, "aesthetic": rewards_api.load_aesthetic,
-                  "glyph_align": rewards_api.load_glyph}  # a reward stage's kind -> its loader
 
 
 def source_stage(stage_cfg, workdir: str):
@@ -66,11 +64,10 @@ def load_rewards(stage_cfg, workdir: str, table: in_graph.PromptTable) -> list:
         raise ValueError("rlhf.rewards is empty: name at least one reward, e.g. {'alignment': 1.0}")
     for name, stage in s.reward_stages.items():
         if name in s.rewards and stage:
-            kind = open_stage(common.resolve(workdir, stage)).kind
-            if kind not in REWARD_LOADERS:
-                raise ValueError(f"rlhf.reward_stages.{name}: stage {stage!r} is of kind {kind!r}; a reward "
-                                 f"stage is of kind {sorted(REWARD_LOADERS)}")
-            REWARD_LOADERS[kind](common.resolve(workdir, stage), name=name)
+            try:
+                rewards_api.load_stage(common.resolve(workdir, stage), name=name)
+            except ValueError as e:
+                raise ValueError(f"rlhf.reward_stages.{name}: {e}") from e
     out = [in_graph.graph_reward(name, table) for name in s.rewards]
     if s.method != "grpo":
         bad = [r.name for r in out if not r.differentiable]
