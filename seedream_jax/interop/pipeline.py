@@ -9,7 +9,8 @@ Export layout (``export_pipeline``; every weight file is safetensors):
       text_encoder/              transformers Qwen2Model (or Qwen2ForCausalLM): config.json + model*.safetensors
       byt5/                      transformers T5EncoderModel
       conditioner/               config.json + conditioner.safetensors (layout: interop/conditioner_layers.py)
-      transformer/               diffusers FluxTransformer2DModel
+      transformer/               diffusers FluxTransformer2DModel (+ seedream_style_adapter.safetensors
+                                 with a style adapter: see interop/flux.py)
       vae/                       diffusers AutoencoderKL (fitted scaling_factor / shift_factor)
       tokenizer/                 the LLM tokenizer files
 
@@ -113,9 +114,35 @@ def copy_tokenizer(tok: TokenizerFiles, out_dir: str) -> dict:
     raise ValueError(f"tokenizer kind must be 'sentencepiece' or 'hf', got {tok.kind!r}")
 
 
+def style_vocab_entry(mmdit_cfg: MMDiTConfig, vocab) -> Optional[list]:
+    """``vocab`` ({attribute: [value names]} in attribute order, [(attribute, [values])], the JSON
+    form itself, or None) as the JSON list [{'attribute', 'values'}], checked against ``style_tag_sizes``."""
+    if vocab is None:
+        return None
+    pairs = (list(vocab.items()) if isinstance(vocab, dict) else
+             [(p["attribute"], p["values"]) if isinstance(p, dict) else tuple(p) for p in vocab])
+    sizes = tuple(len(v) for _, v in pairs)
+    if sizes != mmdit_cfg.style_tag_sizes:
+        raise ValueError(f"style vocabulary {dict(pairs)} has {sizes} values per attribute; the model's "
+                         f"style_tag_sizes is {mmdit_cfg.style_tag_sizes}")
+    return [{"attribute": str(a), "values": [str(x) for x in v]} for a, v in pairs]
+
+
+def style_adapter_config(mmdit_cfg: MMDiTConfig, vocab=None) -> Optional[dict]:
+    """The ``style_adapter`` entry of ``seedream_pipeline.json`` (None without an adapter)."""
+    if not mmdit_cfg.style_tag_sizes:
+        if vocab:
+            raise ValueError("a style vocabulary was given but the model has no style adapter")
+        return None
+    return {"file": f"{_WHERE['transformer'][1]}/{flux.STYLE_FILE}", "tag_sizes": list(mmdit_cfg.style_tag_sizes),
+            "dim": mmdit_cfg.style_dim, "vocab": style_vocab_entry(mmdit_cfg, vocab),
+            "formula": "e = mlp_out(silu(mlp_in(sum_a tag_embedding[a][tags[:, a]]))); in double block i the "
+                       "image tokens' values (output of attn.to_v) += style_value[i](e); tag 0 = absent"}
+
+
 def pipeline_config(conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, vae_cfg: VAEConfig, *,
                     tokenizer: Optional[dict], schedule: dict, defaults: dict, provenance: dict,
-                    text_encoder_class: str) -> dict:
+                    text_encoder_class: str, style_vocab=None) -> dict:
     """The ``seedream_pipeline.json`` dict (what ``torch_pipeline.SeedreamPipeline`` reads)."""
     return {"format": "seedream-jax-pipeline", "version": 1,
             "components": {c: _WHERE[c][1] for c in COMPONENTS if c != "byt5" or conditioner_cfg.byt5 is not None},
@@ -126,6 +153,7 @@ def pipeline_config(conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, 
                      "text_ids": mmdit_cfg.text_ids, "image_pos_embed": mmdit_cfg.image_pos_embed,
                      "theta": mmdit_cfg.rope_theta,
                      "axes_dims": list(mmdit_cfg.axes_dims)},
+            "style_adapter": style_adapter_config(mmdit_cfg, style_vocab),
             "schedule": dict(schedule), "defaults": dict(defaults), "source": provenance}
 
 
@@ -134,17 +162,20 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
                     causal_lm: bool = False, lm_head_from: Optional[str] = None,
                     tokenizer: Optional[TokenizerFiles] = None, schedule: Optional[dict] = None,
                     defaults: Optional[dict] = None, provenance: Optional[dict] = None,
-                    max_shard_bytes: int = 5 * 2**30) -> Dict[str, list]:
+                    max_shard_bytes: int = 5 * 2**30, style_vocab=None) -> Dict[str, list]:
     """Write the components of a pipeline parameter tree (or ``convert.ParamSource``) to ``out_dir``.
 
     ``components``: a subset of ``COMPONENTS`` (default: all the parameters have). Shapes are
     checked against the configs before anything is written (``CheckpointMismatchError`` lists
     the differences). With every component and a ``tokenizer``, also writes the tokenizer files,
     ``seedream_pipeline.json``, ``seedream_torch.py`` and ``README.md``. ``dtype``: stored dtype
-    of every tensor (float32 / bfloat16 / float16). Returns {component: files written}.
+    of every tensor (float32 / bfloat16 / float16). ``style_vocab``: with a style adapter, the
+    tag names ({attribute: [value names]} in attribute order) recorded in the JSON so the PyTorch
+    pipeline takes named tags. Returns {component: files written}.
     """
     source = convert.as_source(params)
     dt = convert.export_dtype(dtype)
+    style_adapter_config(mmdit_cfg, style_vocab)  # a vocabulary that does not fit fails before writing
     components = list(components) if components is not None else _components_present(source, conditioner_cfg)
     _check_components(source, components, conditioner_cfg, mmdit_cfg, vae_cfg)
     extra_tops = sorted({p[0] for p in source.shapes()} - {"conditioner", "mmdit", "vae"})
@@ -176,7 +207,8 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
                            schedule=schedule or DEFAULT_SCHEDULE,
                            defaults=defaults or {"height": 512, "width": 512, "num_steps": 28, "guidance_scale": 4.0},
                            provenance=provenance,
-                           text_encoder_class="Qwen2ForCausalLM" if causal_lm else "Qwen2Model")
+                           text_encoder_class="Qwen2ForCausalLM" if causal_lm else "Qwen2Model",
+                           style_vocab=style_vocab)
     with open(os.path.join(out_dir, PIPELINE_FILE), "w") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
     written["pipeline"] = [os.path.join(out_dir, PIPELINE_FILE)]
@@ -231,7 +263,8 @@ def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain
                       guidance_scale=float(s.guidance_scale)),
         provenance={"checkpoint": source.path, "step": source.step,
                     "weights": "ema" if source.used_ema else "raw"},
-        max_shard_bytes=max_shard_bytes)
+        max_shard_bytes=max_shard_bytes,
+        style_vocab=opened.meta.get("style_vocab") if mmdit_cfg.style_tag_sizes else None)
     return {"files": files, "step": source.step, "used_ema": source.used_ema, "stage_dir": stage_dir}
 
 
@@ -296,11 +329,14 @@ def import_pipeline(folder: str):
     comp = info["components"]
     path = lambda c: os.path.join(folder, comp[c]) if c in comp else None
     rope = info["rope"]
+    style = info.get("style_adapter") or {}
     configs, params = import_components(
         text_encoder=path("text_encoder"), byt5=path("byt5"), conditioner=path("conditioner"),
         transformer=path("transformer"), vae=path("vae"),
         mmdit_overrides=dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"],
-                             image_pos_embed=rope.get("image_pos_embed", "none"), patch_size=info["latent"]["patch_size"]))
+                             image_pos_embed=rope.get("image_pos_embed", "none"), patch_size=info["latent"]["patch_size"],
+                             style_tag_sizes=tuple(style.get("tag_sizes", ())),
+                             **({"style_dim": style["dim"]} if style else {})))
     return configs["conditioner"], configs["transformer"], configs["vae"], params
 
 
@@ -353,6 +389,14 @@ def readme(info: dict, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfi
     glyph_args = ", glyph, glyph_mask" if glyph else ""
     stack = (f"the {te.adapter} adapter ({te.adapter_layers} blocks), " if te.adapter != "none" else "") + (
         "the glyph mapper, concatenation of LLM and glyph tokens, " if glyph else "")
+    sa = info.get("style_adapter")
+    style_step = "" if not sa else f"""   **Style adapter** (`{sa['file']}`, `seedream_torch.StyleAdapter`): style tags int [B, {len(sa['tag_sizes'])}]
+   (attribute a takes 0 = absent or k = value k-1 of {sa['tag_sizes']}{'; names in seedream_pipeline.json' if sa.get('vocab') else ''}):
+   e = mlp_out(silu(mlp_in(sum_a tag_embedding[a](tags[:, a])))), and in double block i the output of
+   `transformer_blocks[i].attn.to_v` (the image tokens' values) gets `style_value[i](e)[:, None]` added
+   (forward hooks in `flux_velocity`). Sampling with tags: the unconditional branch has every tag absent;
+   negative-tag guidance adds v_neg (the prompt with the negative tags): v = v_u + g (v_c - v_u) + g_neg (v_c - v_neg).
+"""
     lm_cls = info["text_encoder_class"]
     load = lambda cls, folder: f"`{cls}.from_pretrained('{folder}', use_safetensors=True)`"
     rows = [("text_encoder/", f"transformers `{lm_cls}`",
@@ -411,7 +455,7 @@ Exported by seedream-jax from `{src.get('checkpoint', '<in-memory parameters>')}
    Absolute image position: `{r.get('image_pos_embed', 'none')}` ('sincos': `sincos_position_embedding(img_ids, D)`,
    [sin(r w), cos(r w), sin(c w), cos(c w)] with w_k = 10000^(-k / (D/4)), is added to the image tokens right
    after `x_embedder`; `flux_velocity` does it with a forward hook. 'none': nothing, as in Flux).
-5. **Sampling** (rectified flow, t = 1 is noise, the model predicts v = noise - x0). For N image tokens
+{style_step}5. **Sampling** (rectified flow, t = 1 is noise, the model predicts v = noise - x0). For N image tokens
    mu = {sch['base_shift']} + ({sch['max_shift']} - {sch['base_shift']}) (N - {sch['base_tokens']}) / ({sch['max_tokens']} - {sch['base_tokens']}); times
    t_i = exp(mu) / (exp(mu) + 1/s_i - 1) for s = linspace(1, 0, steps + 1) (t = 0 at the end).
    Euler: x += (t_(i+1) - t_i) v, where v = v_u + g (v_c - v_u) from one transformer call on

@@ -20,6 +20,11 @@ strictly: a folder whose files miss a key, add one or change a shape is refused 
     vae/           diffusers AutoencoderKL (its config holds the latent scaling/shift)
     tokenizer/     the LLM tokenizer (SentencePiece model or HF tokenizer files)
 
+A model trained with the style adapter (``seedream_pipeline.json`` has a ``style_adapter``
+entry) also has ``transformer/seedream_style_adapter.safetensors``: ``StyleAdapter`` below, applied
+by ``flux_velocity`` through forward hooks on each double block's ``attn.to_v``; the pipeline then
+takes style tags and negative-tag guidance (``SeedreamPipeline.__call__``).
+
 The helpers for text inputs, position ids and the time grid mirror, in NumPy, the JAX code
 they name (``models/conditioner.py``, ``models/byt5.py``, ``models/rope.py``,
 ``sampling/schedules.py``); ``tests/test_export_pipeline.py`` checks that they agree.
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 PIPELINE_FILE = "seedream_pipeline.json"
+STYLE_FILE = "seedream_style_adapter.safetensors"  # in the transformer folder (interop/flux.py)
 
 # ----------------------------------------------------------------------------- text inputs
 # Mirror of models/conditioner.py: the quoted spans of a prompt are the text to render.
@@ -343,39 +349,115 @@ class ConditionerLayers(nn.Module):
         return context, mask, pooled.to(context.dtype)
 
 
+# ----------------------------------------------------------------------------- style adapter
+# Mirror of models/style_adapter.py (the VMix-style value mixing of the MMDiT's double blocks).
+
+class StyleAdapter(nn.Module):
+    """Style tags [B, A] int (0 = attribute absent, k = value k-1) -> per double block i the value
+    offset delta_i [B, D] that ``flux_velocity`` adds to ``transformer_blocks[i].attn.to_v``'s output:
+
+        e       = mlp_out(silu(mlp_in(sum_a tag_embedding[a](tags[:, a]))))
+        delta_i = style_value[i](e)
+
+    Keys of ``seedream_style_adapter.safetensors`` are this module's state dict."""
+
+    def __init__(self, tag_sizes: Sequence[int], dim: int, hidden_size: int, num_double_blocks: int):
+        super().__init__()
+        self.tag_sizes = tuple(int(n) for n in tag_sizes)
+        self.tag_embedding = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.tag_sizes)
+        self.mlp_in, self.mlp_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.style_value = nn.ModuleList(nn.Linear(dim, hidden_size) for _ in range(num_double_blocks))
+
+    @classmethod
+    def from_file(cls, path: str) -> "StyleAdapter":
+        """Strict load; the tag sizes, width and block count come from the tensors' shapes."""
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+            shape = lambda k: tuple(f.get_slice(k).get_shape())
+            n_attr = sum(1 for k in keys if re.fullmatch(r"tag_embedding\.\d+\.weight", k))
+            n_blocks = sum(1 for k in keys if re.fullmatch(r"style_value\.\d+\.weight", k))
+            if not n_attr or not n_blocks:
+                raise StrictLoadError(f"{path}: not a style-adapter file (no tag_embedding.<a>.weight or "
+                                      "style_value.<i>.weight tensors)")
+            sizes = [shape(f"tag_embedding.{a}.weight")[0] - 1 for a in range(n_attr)]
+            hidden, dim = shape("style_value.0.weight")
+        return load_tensors_strict(cls(sizes, dim, hidden, n_blocks), path, "style_adapter").eval()
+
+    def forward(self, tags: torch.Tensor) -> List[torch.Tensor]:
+        tags = tags.long()
+        if tags.ndim != 2 or tags.shape[1] != len(self.tag_sizes):
+            raise ValueError(f"style tags must be [batch, {len(self.tag_sizes)}] (tag sizes {self.tag_sizes}), "
+                             f"got {tuple(tags.shape)}")
+        for a, n in enumerate(self.tag_sizes):
+            if bool(((tags[:, a] < 0) | (tags[:, a] > n)).any()):
+                raise ValueError(f"style tag attribute {a} takes ids 0 (absent) .. {n}, got {tags[:, a].tolist()}")
+        h = sum(emb(tags[:, a]) for a, emb in enumerate(self.tag_embedding))
+        e = self.mlp_out(F.silu(self.mlp_in(h)))
+        return [lin(e) for lin in self.style_value]
+
+
+def style_value_hooks(transformer, deltas: Sequence[torch.Tensor]) -> list:
+    """Register forward hooks adding deltas[i] [B, D] to every image token's value in double block i
+    (``transformer_blocks[i].attn.to_v``, which diffusers' FluxAttnProcessor applies to the image
+    tokens only); returns the handles (``.remove()`` them)."""
+    blocks = transformer.transformer_blocks
+    if len(blocks) != len(deltas):
+        raise ValueError(f"style adapter has {len(deltas)} double blocks, the transformer {len(blocks)}")
+    handles = []
+    for block, delta in zip(blocks, deltas):
+        if getattr(block.attn, "fused_projections", False):
+            raise ValueError("the style adapter hooks attn.to_v; unfuse the QKV projections first")
+        handles.append(block.attn.to_v.register_forward_hook(
+            lambda module, inputs, out, d=delta: out + d[:, None, :].to(device=out.device, dtype=out.dtype)))
+    return handles
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 @torch.no_grad()
-def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids, image_pos_embed=None):
+def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids, image_pos_embed=None,
+                  style_tags=None, style_adapter: Optional[StyleAdapter] = None):
     """A diffusers ``FluxTransformer2DModel``'s velocity [B, N, 4C] for packed latents [B, N, 4C]
     at times t [B] in [0, 1], text tokens context [B, T, C] with mask [B, T] (padded text tokens
     are masked out of the joint attention), pooled [B, C], img_ids [N, 3], txt_ids [T, 3].
     ``image_pos_embed`` [N, D] (``sincos_position_embedding``), when given, is added to the image
-    tokens right after ``x_embedder`` (a forward hook; diffusers' Flux has no such term)."""
+    tokens right after ``x_embedder`` (a forward hook; diffusers' Flux has no such term).
+    ``style_adapter`` (``StyleAdapter``) with ``style_tags`` [B, A] int (None = all absent) adds the
+    style adapter's value offsets in every double block (forward hooks on ``attn.to_v``)."""
     b, n = packed.shape[:2]
     key_mask = torch.cat([mask.bool(), torch.ones((b, n), dtype=torch.bool, device=mask.device)], dim=1)
-    hook = None
-    if image_pos_embed is not None:
-        hook = transformer.x_embedder.register_forward_hook(
-            lambda module, inputs, out: out + image_pos_embed.to(device=out.device, dtype=out.dtype))
+    if style_tags is not None and style_adapter is None:
+        raise ValueError("style_tags given without a style_adapter (this export has no style adapter)")
+    hooks = []
     try:
+        if image_pos_embed is not None:
+            hooks.append(transformer.x_embedder.register_forward_hook(
+                lambda module, inputs, out: out + image_pos_embed.to(device=out.device, dtype=out.dtype)))
+        if style_adapter is not None:
+            if style_tags is None:
+                style_tags = torch.zeros((b, len(style_adapter.tag_sizes)), dtype=torch.long)
+            dev = next(style_adapter.parameters()).device
+            hooks += style_value_hooks(transformer, style_adapter(torch.as_tensor(style_tags).to(dev)))
         return transformer(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
                            timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
                            joint_attention_kwargs={"attention_mask": key_mask[:, None, None, :]})[0]
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
 
 
 class SeedreamPipeline:
     """Text-to-image with the exported components; ``__call__`` mirrors seedream_jax's
-    ``TextToImage`` (Euler steps on the shifted time grid, batched classifier-free guidance)."""
+    ``TextToImage`` (Euler steps on the shifted time grid, batched classifier-free guidance).
+    ``style_adapter``: the ``StyleAdapter`` when the export has one (else None)."""
 
     def __init__(self, folder: str, text_encoder, byt5, conditioner: ConditionerLayers, transformer, vae,
-                 tokenizer, config: dict):
+                 tokenizer, config: dict, style_adapter: Optional[StyleAdapter] = None):
         self.folder, self.config = folder, config
         self.text_encoder, self.byt5, self.conditioner = text_encoder, byt5, conditioner
         self.transformer, self.vae, self.tokenizer = transformer, vae, tokenizer
+        self.style_adapter = style_adapter
 
     @classmethod
     def from_pretrained(cls, folder: str, torch_dtype=torch.float32, device="cpu") -> "SeedreamPipeline":
@@ -398,10 +480,13 @@ class SeedreamPipeline:
         transformer = load_strict(FluxTransformer2DModel, sub("transformer"), "transformer", torch_dtype=torch_dtype,
                                   **kw)
         vae = load_strict(AutoencoderKL, sub("vae"), "vae", torch_dtype=torch_dtype, **kw)
-        for m in (llm, byt5, cond, transformer, vae):
+        style = config.get("style_adapter")
+        style = StyleAdapter.from_file(os.path.join(folder, style["file"])).to(torch_dtype) if style else None
+        for m in (llm, byt5, cond, transformer, vae, style):
             if m is not None:
                 m.to(device).eval()
-        return cls(folder, llm, byt5, cond, transformer, vae, LLMTokenizer(folder, config["tokenizer"]), config)
+        return cls(folder, llm, byt5, cond, transformer, vae, LLMTokenizer(folder, config["tokenizer"]), config,
+                   style)
 
     @property
     def device(self):
@@ -452,13 +537,48 @@ class SeedreamPipeline:
         txt = text_position_ids(num_text_tokens, gh, gw, r["text_ids"], r["rule"], r["base_grid"])
         return torch.from_numpy(img).to(self.device), torch.from_numpy(txt).to(self.device)
 
-    def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids):
+    def style_tag_ids(self, tags, batch: int) -> Optional[torch.Tensor]:
+        """Style tags as int64 [batch, A] (0 = absent, k = value k-1), or None (all absent / no adapter).
+
+        ``tags``: None; ids [A] (every image) or [batch, A]; or, when the export records the tag
+        vocabulary (``style_adapter.vocab`` of seedream_pipeline.json), a dict {attribute: value
+        name} or a list of ``batch`` such dicts (attributes left out are absent)."""
+        if tags is None:
+            return None
+        if self.style_adapter is None:
+            raise ValueError("style tags given, but this export has no style adapter")
+        vocab = (self.config.get("style_adapter") or {}).get("vocab")
+        if isinstance(tags, dict) or (isinstance(tags, (list, tuple)) and tags and isinstance(tags[0], dict)):
+            if not vocab:
+                raise ValueError("named style tags need the vocabulary, which this export does not record; "
+                                 "pass integer ids")
+            rows = [tags] * batch if isinstance(tags, dict) else list(tags)
+            names = [v["attribute"] for v in vocab]
+            ids = np.zeros((len(rows), len(vocab)), np.int64)
+            for r, row in enumerate(rows):
+                for attr, value in row.items():
+                    if attr not in names:
+                        raise ValueError(f"unknown style attribute {attr!r}; expected one of {names}")
+                    a = names.index(attr)
+                    if value not in vocab[a]["values"]:
+                        raise ValueError(f"unknown {attr} value {value!r}; expected one of {vocab[a]['values']}")
+                    ids[r, a] = vocab[a]["values"].index(value) + 1
+            tags = ids
+        tags = torch.as_tensor(np.asarray(tags), dtype=torch.long)
+        if tags.ndim == 1:
+            tags = tags[None].expand(batch, -1)
+        if tags.shape[0] != batch:
+            raise ValueError(f"style tags for {tags.shape[0]} images, but {batch} prompts")
+        return tags
+
+    def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids, style_tags=None):
         pos = None
         if self.config["rope"].get("image_pos_embed", "none") == "sincos":
             c = self.transformer.config
             pos = torch.from_numpy(sincos_position_embedding(img_ids.cpu().numpy(),
                                                              c.num_attention_heads * c.attention_head_dim))
-        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids, pos)
+        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids, pos,
+                             style_tags=style_tags, style_adapter=self.style_adapter)
 
     @torch.no_grad()
     def decode(self, latents_nhwc: torch.Tensor) -> torch.Tensor:
@@ -470,36 +590,75 @@ class SeedreamPipeline:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], height: Optional[int] = None, width: Optional[int] = None,
                  num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, noise=None,
-                 generator: Optional[torch.Generator] = None) -> np.ndarray:
-        """uint8 images [B, height, width, 3]. ``noise``: NHWC [B, h, w, C] starting latents
-        (default: ``torch.randn`` with ``generator``)."""
+                 generator: Optional[torch.Generator] = None, style_tags=None, negative_style_tags=None,
+                 negative_guidance_scale: float = 0.0) -> np.ndarray:
+        """uint8 images [B, height, width, 3] (``sample_latents``, then ``decode``)."""
+        x = self.sample_latents(prompts, height, width, num_steps, guidance_scale, noise, generator,
+                                style_tags=style_tags, negative_style_tags=negative_style_tags,
+                                negative_guidance_scale=negative_guidance_scale)
+        images = self.decode(x).float()
+        return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: Sequence[str], height: Optional[int] = None, width: Optional[int] = None,
+                       num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, noise=None,
+                       generator: Optional[torch.Generator] = None, style_tags=None, negative_style_tags=None,
+                       negative_guidance_scale: float = 0.0) -> torch.Tensor:
+        """Final DiT-space latents NHWC [B, h, w, C] float32. ``noise``: NHWC [B, h, w, C] starting
+        latents (default: ``torch.randn`` with ``generator``).
+
+        With a style adapter: ``style_tags`` (see ``style_tag_ids``; None = all absent) condition
+        the prompt's branch; the unconditional branch (empty prompt) has every tag absent. Negative-
+        tag guidance (``negative_style_tags``, e.g. the "generated" source tag, weight g_neg =
+        ``negative_guidance_scale``) adds a third branch, the prompt with the negative tags:
+
+            v = v_u + g (v_c - v_u) + g_neg (v_c - v_neg)
+
+        g_neg = 0 (the default) runs no third branch: exactly plain classifier-free guidance."""
         d = self.config["defaults"]
         height, width = height or d["height"], width or d["width"]
         num_steps = num_steps or d["num_steps"]
         g = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        g_neg = float(negative_guidance_scale)
         h, w, c = self.latent_shape(height, width)
         b = len(prompts)
+        tags = self.style_tag_ids(style_tags, b)
+        if g_neg != 0.0 and negative_style_tags is None:
+            raise ValueError("negative_guidance_scale != 0 needs negative_style_tags")
+        neg_tags = self.style_tag_ids(negative_style_tags, b) if g_neg != 0.0 else None
         if noise is None:
             noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
         x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device), self.patch_size)
         context, mask, pooled = self.encode(self.text_inputs(prompts))
+        # Branches stacked along the batch: [unconditional if g != 1; conditional; negative if g_neg != 0].
+        ctxs, masks, pools, tag_rows = [context], [mask], [pooled], [tags]
         if g != 1.0:
             u_ctx, u_mask, u_pooled = self.encode(self.text_inputs([""]))
-            context = torch.cat([u_ctx.expand(b, -1, -1), context])
-            mask = torch.cat([u_mask.expand(b, -1), mask])
-            pooled = torch.cat([u_pooled.expand(b, -1), pooled])
+            ctxs.insert(0, u_ctx.expand(b, -1, -1))
+            masks.insert(0, u_mask.expand(b, -1))
+            pools.insert(0, u_pooled.expand(b, -1))
+            tag_rows.insert(0, None)
+        if g_neg != 0.0:
+            ctxs.append(context)
+            masks.append(mask)
+            pools.append(pooled)
+            tag_rows.append(neg_tags)
+        n_branch = len(ctxs)
+        context, mask, pooled = torch.cat(ctxs), torch.cat(masks), torch.cat(pools)
+        all_tags = None
+        if self.style_adapter is not None and any(r is not None for r in tag_rows):
+            absent = torch.zeros((b, len(self.style_adapter.tag_sizes)), dtype=torch.long)
+            all_tags = torch.cat([absent if r is None else r for r in tag_rows])
         img_ids, txt_ids = self.position_ids(h, w, context.shape[1])
         times = sampling_times(num_steps, self.mu(height, width))
         for i in range(num_steps):
             t_cur, t_next = times[i], times[i + 1]
-            if g != 1.0:
-                v = self.velocity(torch.cat([x, x]).to(self.dtype), t_cur.repeat(2 * b).to(self.device), context,
-                                  mask, pooled, img_ids, txt_ids).float()
-                v_u, v_c = v[:b], v[b:]
-                v = v_u + g * (v_c - v_u)
-            else:
-                v = self.velocity(x.to(self.dtype), t_cur.repeat(b).to(self.device), context, mask, pooled,
-                                  img_ids, txt_ids).float()
-            x = x + (t_next - t_cur) * v
-        images = self.decode(unpack_latents(x, h, w, self.patch_size)).float()
-        return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()
+            v = self.velocity(torch.cat([x] * n_branch).to(self.dtype), t_cur.repeat(n_branch * b).to(self.device),
+                              context, mask, pooled, img_ids, txt_ids, all_tags).float()
+            v = list(v.split(b))
+            v_c = v[1] if g != 1.0 else v[0]
+            out = v[0] + g * (v_c - v[0]) if g != 1.0 else v_c
+            if g_neg != 0.0:
+                out = out + g_neg * (v_c - v[-1])
+            x = x + (t_next - t_cur) * out
+        return unpack_latents(x, h, w, self.patch_size)

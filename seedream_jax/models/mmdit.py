@@ -11,6 +11,11 @@ adaLN-Zero (DiT, Peebles & Xie 2023): every modulation linear (``norm1``, ``norm
 ``norm``, ``norm_out``) and the final ``proj_out`` start at zero, so at initialisation every
 gate is 0 (each block passes its residual stream through unchanged) and the model outputs
 exactly 0. Loaded weights (Flux / diffusers) replace the initial values and are unaffected.
+
+Optional VMix-style aesthetic adapter (``style_tag_sizes``, ``models/style_adapter.py``): style tags
+-> a tag vector e; each double block adds a zero-initialised projection of e to the image tokens'
+attention values. No diffusers counterpart: the export writes it beside the transformer and
+``interop/torch_pipeline.flux_velocity`` applies it with forward hooks on ``attn.to_v``.
 """
 import dataclasses
 import math
@@ -20,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seedream_jax.models import attention, layers, rope
+from seedream_jax.models import attention, layers, rope, style_adapter
 from seedream_jax.parallel import axes
 
 REMAT_POLICIES = {
@@ -59,7 +64,15 @@ class MMDiTConfig:
     image_pos_embed: "none" (Flux: image tokens know their place only through RoPE, which is
     relative between image tokens) or "sincos" (a fixed 2D sin-cos embedding of the image ids,
     ``rope.sincos_position_embedding``, added to the image tokens after ``x_embedder``, as SD3 and
-    DiT do: absolute position for every token; no parameters)."""
+    DiT do: absolute position for every token; no parameters);
+    style_tag_sizes: number of values of each style-tag attribute; () = no adapter (no parameters,
+    the model is exactly the adapter-less one). Otherwise the VMix-style aesthetic adapter of
+    ``models/style_adapter.py``, with style_tags s int [B, A] (0 = attribute absent, k = value k-1):
+    e = W_2 silu(W_1 sum_a E_a[s_a] + b_1) + b_2 (width ``style_dim``, parameters ``style_adapter/``),
+    and in each double block i the image tokens' values v_img <- v_img + (W_v,i e + c_i)[:, None]
+    (per head; ``transformer_blocks_i/attn/style_value``, zero-initialised, so at initialisation the
+    output equals the adapter-less model's for any tags);
+    style_dim: width D_t of the tag embeddings and the tag encoder's MLP."""
     in_channels: int = 16
     patch_size: int = 2
     num_heads: int = 8
@@ -79,8 +92,15 @@ class MMDiTConfig:
     dtype: str = "float32"
     attention_impl: Optional[str] = None
     remat_policy: str = "none"
+    style_tag_sizes: Tuple[int, ...] = ()
+    style_dim: int = 256
 
     def __post_init__(self):
+        object.__setattr__(self, "style_tag_sizes", tuple(int(n) for n in self.style_tag_sizes))
+        if any(n < 1 for n in self.style_tag_sizes):
+            raise ValueError(f"style_tag_sizes {self.style_tag_sizes}: every attribute needs >= 1 value")
+        if self.style_dim < 1:
+            raise ValueError(f"style_dim must be >= 1, got {self.style_dim}")
         if sum(self.axes_dims) != self.head_dim:
             raise ValueError(f"axes_dims {self.axes_dims} must sum to head_dim {self.head_dim}")
         block_remat_policies(self.remat_policy)
@@ -161,7 +181,7 @@ class DoubleStreamBlock(nn.Module):
     config: MMDiTConfig
 
     @nn.compact
-    def __call__(self, img, txt, temb, cos, sin, key_mask):
+    def __call__(self, img, txt, temb, cos, sin, key_mask, style=None):
         cfg = self.config
         dt, d, hd = layers.compute_dtype(cfg.dtype), cfg.hidden_size, cfg.head_dim
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = Modulation(d, 6, dt, name="norm1")(temb)
@@ -170,7 +190,7 @@ class DoubleStreamBlock(nn.Module):
         img_n = _modulate(img, shift_msa, scale_msa)
         txt_n = _modulate(txt, c_shift_msa, c_scale_msa)
         attn = JointAttention(cfg, name="attn")
-        img_attn, txt_attn = attn(img_n, txt_n, cos, sin, key_mask)
+        img_attn, txt_attn = attn(img_n, txt_n, cos, sin, key_mask, style)
         img = img + gate_msa * img_attn
         img = img + gate_mlp * Mlp(d, int(d * cfg.mlp_ratio), dt, name="ff")(_modulate(img, shift_mlp, scale_mlp))
         txt = txt + c_gate_msa * txt_attn
@@ -192,16 +212,20 @@ class Mlp(nn.Module):
 
 
 class JointAttention(nn.Module):
-    """FluxAttention with added (text) projections: returns (image out, text out) after to_out_0 / to_add_out."""
+    """FluxAttention with added (text) projections: returns (image out, text out) after to_out_0 / to_add_out.
+    ``style``: the style adapter's tag vector e [B, D_t] (or None): the image values get
+    ``style_value(e)`` per head (``style_adapter.mix_values``)."""
     config: MMDiTConfig
 
     @nn.compact
-    def __call__(self, img, txt, cos, sin, key_mask):
+    def __call__(self, img, txt, cos, sin, key_mask, style=None):
         cfg = self.config
         dt, d, hd, eps = layers.compute_dtype(cfg.dtype), cfg.hidden_size, cfg.head_dim, cfg.qk_norm_eps
         proj = lambda name: layers.dense(d, axes.EMBED, axes.HEADS, dtype=dt, name=name)
         q, k, v = (_heads(proj(n)(img), hd) for n in ("to_q", "to_k", "to_v"))
         cq, ck, cv = (_heads(proj(n)(txt), hd) for n in ("add_q_proj", "add_k_proj", "add_v_proj"))
+        if style is not None:
+            v = style_adapter.mix_values(v, style_adapter.style_value(d, dt)(style))
         q, k = layers.RMSNorm(eps, name="norm_q")(q), layers.RMSNorm(eps, name="norm_k")(k)
         cq, ck = layers.RMSNorm(eps, name="norm_added_q")(cq), layers.RMSNorm(eps, name="norm_added_k")(ck)
         q = rope.apply_rope(jnp.concatenate([cq, q], axis=1), cos, sin)
@@ -245,11 +269,14 @@ class MMDiT(nn.Module):
     """Velocity prediction: latents [B, h, w, C] (NHWC), timesteps [B] in [0, 1] (1 = noise),
     context [B, L, context_dim], context_mask [B, L] bool, pooled [B, pooled_dim]
     -> velocity [B, h, w, C] (float32). Position ids default to the config's rules; pass
-    img_ids [N, 3] / [B, N, 3] and txt_ids [L, 3] / [B, L, 3] to override."""
+    img_ids [N, 3] / [B, N, 3] and txt_ids [L, 3] / [B, L, 3] to override. style_tags int [B, A]
+    (A = len(style_tag_sizes); 0 = absent, k = value k-1; None = all absent) drive the style
+    adapter; giving them to a model without one is an error."""
     config: MMDiTConfig
 
     @nn.compact
-    def __call__(self, latents, timesteps, context, context_mask, pooled, img_ids=None, txt_ids=None):
+    def __call__(self, latents, timesteps, context, context_mask, pooled, img_ids=None, txt_ids=None,
+                 style_tags=None):
         cfg = self.config
         dt, d, p = layers.compute_dtype(cfg.dtype), cfg.hidden_size, cfg.patch_size
         b, h, w, c = latents.shape
@@ -277,11 +304,15 @@ class MMDiT(nn.Module):
             timestep_embedding(timesteps * 1000.0).astype(dt))
         temb = temb + MLPEmbedder(d, dt, name="time_text_embed_text_embedder")(pooled.astype(dt))
         key_mask = jnp.concatenate([context_mask.astype(bool), jnp.ones((b, gh * gw), bool)], axis=1)
+        style = None
+        if cfg.style_tag_sizes or style_tags is not None:
+            tags = style_adapter.check_tags(style_tags, cfg.style_tag_sizes, b)
+            style = style_adapter.StyleTagEncoder(cfg.style_tag_sizes, cfg.style_dim, dt, name="style_adapter")(tags)
 
         remat = block_remat_policies(cfg.remat_policy)
         double = _maybe_remat(DoubleStreamBlock, remat["double"])
         for i in range(cfg.num_double_blocks):
-            img, txt = double(cfg, name=f"transformer_blocks_{i}")(img, txt, temb, cos, sin, key_mask)
+            img, txt = double(cfg, name=f"transformer_blocks_{i}")(img, txt, temb, cos, sin, key_mask, style)
             img, txt = layers.constrain_tokens(img), layers.constrain_tokens(txt)
         single = _maybe_remat(SingleStreamBlock, remat["single"])
         x = layers.constrain_tokens(jnp.concatenate([txt, img], axis=1))
