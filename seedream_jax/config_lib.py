@@ -41,7 +41,9 @@ def _mmdit(heads, head_dim, double, single, axes_dims, latent_channels, context_
     return dict(in_channels=latent_channels, patch_size=2, num_heads=heads, head_dim=head_dim,
                 num_double_blocks=double, num_single_blocks=single, mlp_ratio=4.0,
                 context_dim=context_dim, pooled_dim=context_dim, axes_dims=tuple(axes_dims),
-                rope_theta=10000.0, rope_rule="scaled", rope_base_grid=base_grid, text_ids="diagonal", image_pos_embed="none")
+                rope_theta=10000.0, rope_rule="scaled", rope_base_grid=base_grid, text_ids="diagonal", image_pos_embed="none",
+                # style (aesthetic) adapter, models/style_adapter.py: () = none; e.g. (3, 4, 3, 3, 1) for the ct stage
+                style_tag_sizes=(), style_dim=min(256, heads * head_dim // 2))
 
 
 MODEL_SIZES = {
@@ -123,11 +125,12 @@ def train_section(**overrides) -> ConfigDict:
 
 
 def optimizer_section(**overrides) -> ConfigDict:
-    """AdamW settings of one stage (``<stage>.optimizer``); ``groups`` ({name: {pattern, lr}}) and
-    ``freeze`` (path regexes) are described in ``training/optimizer.py``."""
+    """AdamW settings of one stage (``<stage>.optimizer``); ``groups`` ({name: {pattern, lr}}),
+    ``freeze`` (path regexes) and ``flatten`` (one flat AdamW update per group, unsharded
+    parameters only) are described in ``training/optimizer.py``."""
     return ConfigDict(dict(dict(
         lr=3e-4, warmup_steps=100, final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8,
-        weight_decay=0.01, grad_clip_norm=1.0, groups=ConfigDict(), freeze=()), **overrides))
+        weight_decay=0.01, grad_clip_norm=1.0, groups=ConfigDict(), freeze=(), flatten=False), **overrides))
 
 
 def data_section(**overrides) -> ConfigDict:
@@ -380,18 +383,23 @@ def base_config(size: str = "tiny") -> ConfigDict:
     c.aesthetic = aesthetic_section()  # a stage when config.stages names it
     c.glyph_align = glyph_align_section(c.model.byt5)  # a stage when config.stages names it
     c.rlhf = rlhf_section(height=c.model.resolution, width=c.model.resolution)  # a stage when named
+    c.ct = ct_section()  # a stage when config.stages names it
+    c.sft = sft_section()  # a stage when config.stages names it
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples",
-        prompt_labels=()))              # optional label per prompt of sample.prompts, shown in the grid
+        prompt_labels=(),               # optional label per prompt of sample.prompts, shown in the grid
                                         # as "[label] prompt" (e.g. "off-template"); "" = none
+        style_tags=ConfigDict(), negative_scale=0.0))  # adapter stages (ct, sft): {attribute: value}
+                                        # for every prompt, negative-tag guidance weight (stages/sample.py)
     c.eval = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir (absolute: another run's; a VAE stage: ground truth round trip)
                                         # or "ground_truth" (the renderer itself)
         use_ema=True, num_steps=28, solver="euler", guidance_scale=4.0,
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8,
         suite_seed=0, max_items_per_group=0,  # first n items per (category, split); 0 = the whole suite
+        style_tags=ConfigDict(), negative_scale=0.0,  # adapter stages (ct, sft), as in sample
         output="eval"))
     return c
 
@@ -435,3 +443,81 @@ def load_run_config(config_file: Optional[str] = None, size: Optional[str] = Non
     else:
         cfg = base_config(size)
     return apply_overrides(cfg, overrides)
+
+
+# ---- continued training and SFT (stages/ct.py, stages/sft.py)
+
+def curation_section(**overrides) -> ConfigDict:
+    """The quality filter of the ``ct`` / ``sft`` stages (``stages/ct.curation_filters``), each part
+    off by default: ``min_side`` (pixels, 0 = off), ``max_aspect`` (0 = off), ``phash`` (perceptual
+    dedup Hamming threshold in bits, -1 = off), ``reward`` (a name of the reward API, "" = off; its
+    model loaded from the stage dir ``reward_stage`` when given) with ``min_reward`` (records
+    scoring below are dropped), ``reward_batch`` images per call at ``reward_size`` px (0 = the
+    data's image_size). ``output``: where CT writes the curated ArrayRecord dataset (inside the
+    workdir; SFT keeps its small set in memory and ignores it). Unknown keys raise KeyError."""
+    section = ConfigDict(dict(min_side=0, max_aspect=0.0, phash=-1, reward="", reward_stage="", min_reward=0.0,
+                              reward_batch=32, reward_size=0, output="ct/curated"))
+    return _updated("curation_section", section, overrides)
+
+
+ADAPTER_PATTERN = r"mmdit/.*style_.*"  # every parameter of the MMDiT's style adapter
+
+
+def ct_section(**overrides) -> ConfigDict:
+    """The ``ct`` stage (``stages/ct.py``): continued flow-matching training with the aesthetic adapter.
+
+    init_from: {component: stage} (by default every component of ``<workdir>/pretrain``); the
+    pipeline (model configs, time shift, tokenizer) is the ``mmdit`` source's, its MMDiT given the
+    style adapter of width ``style_dim`` (0 = ``model.mmdit.style_dim``). keep_init: path regexes
+    of parameters the source may lack that keep their initialisation (the zero-initialised adapter).
+    frozen: path prefixes not trained. data: the styled world written by a 'data' stage with an
+    arrayrecord section (``configs/tiny_ct.py``) or any image data section; curation: its quality
+    filter (``curation_section``). style_tags: {attribute: value} set on every record (a dataset of
+    one style; {} = each record's own). tag_drop_prob: chance each style attribute of a row is
+    dropped (guidance). optimizer.groups.adapter: the adapter's own learning rate. eval_prompts,
+    eval_style_tags, eval_steps: the grid written every ``train.eval_every`` steps, each prompt
+    without and with those tags. Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="ct",
+        train=train_section(steps=300, batch_size=16, log_every=25, checkpoint_every=100, ema_decay=0.99),
+        optimizer=optimizer_section(lr=2e-4, warmup_steps=20, final_lr_fraction=1.0,
+                                    groups=ConfigDict(dict(adapter=ConfigDict(dict(pattern=ADAPTER_PATTERN,
+                                                                                   lr=1e-3))))),
+        init_from=ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain")),
+        keep_init=(ADAPTER_PATTERN,), frozen=("vae", "conditioner"), style_dim=0,
+        data=data_section(format="arrayrecord", path="data/styled", bucket_max_ratio=1.0, random_crop=False),
+        curation=curation_section(), style_tags=ConfigDict(), tag_drop_prob=0.2,
+        time_mean=0.0, time_std=1.0,
+        eval_prompts=(), eval_style_tags=ConfigDict(), eval_steps=20))
+    return _updated("ct_section", section, overrides)
+
+
+def sft_section(**overrides) -> ConfigDict:
+    """The ``sft`` stage (``stages/sft.py``): fine-tuning on a small curated set with generated negatives.
+
+    init_from, keep_init, frozen, style_dim, style_tags, tag_drop_prob: as in ``ct_section`` (by
+    default from ``<workdir>/ct``). data + curation: the curated set (its first ``max_records``
+    records kept by the filter; 0 = all). negative_share: fraction of every batch drawn from the
+    starting model's own images for the same prompts, trained with the tag source=generated
+    (0 = plain SFT). generate: how those are made at stage start (sampler steps, solver,
+    guidance, seed of image i = seed + i, batch size) and ``output`` (.npz in the workdir, reused
+    when the model and settings match). eval_prompts, eval_style_tags, eval_negative_scale,
+    eval_steps: the periodic grid. Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="sft",
+        train=train_section(steps=100, batch_size=16, log_every=10, checkpoint_every=50, ema_decay=0.99),
+        optimizer=optimizer_section(lr=5e-5, warmup_steps=10, final_lr_fraction=1.0,
+                                    groups=ConfigDict(dict(adapter=ConfigDict(dict(pattern=ADAPTER_PATTERN,
+                                                                                   lr=2e-4))))),
+        init_from=ConfigDict(dict(conditioner="ct", mmdit="ct", vae="ct")),
+        keep_init=(ADAPTER_PATTERN,), frozen=("vae", "conditioner"), style_dim=0,
+        data=data_section(format="arrayrecord", path="data/styled", bucket_max_ratio=1.0, random_crop=False),
+        curation=curation_section(output=""), max_records=256, style_tags=ConfigDict(), tag_drop_prob=0.2,
+        negative_share=0.25,
+        generate=ConfigDict(dict(num_steps=20, solver="euler", guidance_scale=4.0, seed=0, batch_size=16,
+                                 output="sft/generated.npz")),
+        time_mean=0.0, time_std=1.0,
+        eval_prompts=(), eval_style_tags=ConfigDict(), eval_negative_scale=1.0, eval_steps=20))
+    return _updated("sft_section", section, overrides)

@@ -17,11 +17,21 @@ the trainable and the frozen trees. Two ways in:
   ``restore_sharded``: the arrays straight into the target shardings, reading only those leaves
     (the loop's fresh start with ``Task.init_sources``; nothing passes through one host);
   ``apply_init_from``: the host form over NumPy trees (a ``Task.initialise`` hook).
+
+New parameters (``keep_init``): a stage that adds parameters to a component (the continued-training
+stage adds the style adapter to the MMDiT) starts that component from a source that lacks them by
+naming them: ``with_keep_init(sources, patterns)`` attaches regexes (``re.fullmatch`` on the full
+'/'-joined target path, e.g. ``r'mmdit/.*style_.*'``) to every source, written as a third element
+``(stage_dir, source_path, patterns)``. A target leaf the source lacks keeps its initialisation when
+a pattern matches it (logged) and fails as before, naming the leaf and ``keep_init``, when none
+does; a leaf the source has is loaded whether or not a pattern matches (so a later stage whose
+source has the adapter loads it), and source leaves the target lacks still fail.
 """
 import contextlib
 import logging
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import flax
 import jax
@@ -30,8 +40,31 @@ import numpy as np
 from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_state, restore_subset
 from seedream_jax.models.partition import merge_params
 
-Source = Tuple[str, str]  # (stage directory, component path inside its checkpoint)
+Source = Tuple[str, str]  # (stage directory, component path inside its checkpoint[, keep_init patterns])
 Key = Tuple[str, ...]
+
+
+def with_keep_init(sources: Mapping[str, tuple], patterns: Sequence[str]) -> Dict[str, tuple]:
+    """``sources`` ({target: (stage_dir, source_path)}, ``parse_sources``) with ``patterns`` attached
+    to each: target leaves whose full path matches one may be missing in the source and keep their
+    initialisation (module docstring). No patterns: ``sources`` unchanged."""
+    patterns = tuple(str(p) for p in patterns)
+    for p in patterns:
+        re.compile(p)  # a bad regex fails here, naming itself
+    if not patterns:
+        return dict(sources)
+    return {target: (src[0], src[1], patterns) for target, src in sources.items()}
+
+
+def _split_source(src) -> Tuple[str, str, Tuple[str, ...]]:
+    return (src[0], src[1], tuple(src[2]) if len(src) > 2 else ())
+
+
+def _kept(missing, target: str, patterns: Sequence[str]) -> set:
+    """The keys of ``missing`` (keys under ``target``) whose full path matches a keep_init pattern."""
+    compiled = [re.compile(p) for p in patterns]
+    full = lambda k: "/".join((target.strip("/"),) + tuple(k)) if k else target.strip("/")
+    return {k for k in missing if any(c.fullmatch(full(k)) for c in compiled)}
 
 
 def parse_source(value: str, target_path: str, workdir: Optional[str]) -> Source:
@@ -62,6 +95,16 @@ def parse_sources(init_from: Mapping[str, Union[str, Source]], workdir: Optional
     out and values already parsed pass through."""
     return {target: tuple(value) if isinstance(value, (tuple, list)) else parse_source(value, target, workdir)
             for target, value in init_from.items() if value}
+
+
+def _keep_missing(source_keys, target_keys, target: str, patterns: Sequence[str], where: str) -> set:
+    """The target keys the source lacks that keep their initialisation (they match ``patterns``);
+    logs them. The others are left for ``_check_same_structure`` to report."""
+    kept = _kept(set(target_keys) - set(source_keys), target, patterns)
+    if kept:
+        logging.info("init_from: %s <- %s: %d leaves not in the source keep their initialisation (keep_init %s), "
+                     "e.g. %s", target, where, len(kept), list(patterns), "/".join(sorted(kept)[0]))
+    return kept
 
 
 def _subtree(tree: Mapping, path: str, where: str):
@@ -123,17 +166,22 @@ def _check_same_structure(source_shapes: Mapping[Key, tuple], target_shapes: Map
                        for k in target_shapes.keys() & source_shapes.keys()
                        if tuple(source_shapes[k]) != tuple(target_shapes[k]))
     if missing or unexpected or misshaped:
+        hint = (" (parameters new in this stage may be listed in its keep_init patterns to keep their "
+                "initialisation)" if missing else "")
         raise ValueError(f"init_from {target!r} <- {where}: the checkpoint's component does not match "
-                         f"this model. missing={missing} unexpected={unexpected} misshaped={misshaped}")
+                         f"this model. missing={missing} unexpected={unexpected} misshaped={misshaped}{hint}")
 
 
 def restore_component(stage_dir: str, source_path: str, abstract_subtree, *, use_ema: bool = True,
-                      target_path: Optional[str] = None):
+                      target_path: Optional[str] = None, keep_init: Sequence[str] = ()):
     """Component ``source_path`` of ``stage_dir``'s latest checkpoint, read straight into
     ``abstract_subtree`` (a tree, or one leaf, of ``jax.ShapeDtypeStruct`` with shardings, of the
-    component's structure and shapes). Returns (the same tree of ``jax.Array``, step)."""
+    component's structure and shapes). Returns (the same tree of ``jax.Array``, step); with
+    ``keep_init`` patterns the target leaves the source lacks that match one are left out of it."""
     source, step = _source_leaves(stage_dir, source_path, use_ema)
     target = _flat(abstract_subtree)
+    kept = _keep_missing(source, target, target_path or source_path, keep_init, f"{stage_dir}:{source_path}")
+    target = {k: v for k, v in target.items() if k not in kept}
     _check_same_structure({k: m.shape for k, (_, _, m) in source.items()}, {k: t.shape for k, t in target.items()},
                           target_path or source_path, f"{stage_dir}:{source_path}")
     request = _unflat({(source[k][0],) + source[k][1]: t for k, t in target.items()})
@@ -159,15 +207,17 @@ def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Sour
     Returns {'params' | 'frozen': {key tuple of a leaf: jax.Array}} for the leaves replaced.
     """
     out = {"params": {}, "frozen": {}}
-    for target, (stage_dir, source_path) in sources.items():
+    for target, src in sources.items():
+        stage_dir, source_path, keep_init = _split_source(src)
         leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
         with _source_context(target, stage_dir, source_path):
             restored, step = restore_component(stage_dir, source_path,
                                                _unflat({k: v for k, (_, _, v) in leaves.items()}),
-                                               use_ema=use_ema, target_path=target)
-        restored = _flat(restored)
+                                               use_ema=use_ema, target_path=target, keep_init=keep_init)
+        restored = _flat(restored) if restored is not None else {}
         for k, (holder, key, _) in leaves.items():
-            out[holder][key] = restored[k]
+            if k in restored:
+                out[holder][key] = restored[k]
         logging.info("init_from: %s <- %s:%s (step %d, restored sharded)", target, stage_dir, source_path, step)
     return out
 
@@ -177,14 +227,17 @@ def apply_init_from(trainable, frozen, sources: Mapping[str, Union[str, Source]]
     """Replace components of (trainable, frozen) by those of other stages' checkpoints, on the host.
 
     ``sources``: {target_path: raw config value (``parse_source``; relative ones need ``workdir``)
-    or (stage_dir, source_path)}. Returns new (trainable, frozen) nested dicts of NumPy arrays.
+    or (stage_dir, source_path[, keep_init patterns])}. Returns new (trainable, frozen) nested dicts of NumPy arrays.
     """
     flat = {"params": _flat(trainable) if trainable else {}, "frozen": _flat(frozen) if frozen else {}}
-    for target, (stage_dir, source_path) in parse_sources(sources, workdir).items():
+    for target, src in parse_sources(sources, workdir).items():
+        stage_dir, source_path, keep_init = _split_source(src)
         leaves = _component({"params": trainable, "frozen": frozen}, target, "this stage")
         with _source_context(target, stage_dir, source_path):
             loaded, step = load_component(stage_dir, source_path, use_ema=use_ema)
         loaded = _flat(loaded)
+        kept = _keep_missing(loaded, leaves, target, keep_init, f"{stage_dir}:{source_path}")
+        leaves = {k: v for k, v in leaves.items() if k not in kept}
         _check_same_structure({k: np.shape(v) for k, v in loaded.items()},
                               {k: np.shape(v) for k, (_, _, v) in leaves.items()}, target, f"{stage_dir}:{source_path}")
         for k, (holder, key, _) in leaves.items():

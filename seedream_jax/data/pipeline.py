@@ -45,6 +45,7 @@ import numpy as np
 
 from seedream_jax.data import augment, batch_plan, buckets as buckets_lib, captions as captions_lib
 from seedream_jax.data import records as records_lib
+from seedream_jax.data import style_tags as style_tags_lib
 
 Batch = Dict[str, np.ndarray]
 _AUGMENT, _CAPTION = 1, 2  # rng stream tags
@@ -117,8 +118,9 @@ class _LoadExample:
     """Example slot -> one training example (called from Grain reader threads)."""
 
     def __init__(self, source, plan: batch_plan.BucketBatchPlan, table, cfg: PipelineConfig,
-                 process_index: int, process_count: int, cache=None, text_cache=None):
+                 process_index: int, process_count: int, cache=None, text_cache=None, style_tags: bool = False):
         self.source, self.plan, self.table, self.cfg = source, plan, table, cfg
+        self.style_tags = style_tags
         self.process_index, self.process_count, self.cache = process_index, process_count, cache
         self.text_cache = text_cache
         self.local_batch = cfg.global_batch // process_count
@@ -157,6 +159,8 @@ class _LoadExample:
             [self.cfg.seed, _CAPTION, k, row]), self.cfg, keys=[header["key"]])[0]
         caption = "" if pair is None else header["captions"][pair[0]][pair[1]]
         out = {"caption": np.asarray(caption), "index": np.int64(index), "skipped": np.int32(skipped)}
+        if self.style_tags:
+            out["style_tags"] = style_tags_lib.from_spec(header.get("spec"))
         if self.text_cache is not None:
             context, mask, pooled = self.text_cache.conditioning(index, pair)
             out.update(text_context=context, text_mask=mask, text_pooled=pooled)
@@ -183,11 +187,14 @@ class RecordPipeline:
       sizes: (height, width) per record if known (else read from the record headers once).
       cache: an optional ``latent_cache.LatentCache`` matching ``source``.
       text_cache: an optional ``text_cache.TextCache`` matching ``source``.
+      style_tags: batches also hold ``style_tags`` int32 [b, A] of each record's spec
+        (``style_tags.from_spec``: the aesthetic adapter's tags; zeros without a style).
     """
 
     def __init__(self, source, cfg: PipelineConfig, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, *, batch_fn: Optional[Callable[[Batch], Batch]] = None,
-                 sizes: Optional[Sequence[Tuple[int, int]]] = None, cache=None, text_cache=None):
+                 sizes: Optional[Sequence[Tuple[int, int]]] = None, cache=None, text_cache=None,
+                 style_tags: bool = False):
         if process_index is None or process_count is None:
             import jax
             process_index, process_count = jax.process_index(), jax.process_count()
@@ -209,7 +216,7 @@ class RecordPipeline:
         self.plan = batch_plan.BucketBatchPlan(self.bucket_ids, len(self.bucket_table), cfg.global_batch, cfg.seed)
         self.local_batch = cfg.global_batch // process_count
         self._load = _LoadExample(source, self.plan, self.bucket_table, cfg, process_index, process_count, cache,
-                                  text_cache)
+                                  text_cache, style_tags)
         self.position = 0
         self.skipped = 0  # records replaced because they failed to decode, in the batches yielded so far
         self._iter = None

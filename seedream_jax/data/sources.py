@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from seedream_jax.data import arrayrecord_io, augment, preference, records, synthetic
+from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.captions import choose_captions
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
@@ -102,14 +103,17 @@ class SyntheticImages(IndexedBatches):
     """The in-memory synthetic world of ``data.dir`` (``synthetic.write_dataset``), shuffled by
     ``IndexedBatches`` with ``data.seed``: images in [-1, 1], or with ``encode`` (uint8 [N, H, W, 3]
     -> (mean, logvar) float32 [N, h, w, C], run once over the whole world at open) their
-    posteriors, and one caption per image drawn with the section's ratios (``choose_captions``)."""
+    posteriors, and one caption per image drawn with the section's ratios (``choose_captions``).
+    With ``style_tags`` a batch also holds ``style_tags`` int32 [b, A] of each record's style
+    (``style_tags.from_spec``; zeros for unstyled scenes)."""
 
     def __init__(self, data_cfg, workdir: str, global_batch: int, *, batch_fn: Optional[Callable] = None,
-                 encode: Optional[Callable] = None):
+                 encode: Optional[Callable] = None, style_tags: bool = False):
         self.images, self.records = synthetic.load_dataset(os.path.join(workdir, data_cfg.dir))
         self.latents = encode(self.images) if encode is not None else None
         self.image_size = tuple(self.images.shape[1:3])
         self.data_cfg, self.batch_fn = data_cfg, batch_fn
+        self.tags = np.stack([style_tags_lib.from_spec(r.get("spec")) for r in self.records]) if style_tags else None
         super().__init__(len(self.images), int(global_batch), int(data_cfg.seed), self._make_batch)
 
     def _make_batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict:
@@ -120,6 +124,8 @@ class SyntheticImages(IndexedBatches):
         else:
             pixels = {"latent_mean": self.latents[0][idx], "latent_logvar": self.latents[1][idx]}
         batch = {**pixels, "caption": captions, "index": idx}
+        if self.tags is not None:
+            batch["style_tags"] = self.tags[idx]
         return self.batch_fn(batch) if self.batch_fn is not None else batch
 
 
@@ -147,12 +153,13 @@ def pipeline_config(data_cfg, global_batch: int) -> PipelineConfig:
 
 @register("arrayrecord", yields="images")
 def arrayrecord_images(data_cfg, workdir: str, global_batch: int, *, batch_fn: Optional[Callable] = None,
-                       cache=None, text_cache=None) -> RecordPipeline:
+                       cache=None, text_cache=None, style_tags: bool = False) -> RecordPipeline:
     """The Grain pipeline over the ArrayRecord dataset ``data.path``, bucketed around ``data.image_size``;
-    ``cache`` (``latent_cache.LatentCache``) and ``text_cache`` (``text_cache.TextCache``) as there."""
+    ``cache`` (``latent_cache.LatentCache``) and ``text_cache`` (``text_cache.TextCache``) as there;
+    ``style_tags``: batches also hold each record's ``style_tags`` int32 [b, A] (from its spec)."""
     source = arrayrecord_io.ArrayRecordSource(arrayrecord_path(data_cfg, workdir))
     return RecordPipeline(source, pipeline_config(data_cfg, global_batch), batch_fn=batch_fn, cache=cache,
-                          text_cache=text_cache)
+                          text_cache=text_cache, style_tags=style_tags)
 
 
 # ---- image preference pairs

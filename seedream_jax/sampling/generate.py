@@ -4,6 +4,13 @@
 and ``decode_latents`` are pure functions of the parameters that losses can differentiate through
 (reward backprop, policy gradients); ``__call__`` composes them in one jitted program and does the
 host work (tokenising, noise, the uint8 cast).
+
+Style tags (an MMDiT with the aesthetic adapter, ``MMDiTConfig.style_tag_sizes``): the
+conditioning pytree carries ``style_tags`` int32 [B, A] (``data/style_tags.py``) to the MMDiT; the
+unconditional pass is the empty prompt without tags. Negative-tag guidance (the SFT stage's
+"generated" tag, ``stages/sft.py``) adds a third pass, batched with the other two in one model call:
+v = v_u + g (v_c - v_u) + g_neg (v_c - v_neg), v_neg the conditional velocity with the tags
+replaced by the negative tags (by default the same tags with ``source = generated``).
 """
 import functools
 from typing import Dict, Sequence
@@ -12,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.models.conditioner import Conditioner, ConditionerConfig, tokenize_prompts
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
 from seedream_jax.models.vae import AutoencoderKL, VAEConfig, unscale_latents
@@ -56,16 +64,37 @@ class TextToImage:
 
     encode = encode_prompts  # the name the training stages and the text cache use
 
+    @property
+    def has_style_adapter(self) -> bool:
+        return bool(getattr(self.mmdit_cfg, "style_tag_sizes", ()))
+
     def velocity(self, params, x, t, cond):
-        return self.mmdit.apply({"params": params["mmdit"]}, x, t, cond["context"], cond["mask"], cond["pooled"])
+        """The MMDiT's velocity; ``cond`` may carry ``style_tags`` int32 [B, A] (adapter models only)."""
+        tags = cond.get("style_tags")
+        extra = {} if tags is None else {"style_tags": tags}
+        return self.mmdit.apply({"params": params["mmdit"]}, x, t, cond["context"], cond["mask"], cond["pooled"],
+                                **extra)
+
+    def style_rows(self, tags, batch: int):
+        """int32 [batch, A] of ``tags`` (a {attribute: value} dict, one row [A] or rows [batch, A]),
+        checked against this model's adapter; None stays None."""
+        if tags is None:
+            return None
+        if not self.has_style_adapter:
+            raise ValueError("style tags were given, but this model has no style adapter "
+                             "(mmdit style_tag_sizes is empty: sample a ct or sft stage)")
+        style_tags_lib.check_sizes(self.mmdit_cfg.style_tag_sizes)
+        return style_tags_lib.batch_rows(tags, batch)
 
     def sample_latents(self, params, noise, cond, uncond, sampler_cfg: sampler_lib.SamplerConfig, *,
-                       grad_last_k: int = 0, rng=None, return_trajectory: bool = False):
+                       grad_last_k: int = 0, rng=None, return_trajectory: bool = False, negative=None):
         """Normalised latents from ``noise`` [B, h, w, C] (pure): ``sampler.sample_trajectory`` over
         the MMDiT; returns (z0, trajectory, logps) as it does, with its gradient window
-        ``grad_last_k``. ``sampler_cfg.shift`` should be ``self.mu(height, width)``."""
+        ``grad_last_k`` and negative-tag guidance over ``negative``. ``sampler_cfg.shift`` should be
+        ``self.mu(height, width)``."""
         return sampler_lib.sample_trajectory(self.velocity, params, noise, cond, uncond, sampler_cfg,
-                                             grad_last_k=grad_last_k, rng=rng, return_trajectory=return_trajectory)
+                                             grad_last_k=grad_last_k, rng=rng, return_trajectory=return_trajectory,
+                                             negative=negative)
 
     def decode_latents(self, params, z):
         """Normalised latents [B, h, w, C] -> float32 images [B, H, W, 3] clipped to [-1, 1] (pure)."""
@@ -74,21 +103,47 @@ class TextToImage:
 
     @functools.lru_cache(maxsize=8)
     def _program(self, sampler_cfg: sampler_lib.SamplerConfig):
-        def run(params, tokens, uncond_tokens, noise):
+        def run(params, tokens, uncond_tokens, noise, tags, negative_tags):
             cond = self.encode_prompts(params, tokens)
             uncond = self.encode_prompts(params, uncond_tokens) if sampler_cfg.guidance_scale != 1.0 else None
-            z, _, _ = self.sample_latents(params, noise, cond, uncond, sampler_cfg)
+            negative = None
+            if tags is not None:
+                cond = {**cond, "style_tags": tags}
+                if uncond is not None:  # the unconditional pass: the empty prompt without tags
+                    uncond = {**uncond, "style_tags": jnp.zeros((1,) + tags.shape[1:], tags.dtype)}
+                if negative_tags is not None:
+                    negative = {**cond, "style_tags": negative_tags}
+            z, _, _ = self.sample_latents(params, noise, cond, uncond, sampler_cfg, negative=negative)
             return self.decode_latents(params, z)
 
         return jax.jit(run)
 
     def __call__(self, params, prompts: Sequence[str], *, height: int, width: int, num_steps: int = 28,
-                 solver: str = "euler", guidance_scale: float = 4.0, seed: int = 0) -> np.ndarray:
-        """Generate uint8 images [B, height, width, 3]; sample i uses noise fold_in(PRNGKey(seed), i)."""
+                 solver: str = "euler", guidance_scale: float = 4.0, seed: int = 0, style_tags=None,
+                 negative_tags=None, negative_scale: float = 0.0) -> np.ndarray:
+        """Generate uint8 images [B, height, width, 3]; sample i uses noise fold_in(PRNGKey(seed), i).
+
+        style_tags: None (no tags), a {attribute: value} dict, one int32 row [A] or rows [B, A]
+        (``data/style_tags.py``; adapter models only). negative_scale: g_neg of negative-tag
+        guidance, with ``negative_tags`` (same forms; default: ``style_tags`` with
+        ``source = generated``); 0 = plain CFG, exactly as without negative tags.
+        """
+        b = len(prompts)
         tokens = tokenize_prompts(prompts, self.tokenizer, self.conditioner_cfg)
         uncond = tokenize_prompts([""], self.tokenizer, self.conditioner_cfg)
-        noise = sampler_lib.initial_noise(jax.random.PRNGKey(seed), len(prompts), self.latent_shape(height, width))
+        noise = sampler_lib.initial_noise(jax.random.PRNGKey(seed), b, self.latent_shape(height, width))
+        negative_scale = float(negative_scale)
+        tags = self.style_rows(style_tags, b)
+        if tags is None and self.has_style_adapter:
+            tags = style_tags_lib.empty(b)  # one program shape whether tags are given or not
+        negative = None
+        if negative_scale != 0.0:
+            if tags is None:
+                raise ValueError("negative_scale != 0 needs a model with a style adapter (negative tags)")
+            negative = (self.style_rows(negative_tags, b) if negative_tags is not None
+                        else style_tags_lib.with_negative(tags))
         sampler_cfg = sampler_lib.SamplerConfig(num_steps=int(num_steps), solver=str(solver),
-                                                guidance_scale=float(guidance_scale), shift=self.mu(height, width))
-        images = self._program(sampler_cfg)(params, tokens, uncond, noise)
+                                                guidance_scale=float(guidance_scale), shift=self.mu(height, width),
+                                                negative_scale=negative_scale if negative is not None else 0.0)
+        images = self._program(sampler_cfg)(params, tokens, uncond, noise, tags, negative)
         return np.asarray(jnp.round((images + 1.0) * 127.5)).astype(np.uint8)

@@ -29,20 +29,32 @@ def _broadcast_batch(tree, batch: int):
     return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape[1:]), tree)
 
 
-def guided_velocity(velocity_fn: VelocityFn, params, cond, uncond, guidance_scale: float):
-    """v(x, t) = v_u + g (v_c - v_u) from one model call on [uncond; cond]; plain v_c if
-    ``uncond`` is None or g == 1. ``uncond`` may have batch 1 (broadcast)."""
+def guided_velocity(velocity_fn: VelocityFn, params, cond, uncond, guidance_scale: float, negative=None,
+                    negative_scale: float = 0.0):
+    """v(x, t) = v_u + g (v_c - v_u) + g_neg (v_c - v_neg), every term from one model call on
+    [uncond; cond; negative]; plain CFG (``v_u + g (v_c - v_u)`` from [uncond; cond], the same
+    program as without a negative) when ``negative`` is None or g_neg == 0; plain v_c when also
+    ``uncond`` is None or g == 1. ``uncond`` may have batch 1 (broadcast); ``negative`` (negative-tag
+    guidance: the conditional inputs with the style tags replaced by the negative tags) has the
+    batch of ``cond``."""
+    use_negative = negative is not None and float(negative_scale) != 0.0
 
     def v(x, t):
         b = x.shape[0]
         tb = jnp.full((b,), t, jnp.float32)
-        if uncond is None or guidance_scale == 1.0:
+        use_uncond = uncond is not None and guidance_scale != 1.0
+        if not use_uncond and not use_negative:
             return velocity_fn(params, x, tb, cond)
-        both = jax.tree_util.tree_map(lambda u, c: jnp.concatenate([u, c], axis=0),
-                                      _broadcast_batch(uncond, b), cond)
-        out = velocity_fn(params, jnp.concatenate([x, x], axis=0), jnp.concatenate([tb, tb]), both)
-        v_u, v_c = out[:b].astype(jnp.float32), out[b:].astype(jnp.float32)
-        return v_u + guidance_scale * (v_c - v_u)
+        parts = ([_broadcast_batch(uncond, b)] if use_uncond else []) + [cond] + ([negative] if use_negative else [])
+        both = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=0), *parts)
+        n = len(parts)
+        out = velocity_fn(params, jnp.concatenate([x] * n, axis=0), jnp.concatenate([tb] * n), both)
+        outs = [out[i * b:(i + 1) * b].astype(jnp.float32) for i in range(n)]
+        v_c = outs[1] if use_uncond else outs[0]
+        guided = outs[0] + guidance_scale * (v_c - outs[0]) if use_uncond else v_c
+        if use_negative:
+            guided = guided + negative_scale * (v_c - outs[-1])
+        return guided
 
     return v
 
@@ -56,6 +68,8 @@ class SamplerConfig:
       ``solvers.sde_step`` (Euler-Maruyama), which needs solver 'euler'.
     guidance_scale: classifier-free guidance g (1 = conditional velocity only).
     eta: Flow-GRPO's noise level a in sigma_t = a sqrt(t / (1 - t)); 0 = the deterministic ODE.
+    negative_scale: g_neg of negative-tag guidance (``guided_velocity``; needs a ``negative``
+      conditioning); 0 = plain CFG.
     shift: mu, the resolution time shift (``schedules.resolution_shift``); a float, or a traced
       scalar inside a jitted function (then the config is not hashable).
     """
@@ -64,6 +78,7 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     eta: float = 0.0
     shift: Any = 0.0
+    negative_scale: float = 0.0
 
     def __post_init__(self):
         if self.solver not in solvers.SOLVERS:
@@ -78,8 +93,11 @@ class SamplerConfig:
 
 
 def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Optional[Any], cfg: SamplerConfig, *,
-                      grad_last_k: int = 0, rng=None, return_trajectory: bool = False):
+                      grad_last_k: int = 0, rng=None, return_trajectory: bool = False, negative=None):
     """Integrate ``noise`` [B, ...] from t = 1 to 0; returns (x0 [B, ...], trajectory, logps).
+
+    Guidance: ``guided_velocity`` with ``cfg.guidance_scale`` and, when ``negative`` (a
+    conditioning of ``cond``'s structure and batch) is given, ``cfg.negative_scale``.
 
     trajectory: [num_steps + 1, B, ...] states (noise first, x0 last) if ``return_trajectory``,
     else None. logps: [num_steps, B] log-probability of each SDE transition (``solvers.sde_step``),
@@ -101,8 +119,8 @@ def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Opti
     times = schedules.sampling_times(n, cfg.shift)
     ode_step = solvers.SOLVERS[cfg.solver]
 
-    def run(params, x, cond, uncond, start, stop, remat):
-        v = guided_velocity(velocity_fn, params, cond, uncond, cfg.guidance_scale)
+    def run(params, x, cond, uncond, negative, start, stop, remat):
+        v = guided_velocity(velocity_fn, params, cond, uncond, cfg.guidance_scale, negative, cfg.negative_scale)
 
         def body(x, step):
             t_cur, t_next, i = step
@@ -119,11 +137,11 @@ def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Opti
     x = noise.astype(jnp.float32)
     segments = []
     if k < n:
-        frozen = jax.lax.stop_gradient((params, x, cond, uncond))
+        frozen = jax.lax.stop_gradient((params, x, cond, uncond, negative))
         x, ys = run(*frozen, 0, n - k, remat=False)
         segments.append(ys)
     if k > 0:
-        x, ys = run(params, x, cond, uncond, n - k, n, remat=True)
+        x, ys = run(params, x, cond, uncond, negative, n - k, n, remat=True)
         segments.append(ys)
     logps = jnp.concatenate([logp for _, logp in segments], axis=0)
     trajectory = None

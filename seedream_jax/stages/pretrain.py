@@ -14,6 +14,11 @@ learns the velocity ``eps - x0`` at logit-normal times shifted by the batch's ow
 (each aspect-ratio bucket of an ArrayRecord dataset has its own token count, hence its own shift).
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
 stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
+
+Style tags (the continued-training and SFT stages, ``stages/ct.py``, ``stages/sft.py``, reuse these
+functions with an MMDiT that has the aesthetic adapter): a batch may carry ``style_tags`` int32
+[B, A] (``image_data(..., style_tags=True)``: each record's style, ``data/style_tags.py``); the loss
+passes them to the MMDiT after dropping each style attribute with ``stage_cfg.tag_drop_prob``.
 """
 import jax
 import jax.numpy as jnp
@@ -22,6 +27,7 @@ from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, load_component
 from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
 from seedream_jax.data import sources as data_sources
+from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.types import CACHED_TEXT_FIELDS, PIXEL_FIELDS, DiffusionBatch
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
@@ -69,6 +75,8 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
       [B, L, D], ``text_mask`` [B, L], ``text_pooled`` [B, D] (then the conditioner does not run).
       ``height`` x ``width`` only shapes the initialisation: the loss takes the resolution shift
       ``mu`` of each batch's own image size (static under jit, so one compiled step per bucket shape).
+      A batch's ``style_tags`` [B, A] (an MMDiT with a style adapter) reach the MMDiT in the
+      conditioning, each style attribute dropped with ``stage_cfg.tag_drop_prob`` (default 0).
     """
     s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
@@ -103,20 +111,29 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
             dt = compute_dtype(pipe.conditioner_cfg.dtype)
             cond = {"context": b.text_context.astype(dt), "mask": b.text_mask.astype(bool),
                     "pooled": b.text_pooled.astype(dt)}
+        if b.style_tags is not None:  # fold_in: the other draws stay those of a run without tags
+            tag_rng = jax.random.fold_in(rng, 1)
+            cond = {**cond, "style_tags": style_tags_lib.drop(tag_rng, b.style_tags.astype(jnp.int32),
+                                                              float(s.get("tag_drop_prob", 0.0)))}
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
 
     return init_params, loss_fn
 
 
-def conditioning_batch_fn(pipe: TextToImage):
+def conditioning_batch_fn(pipe: TextToImage, fixed_tags=None):
     """Images-source batch -> ``DiffusionBatch`` fields (a dict, as the loop places dicts): keeps the
     pixels or posteriors and the text cache's outputs, and where no text cache served the batch
-    tokenises its captions ([str] * b) for the conditioner."""
+    tokenises its captions ([str] * b) for the conditioner. Style tags, where the batch has them:
+    ``fixed_tags`` (a row [A], the config's tags) set over each record's, and the style attributes
+    of rows whose caption was dropped for CFG cleared (the unconditional input has no tags)."""
     keep = PIXEL_FIELDS + CACHED_TEXT_FIELDS
 
     def batch_fn(batch):
         out = {k: v for k, v in batch.items() if k in keep}
+        if "style_tags" in batch:
+            tags = batch["style_tags"] if fixed_tags is None else style_tags_lib.merge(batch["style_tags"], fixed_tags)
+            out["style_tags"] = style_tags_lib.zero_dropped_captions(tags, batch["caption"])
         if "text_context" in batch:
             return out
         return {**out, **tokenize_prompts([str(c) for c in batch["caption"]], pipe.tokenizer, pipe.conditioner_cfg)}
@@ -124,24 +141,27 @@ def conditioning_batch_fn(pipe: TextToImage):
     return batch_fn
 
 
-def image_data(cfg, workdir: str, stage_cfg, pipe: TextToImage, vae_source):
+def image_data(cfg, workdir: str, stage_cfg, pipe: TextToImage, vae_source, *, style_tags: bool = False,
+               fixed_tags=None):
     """The stage's batches from its data section (``common.stage_data_cfg``), a source of
     ``data/sources.py`` yielding images. With the VAE frozen and loaded from ``vae_source`` they
     carry its posteriors instead of images: a synthetic world is encoded once at start, an
     ArrayRecord dataset reads its latent cache when it has one; an ArrayRecord dataset also reads
-    the text cache when the conditioner is frozen and one is present (``stages/record_data.py``)."""
+    the text cache when the conditioner is frozen and one is present (``stages/record_data.py``).
+    ``style_tags``: batches carry each record's style tags, ``fixed_tags`` (a row [A]) set over them
+    (``conditioning_batch_fn``)."""
     data_cfg = common.stage_data_cfg(cfg, stage_cfg)
     fmt = data_sources.lookup(str(data_cfg.format), yields="images")
     frozen_vae = "vae" in [p.strip("/") for p in stage_cfg.frozen] and bool(vae_source)
-    options = {}
+    options = {"style_tags": True} if style_tags else {}
     if fmt.name == "synthetic" and frozen_vae:
         vae_params = load_component(vae_source, "vae")[0]
         options["encode"] = lambda images: vae_stage.encode_images(pipe.vae, vae_params, images)
     if fmt.name == "arrayrecord":
         options["cache"] = record_data.open_latent_cache(data_cfg, workdir, vae_source) if frozen_vae else None
         options["text_cache"] = record_data.open_text_cache(cfg, workdir, stage_cfg)
-    return fmt.open(data_cfg, workdir, int(stage_cfg.train.batch_size), batch_fn=conditioning_batch_fn(pipe),
-                    **options)
+    return fmt.open(data_cfg, workdir, int(stage_cfg.train.batch_size),
+                    batch_fn=conditioning_batch_fn(pipe, fixed_tags), **options)
 
 
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:

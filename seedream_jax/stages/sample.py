@@ -1,4 +1,11 @@
-"""Stage kind ``sample``: images for prompts from a trained checkpoint; PNGs plus a captioned grid."""
+"""Stage kind ``sample``: images for prompts from a trained checkpoint; PNGs plus a captioned grid.
+
+A stage with the aesthetic adapter (ct, sft: its stage.json's MMDiT has ``style_tag_sizes``) takes
+style tags: ``sample.style_tags`` ({attribute: value}, ``data/style_tags.py``, e.g.
+``{'palette': 'pastel', 'lighting': 'warm'}``) for every prompt, and negative-tag guidance with
+weight ``sample.negative_scale`` (0 = plain CFG) away from ``source = generated`` (the SFT stage's
+negative tag; ``sampling/generate.py``).
+"""
 import dataclasses
 import logging
 import os
@@ -63,17 +70,43 @@ def stage_pipeline(stage, attention_impl=None) -> TextToImage:
                        shift_base=float(shift["base_shift"]), shift_max=float(shift["max_shift"]))
 
 
+def tag_settings(section) -> dict:
+    """The ``TextToImage`` keywords of a sample/eval section's ``style_tags`` and ``negative_scale``
+    (empty when it sets neither), the tags checked against the vocabulary."""
+    from seedream_jax.data import style_tags as style_tags_lib
+
+    names = section.get("style_tags", None)
+    names = names.to_dict() if hasattr(names, "to_dict") else dict(names or {})
+    scale = float(section.get("negative_scale", 0.0))
+    out = {}
+    if names:
+        style_tags_lib.from_names(names)  # unknown names fail here
+        out["style_tags"] = names
+    if scale:
+        out["negative_scale"] = scale
+    return out
+
+
+def tag_label(settings: dict) -> str:
+    """'palette=pastel, negative 2.0' for a grid caption or a directory name ('' without tags)."""
+    parts = [f"{k}={v}" for k, v in settings.get("style_tags", {}).items()]
+    if settings.get("negative_scale"):
+        parts.append(f"negative {settings['negative_scale']:g}")
+    return ", ".join(parts)
+
+
 def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
     s = stage_cfg
     prompts = read_prompts(s)
     pipe, params = load_pipeline(cfg, workdir, s.checkpoint, bool(s.use_ema))
+    tags = tag_settings(s)
     out_dir = common.resolve(workdir, s.output)
     os.makedirs(out_dir, exist_ok=True)
     images, paths = [], []
     for start in range(0, len(prompts), int(s.batch_size)):
         batch = prompts[start:start + int(s.batch_size)]
         pics = pipe(params, batch, height=int(s.height), width=int(s.width), num_steps=int(s.num_steps),
-                    solver=s.solver, guidance_scale=float(s.guidance_scale), seed=int(s.seed) + start)
+                    solver=s.solver, guidance_scale=float(s.guidance_scale), seed=int(s.seed) + start, **tags)
         for i, pic in enumerate(pics):
             path = os.path.join(out_dir, f"{start + i:04d}.png")
             Image.fromarray(pic).save(path)
@@ -81,7 +114,11 @@ def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
         images.extend(pics)
     grid_path = os.path.join(out_dir, "grid.png")
     scale = max(1, 256 // max(int(s.height), int(s.width)))
-    Image.fromarray(image_grid(images, grid_captions(prompts, s.prompt_labels), columns=4, scale=scale)).save(grid_path)
+    captions = grid_captions(prompts, s.prompt_labels)
+    if tags:
+        captions = [f"({tag_label(tags)}) {c}" for c in captions]
+    Image.fromarray(image_grid(images, captions, columns=4, scale=scale)).save(grid_path)
     with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(f"{os.path.basename(p)}\t{q}" for p, q in zip(paths, prompts)) + "\n")
-    return {"output_dir": out_dir, "grid": grid_path, "num_images": len(images)}
+    return {"output_dir": out_dir, "grid": grid_path, "num_images": len(images),
+            **({"style_tags": tag_label(tags)} if tags else {})}
