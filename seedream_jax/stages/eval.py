@@ -7,6 +7,10 @@ is evaluated on the suite's ground-truth renderings passed through it (encode, p
 decode): the ceiling of every pipeline that decodes with that VAE. 'ground_truth' scores the
 synthetic renderer itself (1.0 everywhere: the scorer's check).
 
+A checkpoint with the aesthetic adapter (ct, sft) is sampled with ``eval.style_tags``
+({attribute: value}, every prompt) and negative-tag guidance ``eval.negative_scale`` when set
+(``stages/sample.tag_settings``); the report directory's name then ends with them.
+
 Writes ``<workdir>/<eval.output>/<name>_step<step>/`` (report.json, report.md, images/, grids/)
 and TensorBoard scalars and grids under ``<workdir>/<eval.output>/tensorboard/<name>/`` at the
 checkpoint's step, so that checkpoints and stages overlay in one TensorBoard.
@@ -29,24 +33,24 @@ from seedream_jax.eval import report as report_lib
 from seedream_jax.eval.suite import SuiteItem, build_suite
 from seedream_jax.models.vae import AutoencoderKL
 from seedream_jax.stages import common
-from seedream_jax.stages.sample import load_pipeline
+from seedream_jax.stages.sample import load_pipeline, tag_label, tag_settings
 from seedream_jax.training.writers import MetricWriter
 
 GROUND_TRUTH = "ground_truth"
 
 
 def pipeline_generator(pipe, params, *, batch_size: int, height: int, width: int, num_steps: int, solver: str,
-                       guidance_scale: float, seed: int) -> benchmark.GenerateFn:
+                       guidance_scale: float, seed: int, **tags) -> benchmark.GenerateFn:
     """``generate(prompts)`` over a ``TextToImage`` pipeline: batches of ``batch_size`` (the last
     padded, so one program is compiled), batch at offset k drawn with seed ``seed + k``, so the
-    noise of image i depends only on i."""
+    noise of image i depends only on i. ``tags``: ``style_tags`` / ``negative_scale`` for every batch."""
     def generate(prompts: Sequence[str]) -> np.ndarray:
         out, t0 = [], time.time()
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start:start + batch_size])
             padded = batch + [batch[-1]] * (batch_size - len(batch))
             pics = pipe(params, padded, height=height, width=width, num_steps=num_steps, solver=solver,
-                        guidance_scale=guidance_scale, seed=seed + start)
+                        guidance_scale=guidance_scale, seed=seed + start, **tags)
             out.append(pics[:len(batch)])
             done = start + len(batch)
             rate = done / max(time.time() - t0, 1e-9)
@@ -69,17 +73,24 @@ def select_items(items: Sequence[SuiteItem], per_group: int) -> list:
     return out
 
 
-def vae_roundtrip_generator(vae_cfg, vae_params, items: Sequence[SuiteItem], *, height: int, width: int,
-                            batch_size: int) -> benchmark.GenerateFn:
-    """``generate(prompts)``: each prompt's ground-truth rendering encoded by the VAE and decoded
-    from the posterior mean (uint8 [N, height, width, 3]), in batches of ``batch_size``."""
+def roundtrip_function(vae_cfg):
+    """jitted (params, images [B, H, W, 3] in [-1, 1]) -> decoded posterior means, same shape."""
     model = AutoencoderKL(vae_cfg)
-    render = benchmark.ground_truth_generator(items, height, width)
 
     @jax.jit
     def roundtrip(params, x):
         mean, _ = model.apply({"params": params}, x, method=model.encode)
         return model.apply({"params": params}, mean, method=model.decode)
+
+    return roundtrip
+
+
+def vae_roundtrip_generator(vae_cfg, vae_params, items: Sequence[SuiteItem], *, height: int, width: int,
+                            batch_size: int) -> benchmark.GenerateFn:
+    """``generate(prompts)``: each prompt's ground-truth rendering encoded by the VAE and decoded
+    from the posterior mean (uint8 [N, height, width, 3]), in batches of ``batch_size``."""
+    roundtrip = roundtrip_function(vae_cfg)
+    render = benchmark.ground_truth_generator(items, height, width)
 
     def generate(prompts: Sequence[str]) -> np.ndarray:
         images = render(prompts)
@@ -122,11 +133,15 @@ def _generator(cfg, e, workdir: str, items: Sequence[SuiteItem]):
         return name, step, source, vae_roundtrip_generator(vae_cfg, vae_params, items, height=height, width=width,
                                                            batch_size=int(e.batch_size)), {}
     pipe, params = load_pipeline(cfg, workdir, e.checkpoint, bool(e.use_ema))
+    tags = tag_settings(e)
     generate = pipeline_generator(pipe, params, batch_size=int(e.batch_size), height=height, width=width,
                                   num_steps=int(e.num_steps), solver=str(e.solver),
-                                  guidance_scale=float(e.guidance_scale), seed=int(e.seed))
+                                  guidance_scale=float(e.guidance_scale), seed=int(e.seed), **tags)
     info = {"sampler": f"{e.solver}, {e.num_steps} steps, guidance {e.guidance_scale}, seed {e.seed}",
             "training records with a held-out pair": _heldout_in_training(cfg, workdir)}
+    if tags:
+        info["style tags"] = tag_label(tags)
+        name = name + "_" + "_".join(tag_label(tags).replace("=", "-").replace(", ", "_").split())
     return name, step, f"{stage_dir} step {step} ({weights} weights)", generate, info
 
 
