@@ -17,10 +17,15 @@ import numpy as np
 
 from seedream_jax.interop import convert
 from seedream_jax.interop.flux import flux_name_fn, flux_position_ids, mmdit_to_diffusers_config
-from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
+from seedream_jax.models.mmdit import MMDiT, MMDiTConfig, patchify
 
 # name: (MMDiT config fields, latent side at the benchmark resolution, text tokens)
 SIZES = {
+    # configs/tiny.py's DiT: width 128, 2 double + 2 single blocks, 32x32x4 latents in 4x4 patches
+    # (64 image tokens), 64 text tokens (LLM 48 + ByT5 16); without its sin-cos position embedding
+    # (one parameter-free add, which diffusers' Flux does not have).
+    "tiny": (dict(in_channels=4, patch_size=4, num_heads=4, head_dim=32, num_double_blocks=2, num_single_blocks=2,
+                  context_dim=128, pooled_dim=128, axes_dims=(8, 12, 12), rope_base_grid=8, text_ids="zeros"), 32, 64),
     # The issue's CPU reference: 6 double + 6 single blocks, width 384, 256 image + 64 text tokens.
     "cpu46m": (dict(in_channels=16, num_heads=6, head_dim=64, num_double_blocks=6, num_single_blocks=6,
                     context_dim=384, pooled_dim=384, axes_dims=(16, 24, 24), rope_base_grid=16), 32, 64),
@@ -46,10 +51,12 @@ class Setup:
 
 
 def make_setup(size: str, *, dtype: str = "float32", attention_impl=None, remat_policy: str = "none",
-               seed: int = 0) -> Setup:
-    """Random MMDiT weights (N(0, 0.02) matrices, so activations stay finite in bf16)."""
+               seed: int = 0, **fields_override) -> Setup:
+    """Random MMDiT weights (N(0, 0.02) matrices, so activations stay finite in bf16);
+    ``fields_override``: other ``MMDiTConfig`` fields (e.g. ``style_tag_sizes``)."""
     fields, side, text = SIZES[size]
-    cfg = MMDiTConfig(**fields, dtype=dtype, attention_impl=attention_impl, remat_policy=remat_policy)
+    cfg = MMDiTConfig(**{**fields, **fields_override}, dtype=dtype, attention_impl=attention_impl,
+                      remat_policy=remat_policy)
     model = MMDiT(cfg)
     x, t, ctx, mask, pooled = random_inputs(cfg, 1, side, text, seed)
     params = jax.jit(lambda r: nn.meta.unbox(model.init(r, x, t, ctx, mask, pooled)["params"]))(jax.random.PRNGKey(seed))
@@ -118,7 +125,7 @@ def torch_inputs(setup: Setup, batch: int, device: str, seed: int = 0):
     import torch
     x, t, ctx, _, pooled = random_inputs(setup.cfg, batch, setup.latent_side, setup.text_tokens, seed)
     b, h, w, c = x.shape
-    packed = torch.from_numpy(x).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, -1, c * 4)
+    packed = torch.from_numpy(np.asarray(patchify(x, setup.cfg.patch_size)))
     img_ids, txt_ids = flux_position_ids(setup.cfg, h, w, setup.text_tokens)
     as_t = lambda a: torch.from_numpy(np.asarray(a)).to(device)
     return dict(hidden_states=packed.to(device), encoder_hidden_states=as_t(ctx), pooled_projections=as_t(pooled),

@@ -127,17 +127,17 @@ def test_every_bucket_runs(params):
 
 def test_bf16_close_to_fp32_and_remat_identical(params):
     latents, t, ctx, mask, pooled = _inputs()
-    ref = MMDiT(CFG).apply({"params": params}, latents, t, ctx, mask, pooled)
-    bf16 = MMDiT(MMDiTConfig(**{**CFG.__dict__, "dtype": "bfloat16"})).apply({"params": params}, latents, t, ctx, mask, pooled)
+    forward = jax.jit(lambda p, cfg: MMDiT(cfg).apply({"params": p}, latents, t, ctx, mask, pooled), static_argnums=1)
+    ref = forward(params, CFG)
+    bf16 = forward(params, MMDiTConfig(**{**CFG.__dict__, "dtype": "bfloat16"}))
     rel = max_abs_diff(ref, bf16) / float(jnp.max(jnp.abs(ref)))
     print(f"MMDiT bf16 vs fp32: max abs diff / max |out| = {rel:.3f}")
     assert bf16.dtype == jnp.float32 and rel < 0.05
 
-    def loss(p, cfg):
-        return jnp.sum(MMDiT(cfg).apply({"params": p}, latents, t, ctx, mask, pooled) ** 2)
-    g_ref = jax.grad(loss)(params, CFG)
+    grad = jax.jit(jax.grad(lambda p, cfg: jnp.sum(forward(p, cfg) ** 2)), static_argnums=1)
+    g_ref = grad(params, CFG)
     for policy in ("full", "dots"):
-        g = jax.grad(loss)(params, MMDiTConfig(**{**CFG.__dict__, "remat_policy": policy}))
+        g = grad(params, MMDiTConfig(**{**CFG.__dict__, "remat_policy": policy}))
         # Recomputation lets XLA fuse differently: equal up to float32 reassociation.
         for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))

@@ -285,6 +285,7 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     root_rng = jax.random.PRNGKey(int(tcfg.seed))
     layout = state_layout(task, tx, use_ema, root_rng, mesh, rules)
     shardings, abstract = layout.shardings, layout.abstract
+    optimizer_lib.check_flatten_layout(stage_cfg.optimizer, shardings.params)
     # ---- checkpoint: resume, or initialise (optionally from another stage)
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
