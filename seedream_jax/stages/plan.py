@@ -10,11 +10,15 @@ The memory and FLOPs are those of the program compiled for the backend that ran 
 on virtual CPU devices they estimate the TPU/GPU program (the partitioning and the arrays are
 the same; fusion, layouts and temporary buffers differ).
 """
+import copy
 import dataclasses
-from typing import Dict, Optional
+import math
+import time
+from typing import Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 
 from seedream_jax import config_lib
@@ -28,6 +32,10 @@ from seedream_jax.stages import pretrain
 
 # Accelerator memory per chip, bytes (vendor figures, 1 GB = 1e9 bytes).
 CHIP_MEMORY = {"TPU v5p": 95e9, "H100": 80e9, "H200": 141e9}
+# Peak dense bf16 FLOP/s per chip (vendor figures; H100/H200 SXM without sparsity). One JAX device
+# is one chip: a v5p chip's two TensorCores are one device (megacore), so v5p-N has N/2 devices.
+CHIP_PEAK_BF16 = {"TPU v5p": 459e12, "H100": 989e12, "H200": 989e12}
+TEXT_CACHE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
 @dataclasses.dataclass
@@ -55,6 +63,9 @@ class Plan:
     flops_analytic: Dict[str, float]
     memory: Dict[str, int]
     backend: str
+    text_cache: bool = False
+    blocks: Tuple[int, int] = (0, 0)  # (double, single) blocks of the MMDiT
+    extrapolation: Optional[dict] = None  # plan_extrapolated: how the full depth was reached
 
 
 def _fake_tokenizer(texts, max_length):
@@ -62,10 +73,20 @@ def _fake_tokenizer(texts, max_length):
     return np.zeros((len(texts), max_length), np.int32), np.ones((len(texts), max_length), bool)
 
 
-def abstract_batch(pipe, cfg, resolution: int, batch: int, cached_latents: bool, mesh) -> dict:
+def abstract_batch(pipe, cfg, resolution: int, batch: int, cached_latents: bool, mesh,
+                   text_cache: bool = False, text_cache_dtype: str = "float16") -> dict:
     """The pretrain batch as ``jax.ShapeDtypeStruct`` [batch, ...] with the loop's batch sharding:
-    token arrays of the conditioner, and cached VAE posteriors (frozen VAE) or images."""
+    cached VAE posteriors (frozen VAE) or images, and the conditioner's token arrays or, with
+    ``text_cache``, its cached outputs ``text_context`` [B, L, D], ``text_mask`` [B, L] and
+    ``text_pooled`` [B, D] in the cache's float dtype (``data/text_cache.py``; the loss then
+    never runs the conditioner)."""
     tokens = tokenize_prompts(["a"], _fake_tokenizer, pipe.conditioner_cfg)
+    if text_cache:
+        ctx, mask, pooled = jax.eval_shape(
+            lambda: pipe.conditioner.init_with_output(jax.random.PRNGKey(0), **tokens)[0])
+        dt = np.dtype(TEXT_CACHE_DTYPES[text_cache_dtype])
+        tokens = {"text_context": np.zeros(ctx.shape, dt), "text_mask": np.zeros(mask.shape, bool),
+                  "text_pooled": np.zeros(pooled.shape, dt)}
     if cached_latents:
         lat = np.zeros((1,) + pipe.latent_shape(resolution, resolution), np.float32)
         arrays = {"latent_mean": lat, "latent_logvar": lat, **tokens}
@@ -75,7 +96,8 @@ def abstract_batch(pipe, cfg, resolution: int, batch: int, cached_latents: bool,
             for k, v in arrays.items()}
 
 
-def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], frozen: tuple) -> Dict[str, float]:
+def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], frozen: tuple,
+                   text_cache: bool = False) -> Dict[str, float]:
     """Textbook FLOPs of one step for the global batch, the '6 N T' rule per component.
 
     A matmul parameter costs 2 FLOPs per token forward and 4 more backward; a frozen component
@@ -85,7 +107,8 @@ def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], fro
     ByT5 over ``byt5_max_length`` tokens. The VAE encoder runs only without cached latents and is
     left out (convolutions; small next to the DiT). N counts every parameter, so embedding tables
     (lookups, not matmuls; 0.5B of a 7B LLM) and the per-stream weights of double blocks (each sees
-    only its own stream's tokens) make it an upper bound. Returns {'mmdit', 'attention', 'text', 'total'}.
+    only its own stream's tokens) make it an upper bound. With ``text_cache`` the text encoders do
+    not run (0). Returns {'mmdit', 'attention', 'text', 'total'}.
     """
     m = cfg.model
     frozen_top = {p.strip("/") for p in frozen}
@@ -104,7 +127,7 @@ def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], fro
     llm = mult("conditioner", "text_encoder", "llm") * params["llm"] * int(m.llm_max_length)
     adapter = mult("conditioner", "text_encoder") * params["llm_adapter"] * int(m.llm_max_length)
     byt5 = mult("conditioner", "byt5") * params["byt5"] * int(m.byt5_max_length)
-    out["text"] = (llm + adapter + byt5) * batch
+    out["text"] = 0.0 if text_cache else (llm + adapter + byt5) * batch
     out["total"] = sum(out.values())
     return out
 
@@ -124,11 +147,16 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def plan_pretrain(cfg, *, resolution: int, batch: int, mesh_spec: Dict[str, int], devices=None) -> Plan:
+def plan_pretrain(cfg, *, resolution: int, batch: int, mesh_spec: Dict[str, int], devices=None,
+                  text_cache: bool = False) -> Plan:
     """Compile ``cfg``'s pretrain step for ``batch`` images of ``resolution`` px on ``mesh_spec``.
 
     ``cfg.model.{dtype, remat_policy, attention_impl}``, ``cfg.sharding.rules`` and
     ``cfg.pretrain.{frozen, optimizer, train.ema_decay}`` are used as the loop would.
+    ``text_cache``: the batch carries the frozen conditioner's cached outputs instead of tokens
+    (as an ArrayRecord dataset with a text cache feeds the stage), so the LLM and ByT5 do not run
+    in the step; their frozen parameters stay in the train state, as the loop holds them. Needs
+    every conditioner parameter frozen (``pretrain.frozen`` naming ``conditioner``), as the stage does.
     """
     stage = cfg.pretrain
     mesh = mesh_lib.make_mesh(mesh_spec, devices)
@@ -144,16 +172,117 @@ def plan_pretrain(cfg, *, resolution: int, batch: int, mesh_spec: Dict[str, int]
     ema_decay = float(stage.train.ema_decay)
     layout = loop.state_layout(task, tx, ema_decay > 0, jax.random.PRNGKey(0), mesh, rules)
     cached = "vae" in {p.strip("/") for p in stage.frozen}
-    inputs = abstract_batch(pipe, cfg, resolution, batch, cached, mesh)
+    if text_cache and _leaf_count(layout.abstract.params.get("conditioner", {})):
+        raise ValueError("a text cache feeds only a frozen conditioner: pretrain.frozen must cover 'conditioner' "
+                         f"(it is {tuple(stage.frozen)})")
+    inputs = abstract_batch(pipe, cfg, resolution, batch, cached, mesh, text_cache=text_cache)
     step = loop.jit_train_step(task, tx, ema_decay, layout.shardings)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as the loop traces its step
         compiled = step.lower(layout.abstract, inputs).compile()
     counts = component_parameter_counts(pipe.conditioner_cfg, pipe.mmdit_cfg, vae_cfg, resolution)
-    size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-    counts = dict(counts, trainable=size(layout.abstract.params), frozen=size(layout.abstract.frozen))
+    counts = dict(counts, trainable=_leaf_count(layout.abstract.params), frozen=_leaf_count(layout.abstract.frozen))
     return Plan(mesh=dict(mesh.shape), devices=mesh.size, resolution=resolution, batch=batch,
                 dtype=str(cfg.model.dtype), remat_policy=str(cfg.model.remat_policy),
                 attention_impl=cfg.model.attention_impl, rules=str(cfg.sharding.rules),
                 frozen=tuple(stage.frozen), params=counts, flops_per_device=_flops(compiled),
-                flops_analytic=analytic_flops(cfg, resolution, batch, counts, tuple(stage.frozen)),
-                memory=_memory(compiled), backend=jax.default_backend())
+                flops_analytic=analytic_flops(cfg, resolution, batch, counts, tuple(stage.frozen), text_cache),
+                memory=_memory(compiled), backend=jax.default_backend(), text_cache=bool(text_cache),
+                blocks=(int(cfg.model.mmdit.num_double_blocks), int(cfg.model.mmdit.num_single_blocks)))
+
+
+def _leaf_count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+# ---- fewer blocks, extrapolated: the full depth's memory and FLOPs from two shallow compiles
+
+FITTED = ("arguments", "outputs", "aliased", "temp", "generated_code", "flops_per_device")
+
+
+def depth_unit(double: int, single: int) -> Tuple[int, Tuple[int, int]]:
+    """(k, (d, s)): the MMDiT's ``double`` + ``single`` blocks as k units of d double + s single
+    blocks (k = their greatest common divisor; the full size's 10 + 20 is 10 x (1 + 2))."""
+    k = math.gcd(int(double), int(single)) or 1
+    return k, (int(double) // k, int(single) // k)
+
+
+def with_depth(cfg, units: int):
+    """A copy of ``cfg`` whose MMDiT has ``units`` depth units (``depth_unit``) instead of its own."""
+    _, (d, s) = depth_unit(cfg.model.mmdit.num_double_blocks, cfg.model.mmdit.num_single_blocks)
+    out = copy.deepcopy(cfg)
+    out.model.mmdit.num_double_blocks, out.model.mmdit.num_single_blocks = units * d, units * s
+    return out
+
+
+def linear_fit(points: Dict[int, Dict[str, float]]) -> Dict[str, Tuple[float, float]]:
+    """{depth: {quantity: value}} at two depths -> {quantity: (intercept, slope per depth unit)}."""
+    if len(points) != 2:
+        raise ValueError(f"a linear fit needs exactly two depths, got {sorted(points)}")
+    (k1, a), (k2, b) = sorted(points.items())
+    if k1 == k2:
+        raise ValueError("a linear fit needs two different depths")
+    fit = {}
+    for q in a:
+        slope = (b[q] - a[q]) / (k2 - k1)
+        fit[q] = (a[q] - slope * k1, slope)
+    return fit
+
+
+def extrapolate(fit: Dict[str, Tuple[float, float]], units: int) -> Dict[str, float]:
+    """The fitted quantities at ``units`` depth units: intercept + slope x units."""
+    return {q: c + m * units for q, (c, m) in fit.items()}
+
+
+def _fitted(plan: Plan) -> Dict[str, float]:
+    return dict({k: float(plan.memory[k]) for k in FITTED if k in plan.memory},
+                flops_per_device=float(plan.flops_per_device))
+
+
+def _memory_total(m: Dict[str, float]) -> float:
+    return m["arguments"] + m["outputs"] - m["aliased"] + m["temp"] + m["generated_code"]
+
+
+def plan_extrapolated(cfg, *, fit_depths: Sequence[int] = (1, 2), check_depth: Optional[int] = None,
+                      **plan_kwargs) -> Plan:
+    """The full depth's plan from compiles of ``fit_depths`` (two depths, in units of ``depth_unit``):
+    memory (each part of ``memory_analysis``) and XLA FLOPs per device fitted linearly in depth and
+    extrapolated to ``cfg``'s own depth; the parameter counts and analytic FLOPs are the full
+    model's. ``check_depth``: one more compile whose measured values are compared with the fit's
+    prediction there. The returned plan's ``extrapolation`` holds the depths, the fit
+    ({quantity: (intercept, per unit)}), each compiled depth's measured values and the check's
+    relative errors {quantity: (predicted - measured) / measured}."""
+    full_units, unit = depth_unit(cfg.model.mmdit.num_double_blocks, cfg.model.mmdit.num_single_blocks)
+    measured, timings = {}, {}
+    for units in list(fit_depths) + ([check_depth] if check_depth else []):
+        t0 = time.time()
+        shallow = plan_pretrain(with_depth(cfg, units), **plan_kwargs)
+        timings[units] = time.time() - t0
+        measured[units] = _fitted(shallow)
+    fit = linear_fit({k: measured[k] for k in fit_depths})
+    values = extrapolate(fit, full_units)
+    check = None
+    if check_depth:
+        predicted = extrapolate(fit, check_depth)
+        predicted["total"], actual_total = _memory_total(predicted), _memory_total(measured[check_depth])
+        actual = dict(measured[check_depth], total=actual_total)
+        check = {q: (predicted[q] - actual[q]) / actual[q] if actual[q] else 0.0 for q in ("total", "temp",
+                                                                                          "flops_per_device")}
+    memory = {k: int(round(values[k])) for k in FITTED if k != "flops_per_device"}
+    memory["total"] = int(round(_memory_total(values)))
+    conditioner_cfg, mmdit_cfg, vae_cfg = config_lib.build_model_configs(cfg.model)
+    counts = component_parameter_counts(conditioner_cfg, mmdit_cfg, vae_cfg, plan_kwargs["resolution"])
+    trainable_shallow = shallow.params["trainable"]
+    mmdit_shallow = shallow.params["mmdit"]
+    # the MMDiT is the only part whose size changed; it trains or is frozen as a whole here
+    trains_mmdit = trainable_shallow >= mmdit_shallow
+    delta = counts["mmdit"] - mmdit_shallow
+    counts = dict(counts, trainable=trainable_shallow + (delta if trains_mmdit else 0),
+                  frozen=shallow.params["frozen"] + (0 if trains_mmdit else delta))
+    extrapolation = {"unit": unit, "units": full_units, "fit_depths": tuple(fit_depths), "check_depth": check_depth,
+                     "fit": fit, "measured": measured, "check": check, "compile_seconds": timings}
+    return dataclasses.replace(
+        shallow, params=counts, memory=memory, flops_per_device=values["flops_per_device"],
+        flops_analytic=analytic_flops(cfg, shallow.resolution, shallow.batch, counts, shallow.frozen,
+                                      shallow.text_cache),
+        blocks=(int(cfg.model.mmdit.num_double_blocks), int(cfg.model.mmdit.num_single_blocks)),
+        extrapolation=extrapolation)
