@@ -54,7 +54,7 @@ def test_unknown_kind_fails_naming_the_known_ones():
     assert stage_kind(cfg, "x") == "distil"
     with pytest.raises(ValueError, match=r"unknown stage kind 'distil'; known kinds: \['aesthetic', 'data', 'eval', 'glyph_align', 'pretrain'"):
         load_kind("distil")
-    assert {"data", "tokenizer", "vae", "pretrain", "rlhf", "sample", "eval"} <= set(builtin_kinds())
+    assert {"data", "tokenizer", "vae", "pretrain", "rlhf", "ct", "sft", "sample", "eval"} <= set(builtin_kinds())
     assert stage_kind(config_lib.base_config("tiny"), "pretrain") == "pretrain"
 
 
