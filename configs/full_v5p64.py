@@ -4,13 +4,13 @@
         --config.distributed.mode=cluster
     python tools/plan.py --config configs/full_v5p64.py --text-cache --depths 1,2 --check-depth 3   # the plan
 
-What makes the 10.4B-parameter full size fit (benchmarks/RESULTS.md, "issue 18: the full size
-fits"): only the 2.8B MMDiT trains. The VAE and the whole conditioner (the 7B LLM, its adapter,
-ByT5) are frozen and their outputs come from the latent and text caches of the ArrayRecord
-dataset (``tools/cache_latents.py``), so neither runs in the step; bf16 compute with fp32 master
-weights, AdamW moments and EMA; ``dots`` remat (matmul outputs kept, the rest recomputed);
-FSDP (ZeRO-3) over all 32 chips; 4 images per chip. The planner's CPU compile puts this step at
-about 51 GB per chip (an upper bound: XLA:CPU's schedule keeps more live than the TPU's), 47% headroom.
+What makes the 10.4B-parameter full size fit (benchmarks/RESULTS.md (g)): only the 2.8B MMDiT
+trains. The VAE and the whole conditioner (the 7B LLM, its adapter, ByT5) are frozen and their
+outputs come from the latent and text caches of the ArrayRecord dataset
+(``tools/cache_latents.py``), so neither runs in the step; bf16 compute with fp32 master weights,
+AdamW moments and EMA; ``dots`` remat (matmul outputs kept, the rest recomputed); FSDP (ZeRO-3)
+over all 32 chips; 4 images per chip. The planner's CPU compile puts this step at about 51 GB
+per chip (an upper bound: XLA:CPU's schedule keeps more live than the TPU's), 47% headroom.
 
 Prepare once (docs/tpu_v5p.md section 4): the record dataset at ``data/world`` in the workdir,
 its latent cache (``data/world-latents``) and text cache (``data/world-text``), the tokenizer and

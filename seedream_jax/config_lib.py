@@ -463,6 +463,24 @@ def curation_section(**overrides) -> ConfigDict:
 ADAPTER_PATTERN = r"mmdit/.*style_.*"  # every parameter of the MMDiT's style adapter
 
 
+def _adapter_stage(kind: str, *, source: str, steps: int, log_every: int, checkpoint_every: int, lr: float,
+                   warmup_steps: int, adapter_lr: float, **fields) -> ConfigDict:
+    """What the ct and sft sections share: every component from stage ``source``, the adapter's
+    own parameter group, the styled record world, VAE and conditioner frozen; plus ``fields``."""
+    return ConfigDict(dict(
+        kind=kind,
+        train=train_section(steps=steps, batch_size=16, log_every=log_every, checkpoint_every=checkpoint_every,
+                            ema_decay=0.99),
+        optimizer=optimizer_section(lr=lr, warmup_steps=warmup_steps, final_lr_fraction=1.0,
+                                    groups=ConfigDict(dict(adapter=ConfigDict(dict(pattern=ADAPTER_PATTERN,
+                                                                                   lr=adapter_lr))))),
+        init_from=ConfigDict(dict(conditioner=source, mmdit=source, vae=source)),
+        keep_init=(ADAPTER_PATTERN,), frozen=("vae", "conditioner"), style_dim=0,
+        data=data_section(format="arrayrecord", path="data/styled", bucket_max_ratio=1.0, random_crop=False),
+        style_tags=ConfigDict(), tag_drop_prob=0.2, time_mean=0.0, time_std=1.0,
+        eval_prompts=(), eval_style_tags=ConfigDict(), eval_steps=20, **fields))
+
+
 def ct_section(**overrides) -> ConfigDict:
     """The ``ct`` stage (``stages/ct.py``): continued flow-matching training with the aesthetic adapter.
 
@@ -478,18 +496,8 @@ def ct_section(**overrides) -> ConfigDict:
     eval_style_tags, eval_steps: the grid written every ``train.eval_every`` steps, each prompt
     without and with those tags. Unknown keys raise KeyError.
     """
-    section = ConfigDict(dict(
-        kind="ct",
-        train=train_section(steps=300, batch_size=16, log_every=25, checkpoint_every=100, ema_decay=0.99),
-        optimizer=optimizer_section(lr=2e-4, warmup_steps=20, final_lr_fraction=1.0,
-                                    groups=ConfigDict(dict(adapter=ConfigDict(dict(pattern=ADAPTER_PATTERN,
-                                                                                   lr=1e-3))))),
-        init_from=ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain")),
-        keep_init=(ADAPTER_PATTERN,), frozen=("vae", "conditioner"), style_dim=0,
-        data=data_section(format="arrayrecord", path="data/styled", bucket_max_ratio=1.0, random_crop=False),
-        curation=curation_section(), style_tags=ConfigDict(), tag_drop_prob=0.2,
-        time_mean=0.0, time_std=1.0,
-        eval_prompts=(), eval_style_tags=ConfigDict(), eval_steps=20))
+    section = _adapter_stage("ct", source="pretrain", steps=300, log_every=25, checkpoint_every=100, lr=2e-4,
+                             warmup_steps=20, adapter_lr=1e-3, curation=curation_section())
     return _updated("ct_section", section, overrides)
 
 
@@ -505,19 +513,10 @@ def sft_section(**overrides) -> ConfigDict:
     when the model and settings match). eval_prompts, eval_style_tags, eval_negative_scale,
     eval_steps: the periodic grid. Unknown keys raise KeyError.
     """
-    section = ConfigDict(dict(
-        kind="sft",
-        train=train_section(steps=100, batch_size=16, log_every=10, checkpoint_every=50, ema_decay=0.99),
-        optimizer=optimizer_section(lr=5e-5, warmup_steps=10, final_lr_fraction=1.0,
-                                    groups=ConfigDict(dict(adapter=ConfigDict(dict(pattern=ADAPTER_PATTERN,
-                                                                                   lr=2e-4))))),
-        init_from=ConfigDict(dict(conditioner="ct", mmdit="ct", vae="ct")),
-        keep_init=(ADAPTER_PATTERN,), frozen=("vae", "conditioner"), style_dim=0,
-        data=data_section(format="arrayrecord", path="data/styled", bucket_max_ratio=1.0, random_crop=False),
-        curation=curation_section(output=""), max_records=256, style_tags=ConfigDict(), tag_drop_prob=0.2,
-        negative_share=0.25,
+    section = _adapter_stage(
+        "sft", source="ct", steps=100, log_every=10, checkpoint_every=50, lr=5e-5, warmup_steps=10, adapter_lr=2e-4,
+        curation=curation_section(output=""), max_records=256, negative_share=0.25,
         generate=ConfigDict(dict(num_steps=20, solver="euler", guidance_scale=4.0, seed=0, batch_size=16,
                                  output="sft/generated.npz")),
-        time_mean=0.0, time_std=1.0,
-        eval_prompts=(), eval_style_tags=ConfigDict(), eval_negative_scale=1.0, eval_steps=20))
+        eval_negative_scale=1.0)
     return _updated("sft_section", section, overrides)

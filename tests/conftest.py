@@ -31,6 +31,33 @@ def perturbed(params, seed: int = 0, scale: float = 0.05):
         treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
+def write_random_pretrain_stage(cfg, workdir: str, size: int, seed: int = 0) -> str:
+    """A ``pretrain`` stage in ``workdir`` (tokenizer already there) holding random weights of
+    ``cfg``'s models at ``size`` px, one checkpoint at step 1 and its stage.json: norm scales near
+    1, every other parameter N(0, 0.1^2) (so the adaLN-Zero DiT is not zero). Returns its dir."""
+    import flax.linen as nn
+    from seedream_jax.checkpoint.manager import Checkpointer
+    from seedream_jax.checkpoint.stage_dir import write_stage_meta
+    from seedream_jax.stages import pretrain
+    pipe, _, _ = pretrain.build_pipeline(cfg, workdir, cfg.pretrain)
+    init = pretrain.model_functions(pipe, cfg.pretrain, size, size)[0]
+    shapes = nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+        return (base + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
+
+    trainable, frozen = jax.tree_util.tree_map_with_path(draw, shapes)
+    stage_dir = os.path.join(workdir, "pretrain")
+    ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=1, async_save=False)
+    ckpt.save(1, {"params": trainable, "frozen": frozen}, {"position": 0}, force=True)
+    ckpt.wait()
+    ckpt.close()
+    write_stage_meta(stage_dir, "pretrain", "pretrain", pretrain.describe(cfg, cfg.pretrain, workdir, stage_dir))
+    return stage_dir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     try:

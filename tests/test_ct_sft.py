@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from conftest import write_random_pretrain_stage
+
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, parse_sources, restore_sharded, with_keep_init
-from seedream_jax.checkpoint.manager import Checkpointer, restore_raw_state
-from seedream_jax.checkpoint.stage_dir import open_stage, write_stage_meta
+from seedream_jax.checkpoint.manager import restore_raw_state
+from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data import style_tags as T
 from seedream_jax.data import synthetic as S
 from seedream_jax.sampling import sampler as sampler_lib
@@ -132,21 +134,7 @@ def workdir(tmp_path_factory):
     out = data_stage.run(cfg, cfg.data_styled, wd)
     assert out["num_records"] == 32 and out["styled"] > 0
     tokenizer_stage.run(cfg, None, wd)
-    pipe, _, _ = pretrain.build_pipeline(cfg, wd, cfg.pretrain)
-    shapes = nn.unbox(jax.eval_shape(pretrain.model_functions(pipe, cfg.pretrain, SIZE, SIZE)[0], jax.random.PRNGKey(0)))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):  # norm scales near 1, the rest small: the adaLN-Zero DiT is not zero
-        base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return (base + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-
-    trainable, frozen = jax.tree_util.tree_map_with_path(draw, shapes)
-    stage_dir = os.path.join(wd, "pretrain")
-    ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=1, async_save=False)
-    ckpt.save(1, {"params": trainable, "frozen": frozen}, {"position": 0}, force=True)
-    ckpt.wait()
-    ckpt.close()
-    write_stage_meta(stage_dir, "pretrain", "pretrain", pretrain.describe(cfg, cfg.pretrain, wd, stage_dir))
+    write_random_pretrain_stage(cfg, wd, SIZE)
     return wd
 
 

@@ -4,21 +4,20 @@ goes up, lr 0 keeps the reference, NaN rewards stop the run, preemption mid-roll
 import os
 import signal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from conftest import write_random_pretrain_stage
+
 from seedream_jax import config_lib, rewards
-from seedream_jax.checkpoint.manager import Checkpointer, restore_raw_state
-from seedream_jax.checkpoint.stage_dir import write_stage_meta
+from seedream_jax.checkpoint.manager import restore_raw_state
 from seedream_jax.data import prompt_data, synthetic as S
 from seedream_jax.rewards import in_graph
 from seedream_jax.sampling import sampler as sampler_lib
 from seedream_jax.sampling import schedules, solvers
-from seedream_jax.stages import pretrain
 from seedream_jax.training import loop, rlhf_losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,8 +305,9 @@ def test_rewards_run_in_the_graph_or_on_the_host_and_sum_with_weights():
     assert list(batch) == ["reward_in/redness_host/prompt_id"] and table.texts(batch["reward_in/redness_host/prompt_id"]) == prompts
     total, per = jax.jit(lambda x, b: in_graph.score_all([red, host], {"redness": 2.0, "redness_host": -1.0}, x, b))(
         images, batch)
-    np.testing.assert_allclose(per["redness"], redness(images), rtol=1e-6)
-    np.testing.assert_allclose(per["redness_host"], redness(images), rtol=1e-6)
+    # jitted vs eager means over 192 values in [-1, 1]: equal up to float32 summation order
+    np.testing.assert_allclose(per["redness"], redness(images), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(per["redness_host"], redness(images), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(total, redness(images), rtol=1e-5)
     grad = jax.grad(lambda x: jnp.sum(in_graph.score_all([red], {"redness": 1.0}, x, {})[0]))(images)
     assert float(jnp.abs(grad[..., 0]).min()) > 0
@@ -394,21 +394,7 @@ def workdir(tmp_path_factory):
     cfg = _config()
     data_stage.run(cfg, cfg.data, wd)
     tokenizer_stage.run(cfg, None, wd)
-    pipe, _, _ = pretrain.build_pipeline(cfg, wd, cfg.pretrain)
-    shapes = nn.unbox(jax.eval_shape(pretrain.model_functions(pipe, cfg.pretrain, SIZE, SIZE)[0], jax.random.PRNGKey(0)))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):  # norm scales near 1, the rest small: the adaLN-Zero DiT is not zero
-        base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return (base + 0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-
-    trainable, frozen = jax.tree_util.tree_map_with_path(draw, shapes)
-    stage_dir = os.path.join(wd, "pretrain")
-    ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=1, async_save=False)
-    ckpt.save(1, {"params": trainable, "frozen": frozen}, {"position": 0}, force=True)
-    ckpt.wait()
-    ckpt.close()
-    write_stage_meta(stage_dir, "pretrain", "pretrain", pretrain.describe(cfg, cfg.pretrain, wd, stage_dir))
+    write_random_pretrain_stage(cfg, wd, SIZE)
     return wd
 
 

@@ -35,7 +35,6 @@ flow matching (``pretrain.model_functions``).
 import copy
 import dataclasses
 import logging
-import os
 from typing import Iterator, List
 
 import numpy as np
@@ -229,6 +228,23 @@ def tag_grid(pipe: TextToImage, params, prompts, tags, *, height: int, width: in
     return image_grid(pics, captions, columns=min(4, len(prompts)), scale=2)
 
 
+def grid_evaluation(cfg, stage_cfg, pipe: TextToImage, height: int, width: int, negative_scale: float = 0.0):
+    """The Task's ``evaluate``: a ``tag_grid`` of ``stage_cfg.eval_prompts`` without and with
+    ``eval_style_tags`` from the EMA weights (None when there are no eval prompts)."""
+    prompts = list(stage_cfg.eval_prompts)
+    if not prompts:
+        return None
+    tags = stage_cfg.eval_style_tags.to_dict() if stage_cfg.eval_style_tags else {}
+
+    def evaluate(state, step):
+        p = merge_params(state.ema_params or state.params, state.frozen)
+        return {"samples": tag_grid(pipe, p, prompts, tags, height=height, width=width,
+                                    num_steps=int(stage_cfg.eval_steps), solver=str(cfg.sample.solver),
+                                    guidance_scale=float(cfg.sample.guidance_scale), negative_scale=negative_scale)}
+
+    return evaluate
+
+
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     """The CT Task (module docstring)."""
     s = stage_cfg
@@ -239,17 +255,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
                                style_tags=True, fixed_tags=fixed_tags(s))
     height, width = data.image_size
     init_params, loss_fn = pretrain.model_functions(pipe, s, height, width)
-    prompts = list(s.eval_prompts)
-    eval_tags = s.eval_style_tags.to_dict() if s.eval_style_tags else {}
-
-    def evaluate(state, step):
-        p = merge_params(state.ema_params or state.params, state.frozen)
-        return {"samples": tag_grid(pipe, p, prompts, eval_tags, height=height, width=width,
-                                    num_steps=int(s.eval_steps), solver=str(cfg.sample.solver),
-                                    guidance_scale=float(cfg.sample.guidance_scale))}
-
     return loop.Task(name="ct", init_params=init_params, loss_fn=loss_fn, data=data, init_sources=sources,
-                     evaluate=evaluate if prompts else None)
+                     evaluate=grid_evaluation(cfg, s, pipe, height, width))
 
 
 def describe_adapter_stage(cfg, stage_cfg, workdir: str, kind: str) -> StageDescription:

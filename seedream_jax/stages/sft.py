@@ -48,7 +48,6 @@ from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.synthetic_records import png_bytes
 from seedream_jax.eval.grid import image_grid
-from seedream_jax.models.partition import merge_params
 from seedream_jax.stages import common, ct, pretrain
 from seedream_jax.stages.sample import stage_pipeline
 from seedream_jax.training import loop
@@ -223,18 +222,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
                         float(data_cfg.cfg_drop_prob), pretrain.conditioning_batch_fn(pipe))
     height, width = data.image_size
     init_params, loss_fn = pretrain.model_functions(pipe, s, height, width)
-    prompts = list(s.eval_prompts)
-    eval_tags = s.eval_style_tags.to_dict() if s.eval_style_tags else {}
-
-    def evaluate(state, step):
-        p = merge_params(state.ema_params or state.params, state.frozen)
-        return {"samples": ct.tag_grid(pipe, p, prompts, eval_tags, height=height, width=width,
-                                       num_steps=int(s.eval_steps), solver=str(cfg.sample.solver),
-                                       guidance_scale=float(cfg.sample.guidance_scale),
-                                       negative_scale=float(s.eval_negative_scale))}
-
     return loop.Task(name="sft", init_params=init_params, loss_fn=loss_fn, data=data, init_sources=sources,
-                     evaluate=evaluate if prompts else None)
+                     evaluate=ct.grid_evaluation(cfg, s, pipe, height, width, float(s.eval_negative_scale)))
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
