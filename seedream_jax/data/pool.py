@@ -48,6 +48,18 @@ class _Pool:
         self.executor = self._make()
 
 
+def _submit(pool: _Pool, fn: Callable, chunk: List[Any]) -> cf.Future:
+    """The chunk's future; a pool already broken (a worker died on another chunk in flight) gives a
+    future holding ``BrokenProcessPool``, so the caller reruns the chunk as it does any chunk whose
+    worker died."""
+    try:
+        return pool.executor.submit(_run_chunk, fn, chunk)
+    except cf.process.BrokenProcessPool as e:
+        future = cf.Future()
+        future.set_exception(e)
+        return future
+
+
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, kind: str = "process",
                 chunk_size: int = 8, window: int = 0,
                 on_crash: Callable[[Any], Any] = None) -> Iterator[Tuple[Any, Any]]:
@@ -66,7 +78,7 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
-                pending.append((chunk, pool.executor.submit(_run_chunk, fn, chunk)))
+                pending.append((chunk, _submit(pool, fn, chunk)))
             if not pending:
                 return
             chunk, future = pending.popleft()
@@ -74,7 +86,7 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1
                 results = future.result()
             except cf.process.BrokenProcessPool:
                 results = _isolate(pool, fn, chunk, on_crash)
-                pending = collections.deque((c, pool.executor.submit(_run_chunk, fn, c)) for c, _ in pending)
+                pending = collections.deque((c, _submit(pool, fn, c)) for c, _ in pending)
             yield from zip(chunk, results)
     finally:
         pool.executor.shutdown(wait=True, cancel_futures=True)

@@ -13,7 +13,8 @@ the text cache of an ArrayRecord dataset instead), and the MMDiT
 learns the velocity ``eps - x0`` at logit-normal times shifted by the batch's own resolution
 (each aspect-ratio bucket of an ArrayRecord dataset has its own token count, hence its own shift).
 Which components train is ``pretrain.frozen`` (path prefixes); components can start from other
-stages' checkpoints (``pretrain.init_from``), by default the VAE from ``<workdir>/vae``.
+stages' checkpoints (``pretrain.init_from``, renames included: ``checkpoint/init_from.py``), by
+default the VAE from ``<workdir>/vae``, read straight into their shardings (``Task.init_sources``).
 
 Style tags (the continued-training and SFT stages, ``stages/ct.py``, ``stages/sft.py``, reuse these
 functions with an MMDiT that has the aesthetic adapter): a batch may carry ``style_tags`` int32
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.init_from import apply_init_from, load_component
+from seedream_jax.checkpoint.init_from import load_component, parse_sources
 from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
 from seedream_jax.data import sources as data_sources
 from seedream_jax.data import style_tags as style_tags_lib
@@ -42,9 +43,9 @@ from seedream_jax.training.losses import flow_matching_loss
 
 def resolved_vae_config(cfg, workdir: str, stage_cfg):
     """The VAE config: the fitted one of the VAE stage named in init_from, else the config's."""
-    source = stage_cfg.init_from.get("vae") if "vae" in stage_cfg.init_from else None
+    source = parse_sources(stage_cfg.init_from, workdir).get("vae")
     if source:
-        vae_dir = common.resolve(workdir, source)
+        vae_dir = source[0]
         return vae_stage.fitted_config(vae_dir, config_lib.non_mmdit_attention_impl(cfg.model.attention_impl)), vae_dir
     return config_lib.build_model_configs(cfg.model)[2], None
 
@@ -168,14 +169,10 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     """The flow-matching Task of this stage (its data, model functions, init_from and evaluation)."""
     s = stage_cfg
     pipe, _, _ = build_pipeline(cfg, workdir, s)
-    sources = {k: common.resolve(workdir, v) for k, v in s.init_from.items() if v}
-    data = image_data(cfg, workdir, s, pipe, sources.get("vae"))
+    sources = parse_sources(s.init_from, workdir)
+    data = image_data(cfg, workdir, s, pipe, sources["vae"][0] if "vae" in sources else None)
     height, width = data.image_size
     init_params, loss_fn = model_functions(pipe, s, height, width)
-
-    def initialise(trainable, frozen):
-        return apply_init_from(trainable, frozen, sources)
-
     prompts = list(s.eval_prompts)
 
     def evaluate(state, step):
@@ -184,14 +181,14 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
                     guidance_scale=float(cfg.sample.guidance_scale))
         return {"samples": image_grid(list(pics), prompts, columns=min(4, len(prompts)), scale=2)}
 
-    return loop.Task(name="pretrain", init_params=init_params, loss_fn=loss_fn, data=data,
-                     initialise=initialise if sources else None, evaluate=evaluate if prompts else None)
+    return loop.Task(name="pretrain", init_params=init_params, loss_fn=loss_fn, data=data, init_sources=sources,
+                     evaluate=evaluate if prompts else None)
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
     """Conditioner, MMDiT and VAE configs, the time-shift rule, the tokenizer and init_from sources."""
     pipe, _, _ = build_pipeline(cfg, workdir, stage_cfg)
-    sources = {k: source_record(common.resolve(workdir, v)) for k, v in stage_cfg.init_from.items() if v}
+    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
     return StageDescription(
         components={"conditioner": (Conditioner, pipe.conditioner_cfg), "mmdit": (MMDiT, pipe.mmdit_cfg),
                     "vae": (AutoencoderKL, pipe.vae_cfg)},

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.init_from import load_component
+from seedream_jax.checkpoint.init_from import load_component, parse_sources
 from seedream_jax.data import arrayrecord_io, latent_cache, sources, text_cache as text_cache_lib
 from seedream_jax.models.conditioner import Conditioner, tokenize_prompts
 from seedream_jax.models.vae import AutoencoderKL
@@ -90,11 +90,11 @@ def conditioner_source(cfg, workdir: str, stage_cfg) -> str:
     if trainable:
         raise ValueError(f"a text cache needs the whole conditioner frozen, but pretrain.frozen={tuple(stage_cfg.frozen)} "
                          "leaves conditioner parameters trainable; add 'conditioner' to pretrain.frozen or drop the cache")
-    source = stage_cfg.init_from.get("conditioner") if "conditioner" in stage_cfg.init_from else None
+    source = parse_sources(stage_cfg.init_from, workdir).get("conditioner")
     if not source:
         raise ValueError("a text cache needs the frozen conditioner loaded from a checkpoint: set "
                          "pretrain.init_from.conditioner to the stage dir the cache was encoded with")
-    return common.resolve(workdir, source)
+    return source[0]
 
 
 def text_identity(cfg, workdir: str, stage_dir: str, params, step: int) -> dict:
