@@ -79,6 +79,14 @@ def test_prompts_from_text_and_jsonl_files(tmp_path, caplog):
     assert sorted(r["prompt"] for r in src.rows) == sorted(PROMPTS)
     assert "skipped 4" in caplog.text
     _assert_resumes(lambda: sources.open_source(d, str(tmp_path), 2))
+    # a line of bytes that is not UTF-8 is skipped and counted; the rest of the file is read
+    bad = "\n".join(PROMPTS[:2]).encode("utf-8") + b"\n\xff\xfe broken \xc3\n" + PROMPTS[2].encode("utf-8") + b"\n"
+    (tmp_path / "bad.txt").write_bytes(bad)
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(json.dumps({"prompt": p}, ensure_ascii=False).encode("utf-8")
+                                                     for p in PROMPTS[:3]) + b'\n{"prompt": "\xff"}\n')
+    for name, kept in (("bad.txt", PROMPTS[:3]), ("bad.jsonl", PROMPTS[:3])):
+        src = sources.open_source(config_lib.data_section(format="prompts", path=name), str(tmp_path), 2)
+        assert sorted(r["prompt"] for r in src.rows) == sorted(kept) and src.skipped == {sources.BAD_UTF8: 1}, name
     d.prompts = PROMPTS
     with pytest.raises(ValueError, match="not both"):
         sources.open_source(d, str(tmp_path), 2)

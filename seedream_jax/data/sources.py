@@ -292,9 +292,23 @@ def _text_file(data_cfg, workdir: str) -> str:
     return path
 
 
-def _lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8-sig") as f:
-        return f.read().splitlines()
+BAD_UTF8 = "not valid UTF-8"
+
+
+def _lines(path: str) -> Tuple[List[Optional[str]], int]:
+    """(the file's lines, decoded one by one as UTF-8 with a leading BOM dropped; None for a line
+    that does not decode, number of such lines): one bad line does not lose the file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = []
+    for line in raw.splitlines():
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(None)
+    return lines, sum(line is None for line in lines)
 
 
 RowCheck = Callable[[dict], Tuple[Optional[dict], Optional[str]]]
@@ -305,8 +319,11 @@ def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = Non
     every one of ``fields`` as a non-empty string; ``check(row) -> (row, None) or (None, reason)``
     may rewrite or reject a row further. Blank lines are ignored."""
     rows, skipped = [], collections.Counter()
-    for line in _lines(path):
-        if not line.strip():
+    lines, bad = _lines(path)
+    if bad:
+        skipped[BAD_UTF8] += bad
+    for line in lines:
+        if line is None or not line.strip():
             continue
         try:
             obj = json.loads(line)
@@ -355,7 +372,10 @@ def prompt_batches(data_cfg, workdir: str, global_batch: int) -> RowBatches:
         if where.endswith(".jsonl"):
             rows, skipped = read_jsonl(where, ("prompt",))
         else:
-            rows, skipped = [{"prompt": line.strip()} for line in _lines(where) if line.strip()], {}
+            lines, bad = _lines(where)
+            rows, skipped = [{"prompt": line.strip()} for line in lines if line and line.strip()], {}
+            if bad:
+                skipped[BAD_UTF8] = bad
     return _row_batches(rows, skipped, where, ("prompt",), data_cfg, global_batch)
 
 
