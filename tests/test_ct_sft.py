@@ -143,6 +143,18 @@ def _flat(tree):
     return {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(nn.unbox(tree)).items()}
 
 
+def test_a_vae_stage_trains_on_its_own_arrayrecord_data_section(workdir):
+    """``vae.data`` in the ArrayRecord format (the styled world) gives the VAE those records'
+    images, not the run's synthetic world (what the stage once read whatever the section said)."""
+    from seedream_jax.stages import vae as vae_stage
+    cfg = _config()
+    plain = vae_stage.training_images(cfg.data, workdir)
+    styled = vae_stage.training_images(cfg.ct.data, workdir)
+    assert styled.shape == plain.shape == (32, SIZE, SIZE, 3) and styled.dtype == np.uint8
+    differs = sum(not np.array_equal(a, b) for a, b in zip(plain, styled))
+    assert differs >= 8, differs  # 3/4 of the records carry a style
+
+
 def test_batches_carry_each_records_style_tags_and_config_tags_override(workdir):
     cfg = _config()
     pipe = ct.adapter_pipeline(cfg, cfg.ct, workdir)

@@ -38,7 +38,7 @@ import functools
 import json
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -127,6 +127,24 @@ class SyntheticImages(IndexedBatches):
         if self.tags is not None:
             batch["style_tags"] = self.tags[idx]
         return self.batch_fn(batch) if self.batch_fn is not None else batch
+
+
+def record_stream(data_cfg, workdir: str) -> Iterator[records.Record]:
+    """Every record of an image data section, in order: the synthetic world of ``data.dir``
+    (``format='synthetic'``, each image as a PNG record with its captions and scene spec) or the
+    ArrayRecord dataset of ``data.path`` (``format='arrayrecord'``, decoded records)."""
+    fmt = str(data_cfg.format)
+    if fmt == "synthetic":
+        from seedream_jax.data.synthetic_records import png_bytes
+        images, recs = synthetic.load_dataset(os.path.join(workdir, data_cfg.dir))
+        for i, (image, rec) in enumerate(zip(images, recs)):
+            yield records.Record(key=f"synthetic/{i:08d}", image=png_bytes(np.asarray(image)), image_format="png",
+                                 width=int(image.shape[1]), height=int(image.shape[0]), captions=rec["captions"],
+                                 source="synthetic", spec=rec.get("spec"), meta={"world_index": i})
+    elif fmt == "arrayrecord":
+        yield from arrayrecord_io.ArrayRecordSource(arrayrecord_path(data_cfg, workdir), decode=True)
+    else:
+        raise ValueError(f"data.format must be 'synthetic' or 'arrayrecord' (images with captions), got {fmt!r}")
 
 
 def arrayrecord_path(data_cfg, workdir: str,

@@ -42,11 +42,10 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from seedream_jax.checkpoint.stage_dir import stage_checksum
-from seedream_jax.data import arrayrecord_io, augment, captions as captions_lib, curation, synthetic
-from seedream_jax.data import records as records_lib
+from seedream_jax.data import augment, captions as captions_lib, curation
+from seedream_jax.data import sources as data_sources
 from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.batches import IndexedBatches
-from seedream_jax.data.synthetic_records import png_bytes
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.stages import common, ct, pretrain
 from seedream_jax.stages.sample import stage_pipeline
@@ -54,25 +53,6 @@ from seedream_jax.training import loop
 
 
 # ---------------------------------------------------------------------------------- curated set
-
-def record_stream(data_cfg, workdir: str):
-    """The records of a data section: a synthetic world (``format='synthetic'``, as PNG records)
-    or an ArrayRecord dataset (``format='arrayrecord'``)."""
-    fmt = str(data_cfg.format)
-    if fmt == "synthetic":
-        images, recs = synthetic.load_dataset(common.resolve(workdir, data_cfg.dir))
-        for i, (image, rec) in enumerate(zip(images, recs)):
-            yield records_lib.Record(key=f"synthetic/{i:08d}", image=png_bytes(np.asarray(image)), image_format="png",
-                                     width=int(image.shape[1]), height=int(image.shape[0]), captions=rec["captions"],
-                                     source="synthetic", spec=rec.get("spec"), meta={"world_index": i})
-    elif fmt == "arrayrecord":
-        from seedream_jax.data import sources as data_sources
-
-        yield from arrayrecord_io.ArrayRecordSource(data_sources.arrayrecord_path(data_cfg, workdir), decode=True)
-    else:
-        raise ValueError(f"sft.data.format must be 'synthetic' or 'arrayrecord' (a set of images with captions), "
-                         f"got {fmt!r}")
-
 
 def curated_set(cfg, stage_cfg, workdir: str) -> dict:
     """The curated set C in memory: {'image': uint8 [N, S, S, 3], 'prompt': [str] * N, 'style_tags':
@@ -82,7 +62,7 @@ def curated_set(cfg, stage_cfg, workdir: str) -> dict:
     size = int(data_cfg.image_size)
     pipe = curation.Pipeline(ct.curation_filters(s.curation, workdir, size))
     limit = int(s.max_records)
-    kept = list(itertools.islice(pipe(record_stream(data_cfg, workdir)), limit if limit > 0 else None))
+    kept = list(itertools.islice(pipe(data_sources.record_stream(data_cfg, workdir)), limit if limit > 0 else None))
     if not kept:
         raise ValueError(f"sft: the curated set is empty (data {data_cfg.format} {data_cfg.path or data_cfg.dir}, "
                          f"curation report {pipe.report()})")

@@ -21,7 +21,8 @@ import numpy as np
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
-from seedream_jax.data import synthetic
+from seedream_jax.data import augment, records as records_lib, synthetic
+from seedream_jax.data import sources as data_sources
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.vae import AutoencoderKL, VAEConfig
@@ -38,13 +39,29 @@ def vae_loss(recon, x, mean, logvar, *, mse_weight, l1_weight, kl_weight):
     return loss, {"mse": mse, "l1": l1, "kl": kl}
 
 
+def training_images(data_cfg, workdir: str) -> np.ndarray:
+    """uint8 [N, S, S, 3]: the images the VAE trains on, held in memory. The synthetic world of
+    ``data.dir`` as it is; an ArrayRecord dataset (``format='arrayrecord'``, ``data.path``, e.g.
+    the styled record world) decoded whole, each image fitted to ``data.image_size`` squares
+    (``augment.fit_to_bucket``), so it must fit in host memory."""
+    if str(data_cfg.format) == "synthetic":
+        return synthetic.load_dataset(common.resolve(workdir, data_cfg.dir))[0]
+    size = int(data_cfg.image_size)
+    images = []
+    for record in data_sources.record_stream(data_cfg, workdir):
+        images.append(augment.fit_to_bucket(records_lib.decode_image(record.image), (size, size)))
+    if not images:
+        raise ValueError(f"vae: the data section's {data_cfg.format} dataset {data_cfg.path} holds no record")
+    return np.stack(images)
+
+
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
-    """The VAE training Task on the images of the synthetic world ``data.dir`` of the stage's data
-    section (``vae.data`` when it has one, else ``cfg.data``)."""
+    """The VAE training Task on ``training_images`` of the stage's data section (``vae.data`` when
+    it has one, else ``cfg.data``)."""
     s = stage_cfg
     data_cfg = common.stage_data_cfg(cfg, s)
     model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
-    images, _ = synthetic.load_dataset(common.resolve(workdir, data_cfg.dir))
+    images = training_images(data_cfg, workdir)
     eval_images = common.images_to_model(np.asarray(images[:int(s.num_eval_images)]))
 
     crop = int(s.crop_size)
@@ -94,7 +111,7 @@ def fit_latent_normalisation(model, params, images, max_images: int = 1024):
 def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
     """Fit the latent normalisation of the trained VAE; returns it for the summary and ``describe``."""
     model = AutoencoderKL(config_lib.build_model_configs(cfg.model)[2])
-    images, _ = synthetic.load_dataset(common.resolve(workdir, common.stage_data_cfg(cfg, stage_cfg).dir))
+    images = training_images(common.stage_data_cfg(cfg, stage_cfg), workdir)
     shift, scale = fit_latent_normalisation(model, jax.device_get(result.state.params["vae"]), images)
     logging.info("vae: latent shift %.4f scale %.4f", shift, scale)
     return {"latent_shift": shift, "latent_scale": scale}
