@@ -31,6 +31,26 @@ def perturbed(params, seed: int = 0, scale: float = 0.05):
         treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
+def micro_config(size: int, num_images: int):
+    """configs' tiny run shrunk for stage tests: ``size`` px, a 2x VAE read in 4x4 patches, one
+    LLM / ByT5 layer, one double and one single MMDiT block of width 32, a synthetic world of
+    ``num_images``, pretrain without init_from."""
+    from ml_collections import ConfigDict
+    from seedream_jax import config_lib
+    c = config_lib.base_config("tiny")
+    c.model.resolution = size
+    c.model.llm = ConfigDict(config_lib._llm(vocab=512, hidden=32, inter=64, layers=1, heads=2, kv=1, theta=1e4))
+    c.model.byt5 = ConfigDict(config_lib._byt5(d_model=32, d_kv=8, d_ff=64, layers=1, heads=2, buckets=8, max_distance=16))
+    c.model.update(dict(context_dim=32, byt5_max_length=8))
+    c.model.vae = ConfigDict(config_lib._vae((8, 8), 1, 4, 4))
+    c.model.mmdit = ConfigDict(config_lib._mmdit(2, 16, 1, 1, (4, 6, 6), 4, 32, base_grid=2))
+    c.model.mmdit.patch_size = 4
+    c.tokenizer.vocab_size = 512
+    c.data.update(dict(num_images=num_images, image_size=size))
+    c.pretrain.init_from = ConfigDict()
+    return c
+
+
 def write_random_pretrain_stage(cfg, workdir: str, size: int, seed: int = 0) -> str:
     """A ``pretrain`` stage in ``workdir`` (tokenizer already there) holding random weights of
     ``cfg``'s models at ``size`` px, one checkpoint at step 1 and its stage.json: norm scales near

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from conftest import write_random_pretrain_stage
+from conftest import micro_config, write_random_pretrain_stage
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import apply_init_from, parse_sources, restore_sharded, with_keep_init
@@ -97,17 +97,7 @@ def test_negative_tag_guidance_weight_zero_is_plain_cfg_exactly():
 def _config():
     """A tiny model (16 px, 2x VAE, 4x4 patches; one block of each kind), a styled record world of
     32 scenes, and ct / sft sections of a few steps."""
-    c = config_lib.base_config("tiny")
-    c.model.resolution = SIZE
-    c.model.llm = ConfigDict(config_lib._llm(vocab=512, hidden=32, inter=64, layers=1, heads=2, kv=1, theta=1e4))
-    c.model.byt5 = ConfigDict(config_lib._byt5(d_model=32, d_kv=8, d_ff=64, layers=1, heads=2, buckets=8, max_distance=16))
-    c.model.update(dict(context_dim=32, byt5_max_length=8))
-    c.model.vae = ConfigDict(config_lib._vae((8, 8), 1, 4, 4))
-    c.model.mmdit = ConfigDict(config_lib._mmdit(2, 16, 1, 1, (4, 6, 6), 4, 32, base_grid=2))
-    c.model.mmdit.patch_size = 4
-    c.tokenizer.vocab_size = 512
-    c.data.update(dict(num_images=32, image_size=SIZE))
-    c.pretrain.init_from = ConfigDict()
+    c = micro_config(SIZE, num_images=32)
     styled = config_lib.data_section(**dict(c.data.to_dict(), format="arrayrecord", path="data/styled",
                                             bucket_max_ratio=1.0, bucket_multiple=8, random_crop=False))
     c.data_styled = ConfigDict(dict(kind="data", style_probability=0.75, data=styled))

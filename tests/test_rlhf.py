@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from conftest import write_random_pretrain_stage
+from conftest import micro_config, write_random_pretrain_stage
 
 from seedream_jax import config_lib, rewards
 from seedream_jax.checkpoint.manager import restore_raw_state
@@ -360,17 +360,7 @@ SIZE = 16  # image size of the stage tests
 def _config():
     """A tiny model (16 px, 2x VAE, 4x4 patches: 4 image tokens; one block of each kind) and an
     rlhf stage of 8 prompts per step, 4 sampler steps, the redness reward."""
-    c = config_lib.base_config("tiny")
-    c.model.resolution = SIZE
-    c.model.llm = ConfigDict(config_lib._llm(vocab=512, hidden=32, inter=64, layers=1, heads=2, kv=1, theta=1e4))
-    c.model.byt5 = ConfigDict(config_lib._byt5(d_model=32, d_kv=8, d_ff=64, layers=1, heads=2, buckets=8, max_distance=16))
-    c.model.update(dict(context_dim=32, byt5_max_length=8))
-    c.model.vae = ConfigDict(config_lib._vae((8, 8), 1, 4, 4))
-    c.model.mmdit = ConfigDict(config_lib._mmdit(2, 16, 1, 1, (4, 6, 6), 4, 32, base_grid=2))
-    c.model.mmdit.patch_size = 4
-    c.tokenizer.vocab_size = 512
-    c.data.update(dict(num_images=16, image_size=SIZE))
-    c.pretrain.init_from = ConfigDict()
+    c = micro_config(SIZE, num_images=16)
     r = c.rlhf
     r.update(dict(height=SIZE, width=SIZE, num_steps=4, guidance_scale=2.0))
     r.refl.window = (2, 3)
