@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     parser.add_argument("--margin", type=int, default=2, help="the scorer's tolerance in px (eval/style.py)")
     parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--min-accuracy", type=float, default=0.95,
+                        help="with --verify-scorer and no --vae: exit 1 if an attribute reads below this")
     parser.add_argument("--vae", default=None, help="with --verify-scorer: score round trips through this VAE stage")
     args = parser.parse_args(argv)
     if args.verify_scorer:
@@ -227,7 +229,12 @@ def main(argv=None) -> int:
               f"{args.scene_seed}, margin {args.margin}{through}), {time.perf_counter() - start:.1f}s")
         print("| " + " | ".join(accuracy) + " |\n|" + "---|" * len(accuracy))
         print("| " + " | ".join(f"{v:.3f}" for v in accuracy.values()) + " |")
-        return 0
+        if args.vae:  # a VAE's ceiling is a measurement, not a check
+            return 0
+        low = {a: v for a, v in accuracy.items() if v < args.min_accuracy}
+        if low:
+            print(f"FAIL: the scorer reads {low} on ground truth, below --min-accuracy {args.min_accuracy}")
+        return 1 if low else 0
     if not args.workdir:
         parser.error("--workdir is required (or --verify-scorer)")
 
