@@ -144,7 +144,8 @@ def data_section(**overrides) -> ConfigDict:
     ``text_cache_dir`` or ``<path>-text`` when present), "prompts" (``prompts`` or the text/JSONL
     file ``path``), "pairs" (text preference pairs, JSONL ``path``), "image_pairs" (image preference
     pairs ingested by ``tools/ingest.py`` into a record dataset at ``path``, ``data/preference.py``)
-    or "text" (rewrite pairs, JSONL ``path``).
+    or "text" (prompt -> rewrite pairs: ``path`` 'world' for the synthetic world's first ``num_images``
+    train pairs, ``data/rewrite_pairs.py``, or a JSONL file of {"prompt", "rewrite"} rows).
     An override of a key the section does not have raises KeyError naming it.
     """
     section = ConfigDict(dict(
@@ -347,6 +348,11 @@ def dance_grpo_section(**overrides) -> ConfigDict:
     return _updated("dance_grpo_section", section, overrides)
 
 
+# sample / eval through the cascade: ``refiner`` names a refiner stage ("" = the base alone); its
+# sampler steps and guidance, 0 = the ones the refiner stage recorded (stages/sample.py)
+REFINER_OPTIONS = dict(refiner="", refiner_steps=0, refiner_guidance_scale=0.0)
+
+
 def base_config(size: str = "tiny") -> ConfigDict:
     """Defaults shared by every stage; a config file picks stages and overrides values."""
     c = ConfigDict()
@@ -385,14 +391,20 @@ def base_config(size: str = "tiny") -> ConfigDict:
     c.rlhf = rlhf_section(height=c.model.resolution, width=c.model.resolution)  # a stage when named
     c.ct = ct_section()  # a stage when config.stages names it
     c.sft = sft_section()  # a stage when config.stages names it
+    c.refiner = refiner_section(hr_size=2 * c.model.resolution)  # a stage when config.stages names it
+    c.pe_sft = pe_sft_section()  # a stage when config.stages names it
+    c.pe_sft.model.llm.vocab_size = c.model.llm.vocab_size
+    c.pe_pref = pe_pref_section(size=c.model.resolution)  # a stage when config.stages names it
+    c.pe_pref.model.llm.vocab_size = c.model.llm.vocab_size
     c.sample = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir to sample from
         use_ema=True, prompts=(), prompts_file="", num_steps=28, solver="euler", guidance_scale=4.0,
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8, output="samples",
         prompt_labels=(),               # optional label per prompt of sample.prompts, shown in the grid
                                         # as "[label] prompt" (e.g. "off-template"); "" = none
-        style_tags=ConfigDict(), negative_scale=0.0))  # adapter stages (ct, sft): {attribute: value}
+        style_tags=ConfigDict(), negative_scale=0.0,  # adapter stages (ct, sft): {attribute: value}
                                         # for every prompt, negative-tag guidance weight (stages/sample.py)
+        **REFINER_OPTIONS))
     c.eval = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir (absolute: another run's; a VAE stage: ground truth round trip)
                                         # or "ground_truth" (the renderer itself)
@@ -400,6 +412,7 @@ def base_config(size: str = "tiny") -> ConfigDict:
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8,
         suite_seed=0, max_items_per_group=0,  # first n items per (category, split); 0 = the whole suite
         style_tags=ConfigDict(), negative_scale=0.0,  # adapter stages (ct, sft), as in sample
+        **REFINER_OPTIONS,
         output="eval"))
     return c
 
@@ -520,3 +533,107 @@ def sft_section(**overrides) -> ConfigDict:
                                  output="sft/generated.npz")),
         eval_negative_scale=1.0)
     return _updated("sft_section", section, overrides)
+
+
+# ---- the refiner (stages/refiner.py)
+
+GROWN_EMBEDDING = r"mmdit/x_embedder/kernel"  # the refiner's patch embedding, widened for its cond channels
+
+
+def refiner_section(**overrides) -> ConfigDict:
+    """The ``refiner`` stage (``stages/refiner.py``): a second MMDiT for ``scale``-times super-resolution.
+
+    base: the stage whose pipeline (conditioner, VAE, tokenizer, time shift, MMDiT config) the
+    refiner takes; init_from: {component: stage} (by default all three from ``base``); pad_init:
+    path regexes of parameters grown from the source with zeros (the patch embedding's
+    conditioning rows); keep_init: as in ``ct_section``; frozen: path prefixes not trained (must
+    hold 'vae'). hr_size: the output (HR) size in px, the world rendered at it; scale: HR / LR side.
+    degradation: the LR image's blur sigma (LR px), noise sigma (grey levels) and JPEG quality
+    ranges (``data/sr_pairs.py``). max_records: the world's first scenes used (0 = all).
+    time_mean, time_std: logit-normal training times. sample_steps, sample_solver,
+    sample_guidance_scale: the refiner's sampler (its eval grid, and the cascade's default, recorded
+    in stage.json); num_eval_images: pairs in the grid written every ``train.eval_every`` steps.
+    Data: the stage's own ``data`` section when set, else ``cfg.data`` (format 'synthetic').
+    Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="refiner", base="pretrain", scale=2, hr_size=128,
+        train=train_section(steps=1000, batch_size=8, log_every=25, checkpoint_every=250, ema_decay=0.99),
+        optimizer=optimizer_section(lr=3e-4, warmup_steps=20, final_lr_fraction=1.0),
+        init_from=ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain")),
+        keep_init=(), pad_init=(GROWN_EMBEDDING,), frozen=("vae", "conditioner"),
+        degradation=ConfigDict(dict(blur_sigma=(0.3, 1.0), noise_sigma=(0.0, 4.0), jpeg_quality=(60, 95))),
+        max_records=0, time_mean=0.0, time_std=1.0,
+        sample_steps=20, sample_solver="euler", sample_guidance_scale=1.0, num_eval_images=4))
+    return _updated("refiner_section", section, overrides)
+
+
+# ---- prompt engineering: the prompt rewriter (stages/pe_sft.py, stages/pe_pref.py)
+
+def rewriter_model_section(vocab_size: int = 1024) -> ConfigDict:
+    """The rewriter's causal LM (``models/causal_lm.CausalLMConfig``): ``llm`` a Qwen2 shape (the
+    run's tokenizer must fit ``llm.vocab_size``), ``tie_word_embeddings``, compute ``dtype``. The
+    default is a small 4-layer model for the tiny world; a real run loads a pretrained LLM through
+    ``init_from`` ({'rewriter': '/path/to/stage'}) with that model's shape here."""
+    return ConfigDict(dict(llm=ConfigDict(_llm(vocab=vocab_size, hidden=128, inter=384, layers=4, heads=4, kv=2,
+                                               theta=10000.0)),
+                           tie_word_embeddings=True, dtype="float32"))
+
+
+def pe_sft_section(**overrides) -> ConfigDict:
+    """The ``pe_sft`` stage (``stages/pe_sft.py``): supervised fine-tuning of the prompt rewriter.
+
+    model: ``rewriter_model_section``. data: a ``text`` data section (``data_section(format='text')``):
+    ``path`` 'world' (the synthetic world's exact pairs in both directions, ``num_images`` distinct
+    train pairs of ``seed`` in ``caption_languages``, the scene mix ``world``) or a JSONL file of
+    {"prompt", "rewrite"} rows (bad rows are skipped and counted). max_length: tokens of
+    prompt + EOS + rewrite + EOS (longer pairs are cut and counted); max_prompt_length and
+    max_new_tokens: the generation limits recorded with the stage (``sampling/rewriter.py``).
+    init_from: {component: stage}, e.g. {'rewriter': 'other_stage'}. frozen: path prefixes not
+    trained. eval: world prompts (``num_prompts`` per language of ``data.caption_languages`` and
+    split, seed ``data.seed + 1``) rewritten greedily at the end and checked for content
+    preservation (``eval/prompt_content.py``).
+    Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="pe_sft", model=rewriter_model_section(),
+        train=train_section(steps=1500, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
+        optimizer=optimizer_section(lr=2e-3, warmup_steps=50, final_lr_fraction=0.1),
+        data=data_section(format="text", path="world", num_images=50000),
+        max_length=112, max_prompt_length=32, max_new_tokens=96,
+        init_from=ConfigDict(), frozen=(),
+        eval=ConfigDict(dict(num_prompts=64, batch_size=64))))
+    return _updated("pe_sft_section", section, overrides)
+
+
+def pe_pref_section(**overrides) -> ConfigDict:
+    """The ``pe_pref`` stage (``stages/pe_pref.py``): SimPO on rewrites ranked by image rewards.
+
+    init_from: the rewriter to start from ({'rewriter': 'pe_sft'}). image_model: the stage whose
+    text-to-image pipeline draws each rewrite. prompts: ``num_prompts`` world short prompts per
+    language (``seed``); ``num_rewrites`` (K) rewrites of each sampled at ``temperature``/``top_p``;
+    each drawn with ``num_steps``/``guidance_scale`` at ``size`` px, the K images of a prompt from
+    the same noise (seed ``seed + prompt index``). rewards: {name: weight} of the reward API, each
+    scored against the user's prompt (the rewrite must keep what the user asked for), learned ones
+    loaded from ``reward_stages`` {name: stage}; a rewrite that drops or changes the prompt's content
+    (``eval/prompt_content.py``) ranks below every one that keeps it. The best and worst of the K
+    form a pair (prompts whose K rewrites tie are skipped and counted). The set is built once at
+    stage start and stored at ``output`` (reused while the models and settings match). simpo:
+    ``beta``, ``gamma`` (``training/simpo.py``). max_length etc. as in ``pe_sft_section``.
+    Unknown keys raise KeyError.
+    """
+    section = ConfigDict(dict(
+        kind="pe_pref", model=rewriter_model_section(),
+        train=train_section(steps=200, batch_size=16, log_every=20, checkpoint_every=100, ema_decay=0.0),
+        optimizer=optimizer_section(lr=1e-4, warmup_steps=10, final_lr_fraction=1.0, weight_decay=0.0),
+        init_from=ConfigDict(dict(rewriter="pe_sft")), frozen=(),
+        image_model="pretrain",
+        prompts=ConfigDict(dict(seed=1, num_prompts=128, languages=("en", "zh"))),
+        num_rewrites=4, temperature=1.0, top_p=0.95,
+        num_steps=20, guidance_scale=4.0, size=MODEL_SIZES["tiny"]["resolution"], batch_size=16,
+        rewards=ConfigDict(dict(objective=1.0)), reward_stages=ConfigDict(),
+        simpo=ConfigDict(dict(beta=2.0, gamma=1.0)),
+        max_length=112, max_prompt_length=32, max_new_tokens=96,
+        output="pe_pref/preference_set.json",
+        eval=ConfigDict(dict(num_prompts=64, batch_size=64))))
+    return _updated("pe_pref_section", section, overrides)

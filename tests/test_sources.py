@@ -124,19 +124,19 @@ def test_pairs_of_texts_and_images_bad_rows_counted(tmp_path, caplog):
 # ---- rewrite pairs
 
 def test_text_pairs_bad_rows_counted_and_an_empty_file_refused(tmp_path):
-    rows = [{"source": "猫", "target": "一只橘色的猫坐在窗台上，柔和的晨光"},
-            {"source": "a cat", "target": "a ginger cat on a windowsill, soft morning light"},
-            {"source": "dog", "target": "a dog"}, {"source": "x", "target": ""}, {"source": "y"}]
+    rows = [{"prompt": "猫", "rewrite": "一只橘色的猫坐在窗台上，柔和的晨光"},
+            {"prompt": "a cat", "rewrite": "a ginger cat on a windowsill, soft morning light"},
+            {"prompt": "dog", "rewrite": "a dog"}, {"prompt": "x", "rewrite": ""}, {"prompt": "y"}]
     _write_lines(tmp_path / "pe.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows] + ["nope", "3"])
     d = config_lib.data_section(format="text", path="pe.jsonl")
     src = sources.open_source(d, str(tmp_path), 2, yields="text")
-    assert src.skipped == {"missing or empty 'target'": 2, "invalid JSON": 1, "not a JSON object": 1}
-    assert len(src.rows) == 3 and set(next(src)) == {"source", "target"}
+    assert src.skipped == {"missing or empty 'rewrite'": 2, "invalid JSON": 1, "not a JSON object": 1}
+    assert len(src.rows) == 3 and set(next(src)) == {"prompt", "rewrite", "language", "direction"}
     _assert_resumes(lambda: sources.open_source(d, str(tmp_path), 2), k=4)
     fresh = sources.open_source(d, str(tmp_path), 2)
     with pytest.raises(ValueError, match="seed=9"):
         fresh.set_state(dict(src.get_state(), seed=9))
-    _write_lines(tmp_path / "bad.jsonl", ["nope", '{"source": "x"}'])
+    _write_lines(tmp_path / "bad.jsonl", ["nope", '{"prompt": "x"}'])
     with pytest.raises(ValueError, match="bad.jsonl has no usable text rows"):
         sources.open_source(config_lib.data_section(format="text", path="bad.jsonl"), str(tmp_path), 2)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):

@@ -63,11 +63,14 @@ class StageDescription:
     components: {name: (Flax module class, config dataclass)}. schedule: the resolution time-shift
     parameters sampling must use (``schedules.resolution_shift`` keywords), or None. tokenizer:
     ``stage_dir.tokenizer_record(...)`` or None. init_from: {component: ``stage_dir.source_record``}.
+    settings: JSON-able values the stage's users need besides the model configs (e.g. the prompt
+    rewriter's generation limits), stored under ``settings``.
     """
     components: Mapping[str, Any]
     schedule: Optional[Dict[str, float]] = None
     tokenizer: Optional[Dict[str, str]] = None
     init_from: Mapping[str, dict] = dataclasses.field(default_factory=dict)
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def write_stage_meta(stage_dir: str, name: str, kind: str, description: StageDescription) -> dict:
@@ -75,7 +78,8 @@ def write_stage_meta(stage_dir: str, name: str, kind: str, description: StageDes
     d = description
     meta = {"format": FORMAT, "name": name, "kind": kind,
             "components": {k: components.describe(cls, c) for k, (cls, c) in d.components.items()},
-            "schedule": d.schedule, "tokenizer": d.tokenizer, "init_from": dict(d.init_from)}
+            "schedule": d.schedule, "tokenizer": d.tokenizer, "init_from": dict(d.init_from),
+            "settings": dict(d.settings)}
     os.makedirs(stage_dir, exist_ok=True)
     tmp = _meta_path(stage_dir) + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -56,3 +56,23 @@ class IndexedBatches:
         if int(state.get("seed", self.seed)) != self.seed:
             raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
         self.position = int(state["position"])
+
+
+class MappedBatches:
+    """``source``'s batches passed through ``fn`` (batch -> batch, e.g. tokenising texts); resumes
+    exactly as ``source`` does (``get_state``/``set_state`` are its own)."""
+
+    def __init__(self, source, fn: Callable[[Batch], Batch]):
+        self.source, self.fn = source, fn
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        return self.fn(next(self.source))
+
+    def get_state(self) -> dict:
+        return self.source.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.source.set_state(state)

@@ -18,7 +18,8 @@ yields this process's rows (``process_index::process_count``) of each global bat
   image_pairs  image_pairs
                         {"prompt": [str] * b, "chosen": uint8 [b, S, S, 3], "rejected": uint8 [b, S, S, 3],
                          "index": int64 [b]}, S = ``data.image_size``: a pair dataset (``data/preference.py``)
-  text         text     {"source": [str] * b, "target": [str] * b}
+  text         text     {"prompt": [str] * b, "rewrite": [str] * b, "language": [str] * b, "direction": [str] * b}:
+                         prompt -> rewrite pairs (``data/rewrite_pairs.py``), the world's or a JSONL file's
 
 An ``images`` (and ``image_pairs``) source takes ``batch_fn`` (batch -> batch, e.g. tokenising the
 captions, applied to each batch) and has ``image_size`` (height, width): the base size a model
@@ -332,10 +333,12 @@ def _lines(path: str) -> Tuple[List[Optional[str]], int]:
 RowCheck = Callable[[dict], Tuple[Optional[dict], Optional[str]]]
 
 
-def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = None) -> Tuple[List[dict], Dict[str, int]]:
+def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = None,
+               optional: Sequence[str] = ()) -> Tuple[List[dict], Dict[str, int]]:
     """(rows {field: str}, {reason: count} of the skipped lines) of a JSONL file whose rows need
-    every one of ``fields`` as a non-empty string; ``check(row) -> (row, None) or (None, reason)``
-    may rewrite or reject a row further. Blank lines are ignored."""
+    every one of ``fields`` as a non-empty string (the row also keeps those of ``optional`` it has, as
+    given); ``check(row) -> (row, None) or (None, reason)`` may rewrite or reject a row further.
+    Blank lines are ignored."""
     rows, skipped = [], collections.Counter()
     lines, bad = _lines(path)
     if bad:
@@ -355,7 +358,7 @@ def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = Non
         if bad:
             skipped[f"missing or empty {bad[0]!r}"] += 1
             continue
-        row, reason = {f: obj[f] for f in fields}, None
+        row, reason = {f: obj[f] for f in (*fields, *optional) if f in obj}, None
         if check is not None:
             row, reason = check(row)
         if reason:
@@ -427,9 +430,15 @@ def preference_pairs(data_cfg, workdir: str, global_batch: int) -> RowBatches:
 
 @register("text", yields="text")
 def rewrite_pairs(data_cfg, workdir: str, global_batch: int) -> RowBatches:
-    """Prompt -> rewrite pairs (prompt engineering) of the JSONL file ``data.path``, rows
-    {"source", "target"}; batches {"source": [str] * b, "target": [str] * b}."""
-    path = _text_file(data_cfg, workdir)
-    fields = ("source", "target")
-    rows, skipped = read_jsonl(path, fields)
-    return _row_batches(rows, skipped, path, fields, data_cfg, global_batch)
+    """Prompt -> rewrite pairs for the prompt rewriter (``data/rewrite_pairs.py``): ``data.path =
+    "world"`` for the synthetic world's train pairs, else a JSONL file of {"prompt", "rewrite",
+    "language" (optional)} rows; batches of its ``FIELDS``, {"prompt", "rewrite", "language",
+    "direction": [str] * b}."""
+    from seedream_jax.data import rewrite_pairs as pairs_lib  # it reads JSONL with this module's helpers
+
+    if str(data_cfg.path) == pairs_lib.WORLD:
+        rows, skipped, where = pairs_lib.world_rows(data_cfg), {}, "the synthetic world's rewrite pairs"
+    else:
+        where = _text_file(data_cfg, workdir)
+        rows, skipped = pairs_lib.read_pairs(where)
+    return _row_batches(rows, skipped, where, pairs_lib.FIELDS, data_cfg, global_batch)

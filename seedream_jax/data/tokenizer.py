@@ -12,7 +12,7 @@ the conditioner's ``tokenize_prompts`` expects.
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -62,14 +62,17 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
 class TextTokenizer:
     """``tok(texts, max_length) -> (ids int32 [B, max_length], mask bool [B, max_length])``.
 
-    Built by ``from_sentencepiece`` or ``from_hf``; ``vocab_size`` (number of ids) and ``pad_id``
-    describe the id space, ``decode(ids)`` maps ids back to text (pad and special ids dropped).
+    Built by ``from_sentencepiece`` or ``from_hf``; ``vocab_size`` (number of ids), ``pad_id`` and
+    ``eos_id`` (end of sequence, never produced by encoding text; None where the tokenizer has none)
+    describe the id space, ``encode(texts)`` gives unpadded id lists, ``decode(ids)`` maps ids back to
+    text (pad and special ids dropped).
     """
 
     def __init__(self, encode_fn: Callable[[List[str]], List[List[int]]], decode_fn: Callable[[List[int]], str],
-                 vocab_size: int, pad_id: int):
+                 vocab_size: int, pad_id: int, eos_id: Optional[int] = None):
         self._encode, self._decode = encode_fn, decode_fn
         self.vocab_size, self.pad_id = int(vocab_size), int(pad_id)
+        self.eos_id = None if eos_id is None else int(eos_id)
 
     @classmethod
     def from_sentencepiece(cls, model_path: str) -> "TextTokenizer":
@@ -81,7 +84,8 @@ class TextTokenizer:
         sp = spm.SentencePieceProcessor(model_file=model_path)
         if sp.pad_id() < 0:
             raise ValueError(f"SentencePiece model {model_path} has no pad piece (train it with pad_id=0)")
-        return cls(lambda texts: sp.encode(texts), sp.decode, sp.get_piece_size(), sp.pad_id())
+        return cls(lambda texts: sp.encode(texts), sp.decode, sp.get_piece_size(), sp.pad_id(),
+                   sp.eos_id() if sp.eos_id() >= 0 else None)
 
     @classmethod
     def from_hf(cls, directory: str) -> "TextTokenizer":
@@ -96,13 +100,17 @@ class TextTokenizer:
         tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         pad = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         return cls(lambda texts: tok(texts, add_special_tokens=False)["input_ids"],
-                   lambda ids: tok.decode(ids, skip_special_tokens=True), len(tok), pad)
+                   lambda ids: tok.decode(ids, skip_special_tokens=True), len(tok), pad, tok.eos_token_id)
+
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each text, without special tokens or padding."""
+        return [list(map(int, seq)) for seq in self._encode(list(texts))] if len(texts) else []
 
     def __call__(self, texts: Sequence[str], max_length: int) -> Tuple[np.ndarray, np.ndarray]:
         """Encode, truncate to ``max_length`` and right-pad with ``pad_id``: (ids int32, mask bool) [B, L]."""
         ids = np.full((len(texts), max_length), self.pad_id, np.int32)
         mask = np.zeros((len(texts), max_length), bool)
-        for i, seq in enumerate(self._encode(list(texts)) if len(texts) else []):
+        for i, seq in enumerate(self.encode(texts)):
             seq = seq[:max_length]
             ids[i, :len(seq)] = seq
             mask[i, :len(seq)] = True

@@ -2,17 +2,21 @@
 
 Parameter names are HF's with ``layers_{i}`` <-> ``layers.{i}`` and ``kernel`` (transposed) /
 ``scale`` / ``embedding`` <-> ``weight``, so ``convert.default_torch_name`` is the whole table.
-A ``Qwen2ForCausalLM`` checkpoint is the same keys under ``model.`` plus ``lm_head.weight``.
+A ``Qwen2ForCausalLM`` checkpoint is the same keys under ``model.`` plus ``lm_head.weight``
+(absent when the head is tied to the embedding): our ``models.causal_lm.Qwen2ForCausalLM``
+has exactly that tree (``model/...``, ``lm_head/kernel``), so the same table maps it whole
+(``load_causal_lm`` / ``export_causal_lm``).
 """
 import json
 import os
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax.interop import convert, safetensors_io
+from seedream_jax.models.causal_lm import CausalLMConfig, Qwen2ForCausalLM
 from seedream_jax.models.text_encoder import Qwen2Config, Qwen2Model
 
 WEIGHTS_NAME = "model"
@@ -146,3 +150,57 @@ def export_qwen2(params, cfg: Qwen2Config, folder: str, dtype=np.float32, max_sh
     return convert.write_component(params, folder, name_fn=qwen2_name_fn, config=config, basename=WEIGHTS_NAME,
                                    dtype=dt, key_prefix=CAUSAL_LM_PREFIX if causal_lm else "", extra=extra,
                                    max_shard_bytes=max_shard_bytes)
+
+
+# ----------------------------------------------------------------------------- causal LM
+
+def causal_lm_config_from_hf(cfg: dict, **overrides) -> CausalLMConfig:
+    """Our ``CausalLMConfig`` from an HF ``Qwen2ForCausalLM`` ``config.json`` dict (HF's default
+    ``tie_word_embeddings`` is False); ``overrides`` as ``qwen2_config_from_hf``."""
+    return CausalLMConfig(qwen2_config_from_hf(cfg, **overrides),
+                          tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+
+def causal_lm_abstract_params(config: CausalLMConfig):
+    """The parameter tree of ``Qwen2ForCausalLM(config)`` as ``jax.ShapeDtypeStruct`` leaves."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    model = Qwen2ForCausalLM(config)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, jnp.ones((1, 2), bool)))["params"]
+
+
+def causal_lm_params_from_tensors(tensors: Mapping[str, np.ndarray], config: CausalLMConfig, *,
+                                  source: str = "<state dict>"):
+    """Our ``Qwen2ForCausalLM`` parameters (float32 NumPy) from an HF ``Qwen2ForCausalLM`` state
+    dict (name -> NumPy array, e.g. ``{k: v.numpy() for k, v in model.state_dict().items()}``).
+
+    A tied ``config`` ignores a stored ``lm_head.weight`` (HF keeps the tied copy in its state dict);
+    an untied one requires it. Raises ``convert.CheckpointMismatchError`` listing every missing,
+    unexpected and mis-shaped key.
+    """
+    return convert.import_params(tensors, causal_lm_abstract_params(config), convert.default_torch_name,
+                                 source=source, allow_unexpected=lambda k: config.tie_word_embeddings and k == LM_HEAD)
+
+
+def load_causal_lm(path: str, **overrides) -> Tuple[CausalLMConfig, dict]:
+    """(CausalLMConfig, params) from a local HF ``Qwen2ForCausalLM`` folder (``config.json`` +
+    safetensors, single or sharded, fp32 / bf16 / fp16), tied or untied as its config says.
+    ``overrides`` set our config's own fields (``dtype``, ``attention_impl``)."""
+    with open(os.path.join(path, "config.json")) as f:
+        config = causal_lm_config_from_hf(json.load(f), **overrides)
+    return config, causal_lm_params_from_tensors(safetensors_io.LazyTensors(path), config, source=path)
+
+
+def export_causal_lm(params, config: CausalLMConfig, folder: str, dtype=np.float32,
+                     max_shard_bytes: int = 5 * 2**30) -> list:
+    """Write ``config.json`` + safetensors that ``transformers.Qwen2ForCausalLM.from_pretrained(folder)``
+    loads with no missing or unexpected keys; ``params`` is our ``Qwen2ForCausalLM`` tree or a
+    ``convert.ParamSource`` over one (streamed tensor by tensor). A tied config writes no
+    ``lm_head.weight`` and ``tie_word_embeddings: true``. ``dtype`` as ``export_qwen2``.
+    Returns the list of files written."""
+    dt = convert.export_dtype(dtype)
+    hf_config = qwen2_to_hf_config(config.llm, dt.name, causal_lm=True,
+                                   tie_word_embeddings=config.tie_word_embeddings)
+    source = convert.as_source(params)
+    convert.check_shapes(source, causal_lm_abstract_params(config), where=source.describe)
+    return convert.write_component(source, folder, name_fn=convert.default_torch_name, config=hf_config,
+                                   basename=WEIGHTS_NAME, dtype=dt, max_shard_bytes=max_shard_bytes)

@@ -12,7 +12,7 @@ zero-initialised output projections, so at initialisation it is exactly the iden
 pretrained (typically frozen) LLM's features pass through unchanged.
 """
 import dataclasses
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -57,23 +57,29 @@ class Qwen2Config:
         return self.hidden_size // self.num_attention_heads
 
 
-def rope_tables(length: int, head_dim: int, theta: float) -> Tuple[jax.Array, jax.Array]:
-    """HF Llama/Qwen2 RoPE tables for positions 0..length-1: (cos, sin), each [length, head_dim] float32.
+def rope_at(positions: jax.Array, head_dim: int, theta: float) -> Tuple[jax.Array, jax.Array]:
+    """HF Llama/Qwen2 RoPE tables at integer ``positions`` [...]: (cos, sin), each [..., head_dim] float32.
 
     The frequencies are repeated over the two halves (``cat([freqs, freqs])``), matching ``rotate_half``.
     """
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
+    freqs = jnp.asarray(positions).astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
 
+def rope_tables(length: int, head_dim: int, theta: float) -> Tuple[jax.Array, jax.Array]:
+    """RoPE tables for positions 0..length-1: (cos, sin), each [length, head_dim] float32."""
+    return rope_at(jnp.arange(length), head_dim, theta)
+
+
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [B, L, H, D] rotated by (cos, sin) [L, D] with ``rotate_half`` (not interleaved), in float32."""
+    """x [B, L, H, D] rotated by (cos, sin) [L, D] (shared positions) or [B, L, D] (per-row positions)
+    with ``rotate_half`` (not interleaved), in float32."""
     d = x.shape[-1]
     xf = x.astype(jnp.float32)
     rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
-    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).astype(x.dtype)
+    return (xf * cos[..., None, :] + rotated * sin[..., None, :]).astype(x.dtype)
 
 
 def make_attention_mask(key_mask: jax.Array) -> jax.Array:
@@ -86,12 +92,47 @@ def make_attention_mask(key_mask: jax.Array) -> jax.Array:
     return key_mask.astype(bool)[:, None, None, :] | jnp.eye(key_mask.shape[-1], dtype=bool)
 
 
+def make_cached_attention_mask(key_mask: jax.Array, cache_index: jax.Array, length: int) -> jax.Array:
+    """Mask of ``length`` queries written at cache slots cache_index.. over T cache slots.
+
+    key_mask [B, T] bool (True = the slot holds a real token, this call's included); query i (at
+    slot cache_index + i) sees slots j <= cache_index + i that ``key_mask`` allows, and always its
+    own slot (as ``make_attention_mask``). Returns [B, 1, length, T] bool.
+    """
+    slots = jnp.arange(key_mask.shape[-1])
+    query_slots = cache_index + jnp.arange(length)
+    causal = slots[None, :] <= query_slots[:, None]
+    own = slots[None, :] == query_slots[:, None]
+    return (key_mask.astype(bool)[:, None, None, :] & causal) | own
+
+
+class KVCache(NamedTuple):
+    """One decoder layer's attention cache: keys and values [B, T, kv_heads, head_dim] in the
+    compute dtype, over T slots (keys already rotated by RoPE)."""
+    k: jax.Array
+    v: jax.Array
+
+
+def init_kv_cache(config: Qwen2Config, batch: int, length: int) -> Tuple[KVCache, ...]:
+    """An empty (zero) cache of ``length`` slots for every decoder layer of ``config``."""
+    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    dt = layers.compute_dtype(config.dtype)
+    return tuple(KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(config.num_hidden_layers))
+
+
 class Qwen2Attention(nn.Module):
-    """Grouped-query attention: x [B, L, hidden] -> [B, L, hidden] (q/k/v biases, no o_proj bias)."""
+    """Grouped-query attention: x [B, L, hidden] -> ([B, L, hidden], cache) (q/k/v biases, no o_proj bias).
+
+    Without ``cache``: causal self-attention over x, ``mask`` [B, 1, L, L] (key padding plus the
+    diagonal); returns cache None. With ``cache`` (a ``KVCache`` of T slots): x's keys and values
+    are written at slots cache_index..cache_index+L-1, the queries attend over all T slots under
+    ``mask`` [B, 1, L, T] (``make_cached_attention_mask``), and the updated cache is returned.
+    ``rope``: (cos, sin) [L, D] or [B, L, D].
+    """
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, x, rope, mask):
+    def __call__(self, x, rope, mask, cache: Optional[KVCache] = None, cache_index=None):
         cfg = self.config
         dt, hd = layers.compute_dtype(cfg.dtype), cfg.head_dim
         kv_width = cfg.num_key_value_heads * hd
@@ -100,11 +141,16 @@ class Qwen2Attention(nn.Module):
         v = layers.dense(kv_width, axes.EMBED, axes.KV, dtype=dt, name="v_proj")(x)
         q, k, v = (t.reshape(t.shape[:2] + (-1, hd)) for t in (q, k, v))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # Native GQA: kv heads are shared by groups of query heads; ``mask`` is key padding plus the
-        # diagonal, ``attend`` adds the causal mask; logits and softmax in float32.
-        out = attention.attend(q, k, v, mask=mask, causal=True, impl=cfg.attention_impl)
+        # Native GQA: kv heads are shared by groups of query heads; logits and softmax in float32.
+        if cache is None:  # ``mask`` is key padding plus the diagonal, ``attend`` adds the causal mask
+            out = attention.attend(q, k, v, mask=mask, causal=True, impl=cfg.attention_impl)
+        else:  # ``mask`` is already causal over the cache slots
+            write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), cache_index, 1)
+            cache = KVCache(write(cache.k, k), write(cache.v, v))
+            out = attention.attend(q, cache.k, cache.v, mask=mask, impl=cfg.attention_impl)
         out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
-        return layers.dense(cfg.hidden_size, axes.HEADS, axes.EMBED, use_bias=False, dtype=dt, name="o_proj")(out)
+        out = layers.dense(cfg.hidden_size, axes.HEADS, axes.EMBED, use_bias=False, dtype=dt, name="o_proj")(out)
+        return out, cache
 
 
 class Qwen2MLP(nn.Module):
@@ -122,16 +168,18 @@ class Qwen2MLP(nn.Module):
 
 
 class Qwen2DecoderLayer(nn.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x)), optionally through a KV cache."""
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, x, rope, mask):
+    def __call__(self, x, rope, mask, cache: Optional[KVCache] = None, cache_index=None):
+        """-> (x [B, L, hidden], updated cache or None); see ``Qwen2Attention``."""
         cfg = self.config
         h = layers.RMSNorm(cfg.rms_norm_eps, name="input_layernorm")(x)
-        x = x + Qwen2Attention(cfg, name="self_attn")(h, rope, mask)
+        a, cache = Qwen2Attention(cfg, name="self_attn")(h, rope, mask, cache, cache_index)
+        x = x + a
         h = layers.RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm")(x)
-        return x + Qwen2MLP(cfg, name="mlp")(h)
+        return x + Qwen2MLP(cfg, name="mlp")(h), cache
 
 
 class Qwen2Model(nn.Module):
@@ -144,25 +192,45 @@ class Qwen2Model(nn.Module):
     ``last_hidden_state``; -1 is the same as num_layers. Layers above ``output_layer`` are
     neither run nor given parameters. Positions are 0..L-1 (as HF without ``position_ids``),
     so pad on the right; pad keys are masked and do not influence real positions.
+    ``positions`` [B, L] int32 gives each token's RoPE position instead (HF's ``position_ids``).
+
+    Incremental decoding: with ``cache`` (one ``KVCache`` of T slots per layer, ``init_kv_cache``)
+    the tokens are written at slots cache_index..cache_index+L-1 (cache_index: int32 scalar,
+    may be traced), ``attention_mask`` is the key mask over all T slots [B, T] (this call's
+    tokens included), query i sees the allowed slots <= cache_index + i, and the call returns
+    (hidden [B, L, hidden], updated cache).
     """
     config: Qwen2Config
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, output_layer: int = -1) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, output_layer: int = -1, *,
+                 positions: Optional[jax.Array] = None, cache: Optional[Tuple[KVCache, ...]] = None,
+                 cache_index=None):
         cfg = self.config
         n = cfg.num_hidden_layers
         if not -1 <= output_layer <= n:
             raise ValueError(f"output_layer {output_layer} outside [-1, {n}] (num_hidden_layers {n})")
         last = n if output_layer == -1 else output_layer
+        if cache is not None and (len(cache) != n or cache_index is None or last != n):
+            raise ValueError(f"a KV cache needs one entry per layer ({n}, got {len(cache)}), a cache_index "
+                             f"(got {cache_index}) and the final output (output_layer -1, got {output_layer})")
         dt = layers.compute_dtype(cfg.dtype)
         x = layers.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed_tokens")(input_ids)
-        rope = rope_tables(input_ids.shape[1], cfg.head_dim, cfg.rope_theta)
-        mask = make_attention_mask(attention_mask)
+        length = input_ids.shape[1]
+        rope = (rope_tables(length, cfg.head_dim, cfg.rope_theta) if positions is None
+                else rope_at(positions, cfg.head_dim, cfg.rope_theta))
+        if cache is None:
+            mask = make_attention_mask(attention_mask)
+        else:
+            mask = make_cached_attention_mask(attention_mask, cache_index, length)
+        new_cache = []
         for i in range(last):
-            x = Qwen2DecoderLayer(cfg, name=f"layers_{i}")(x, rope, mask)
+            x, layer_cache = Qwen2DecoderLayer(cfg, name=f"layers_{i}")(
+                x, rope, mask, None if cache is None else cache[i], cache_index)
+            new_cache.append(layer_cache)
         if last == n:
             x = layers.RMSNorm(cfg.rms_norm_eps, name="norm")(x)
-        return x
+        return x if cache is None else (x, tuple(new_cache))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Helpers shared by stage modules: paths inside a workdir, image conversion, model configs."""
 import json
+import logging
 import os
+import time
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -79,3 +81,24 @@ def stage_tokenizer(stage):
     """The tokenizer an opened stage (``checkpoint.stage_dir.Stage``) recorded, checked unchanged."""
     rec = stage.tokenizer()
     return open_tokenizer(rec["kind"], rec["path"])
+
+
+def generate_images(pipe, params, prompts, *, height: int, width: int, batch_size: int, seed: int,
+                    rows=None, what: str = "images", **sampler) -> np.ndarray:
+    """uint8 [N, height, width, 3]: ``pipe`` (a ``TextToImage``) on ``prompts`` in batches of
+    ``batch_size`` (the last one padded, so one program serves every batch); image i uses the noise
+    of row i % batch_size under seed ``seed + i - i % batch_size``, so it depends on i alone.
+    ``rows``: optional {keyword: array [N, ...]} passed per batch (e.g. ``style_tags``); ``sampler``:
+    num_steps, solver, guidance_scale. Logs progress as ``what``."""
+    rows = rows or {}
+    pics, t0, n = [], time.time(), len(prompts)
+    for start in range(0, n, batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        pad = batch_size - len(chunk)
+        extra = {k: np.concatenate([v[start:start + batch_size], np.repeat(v[start + len(chunk) - 1:][:1], pad, 0)])
+                 for k, v in rows.items()}
+        images = pipe(params, chunk + [chunk[-1]] * pad, height=height, width=width, seed=seed + start,
+                      **sampler, **extra)
+        pics.append(images[:len(chunk)])
+        logging.info("%s: %d/%d (%.1fs)", what, min(start + batch_size, n), n, time.time() - t0)
+    return np.concatenate(pics) if pics else np.zeros((0, height, width, 3), np.uint8)

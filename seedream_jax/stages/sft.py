@@ -35,7 +35,6 @@ import itertools
 import json
 import logging
 import os
-import time
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -108,21 +107,11 @@ def generated_negatives(cfg, stage_cfg, workdir: str, curated: dict) -> np.ndarr
                 logging.info("sft: reusing %d generated negatives from %s", len(prompts), out)
                 return np.load(out)["image"]
     pipe = stage_pipeline(source, attention_impl=cfg.model.attention_impl)
-    params = source.params("ema")
-    batch = int(g.batch_size)
-    pics, t0 = [], time.time()
-    for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start:start + batch])
-        rows = tags[start:start + batch]
-        pad = batch - len(chunk)  # one compiled shape; seeds of image i depend on i only
-        chunk, rows = chunk + [chunk[-1]] * pad, np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
-        extra = {"style_tags": rows} if pipe.has_style_adapter else {}
-        images = pipe(params, chunk, height=size, width=size, num_steps=int(g.num_steps), solver=str(g.solver),
-                      guidance_scale=float(g.guidance_scale), seed=int(g.seed) + start, **extra)
-        pics.append(images[:batch - pad])
-        logging.info("sft: generated %d/%d negatives (%.1fs)", min(start + batch, len(prompts)), len(prompts),
-                     time.time() - t0)
-    generated = np.concatenate(pics)
+    generated = common.generate_images(pipe, source.params("ema"), prompts, height=size, width=size,
+                                       batch_size=int(g.batch_size), seed=int(g.seed),
+                                       rows={"style_tags": tags} if pipe.has_style_adapter else None,
+                                       what="sft: generated negatives", num_steps=int(g.num_steps),
+                                       solver=str(g.solver), guidance_scale=float(g.guidance_scale))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     np.savez(out + ".tmp.npz", image=generated)
     os.replace(out + ".tmp.npz", out)

@@ -1,0 +1,158 @@
+"""(user prompt -> rewritten prompt) pairs for the prompt rewriter's SFT: from the world or a JSONL file.
+
+The Seedream 2.0 report builds its prompt-engineering SFT data in two directions: rewrites of short
+user prompts, and short prompts written from the long captions of training images. The synthetic
+world supplies both exactly, in English and Chinese (prompt and rewrite in the same language):
+
+  rewrite  start from a short prompt: a fresh scene (``synthetic.sample_scene``, with a style drawn
+           with ``style_probability``), as a user would ask for it; its rewrite is the scene's long
+           caption (background, cells, the word's layout, the relation), or its style caption
+           where it has a style.
+  caption  start from a long training caption: scene ``k`` of the styled record world the image
+           model trains on (``synthetic_records.extended_scene``); the prompt written from it is
+           its short caption.
+
+Both give a (short -> long or style) pair; ``direction`` records which way it was made. Pair ``i``
+of a split is a pure function of (seed, split, i, world): direction ``DIRECTIONS[i % 2]``, language
+``languages[(i // 2) % len(languages)]``, caption-direction scene ``k = i // 2``. ``train`` never
+shows a held-out (colour, shape) pair (``data/heldout.py``); every ``heldout`` scene has one group of
+a held-out pair (``world_pairs.with_heldout_group``), for evaluating the rewriter on prompts its
+training never saw. The rewrite always keeps the prompt's content (``eval/prompt_content.preserves``).
+
+A user's pairs: a UTF-8 JSONL file of rows {"prompt": str, "rewrite": str, "language": "en" | "zh"
+(optional: else "zh" when the prompt holds a CJK character, "en" otherwise)}; rows that are not
+JSON objects, lack a field, or name another language are skipped and counted by reason
+(``sources.read_jsonl``). Each row is {"prompt", "rewrite", "language", "direction"} (``FIELDS``;
+"user" for file rows).
+
+A config asks for them with a ``text`` data section (``data.format = "text"``, ``data/sources.py``;
+the ``pe_sft`` stage's ``data``): ``data.path = "world"`` for the world's train pairs
+(``data.num_images`` of them, ``data.seed``, the scene mix ``data.world``, the languages
+``data.caption_languages``), any other path for a JSONL file; a ``RowBatches`` of rows.
+"""
+import dataclasses
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from seedream_jax.data import synthetic, synthetic_records, world_pairs
+from seedream_jax.data.sources import read_jsonl
+
+WORLD = "world"                         # data.path naming the world's pairs instead of a file
+SPLITS = ("train", "heldout")
+DIRECTIONS = ("rewrite", "caption")
+USER = "user"                           # the direction of a row read from a file
+LANGUAGES = ("en", "zh")
+FIELDS = ("prompt", "rewrite", "language", "direction")
+STYLE_PROBABILITY = 0.5                 # as the styled record world (stages/data.py) draws styles
+BAD_LANGUAGE = "language is not 'en' or 'zh'"
+_CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
+_MAX_TRIES = 100
+_STREAM = 11  # last seed word of this module's draws: a trailing nonzero word keeps them apart from
+              # synthetic.scene_at's default_rng([seed, i]) (a seed sequence pads with zeros)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewritePair:
+    """Pair ``index`` of ``split``: ``prompt`` (a short caption) -> ``rewrite`` (the ``target`` caption
+    type of the same scene, 'long' or 'style') in ``language``, made in ``direction``; ``spec`` is
+    the scene (``Scene.to_dict()``)."""
+    prompt: str
+    rewrite: str
+    language: str
+    direction: str
+    target: str
+    split: str
+    index: int
+    spec: dict
+
+    def row(self) -> Dict[str, str]:
+        """The training row {"prompt", "rewrite", "language", "direction"}."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+
+def _styled(scene: synthetic.Scene, rng: np.random.Generator, style_probability: float) -> synthetic.Scene:
+    if rng.random() < style_probability:
+        scene.style = synthetic.Style(**{name: list(table)[int(rng.integers(len(table)))]
+                                         for name, table in synthetic.STYLES.items()})
+    return scene
+
+
+def _scene(seed: int, split: str, index: int, direction: str, world: synthetic.SyntheticWorldConfig,
+           style_probability: float) -> synthetic.Scene:
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, _STREAM])
+    records = synthetic_records.RecordWorldConfig(dataclasses.replace(world, seed=seed), style_probability)
+    for _ in range(_MAX_TRIES):
+        if direction == "caption":
+            scene, _ = synthetic_records.extended_scene(records, index // 2)
+        else:
+            scene = _styled(synthetic.sample_scene(rng, world), rng, style_probability)
+        if split == "train":
+            return scene
+        held = world_pairs.with_heldout_group(scene, rng)
+        if held is not None:
+            return held
+    raise RuntimeError(f"no held-out scene found for {split} pair {index} in {_MAX_TRIES} tries")
+
+
+def _check_languages(languages: Sequence[str]) -> None:
+    if not languages or any(lang not in LANGUAGES for lang in languages):
+        raise ValueError(f"languages must be a non-empty subset of {LANGUAGES}, got {tuple(languages)}")
+
+
+def make_pair(seed: int, split: str, index: int, world: Optional[synthetic.SyntheticWorldConfig] = None,
+              languages: Sequence[str] = LANGUAGES, style_probability: float = STYLE_PROBABILITY) -> RewritePair:
+    """Pair ``index`` of ``split`` (see the module docstring); ``world``: the scene mix (default
+    ``SyntheticWorldConfig()``; its seed is replaced by ``seed``)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    _check_languages(languages)
+    if index < 0:
+        raise ValueError(f"pair index must be >= 0, got {index}")
+    world = synthetic.SyntheticWorldConfig() if world is None else world
+    direction = DIRECTIONS[index % len(DIRECTIONS)]
+    language = languages[(index // len(DIRECTIONS)) % len(languages)]
+    scene = _scene(seed, split, index, direction, world, style_probability)
+    target = "long" if scene.style is None else "style"
+    captions = synthetic.all_captions(scene)[language]
+    return RewritePair(captions["short"], captions[target], language, direction, target, split, index,
+                       scene.to_dict())
+
+
+def make_pairs(seed: int, split: str, count: int, **options) -> List[RewritePair]:
+    """Pairs 0 .. count - 1 of ``split`` (``make_pair`` options)."""
+    return [make_pair(seed, split, i, **options) for i in range(count)]
+
+
+def eval_prompts(seed: int, split: str, language: str, count: int) -> List[str]:
+    """The short prompts of pairs 0 .. count - 1 of ``split`` in ``language`` (the same scenes in
+    every language), for evaluating a rewriter."""
+    return [make_pair(seed, split, i, languages=(language,)).prompt for i in range(count)]
+
+
+def world_rows(data_cfg) -> List[Dict[str, str]]:
+    """The ``FIELDS`` rows of the world's first ``data.num_images`` train pairs, with ``data.seed``,
+    the scene mix ``data.world`` and the languages ``data.caption_languages``."""
+    world = synthetic.SyntheticWorldConfig(seed=int(data_cfg.seed), **data_cfg.world.to_dict())
+    return [p.row() for p in make_pairs(int(data_cfg.seed), "train", int(data_cfg.num_images), world=world,
+                                        languages=tuple(data_cfg.caption_languages))]
+
+
+def detect_language(text: str) -> str:
+    """'zh' when ``text`` holds a CJK ideograph, else 'en'."""
+    return "zh" if _CJK.search(text) else "en"
+
+
+def _check_language(row: dict) -> Tuple[Optional[dict], Optional[str]]:
+    language = row.get("language")
+    if language is None:
+        language = detect_language(row["prompt"])
+    elif language not in LANGUAGES:
+        return None, BAD_LANGUAGE
+    return {"prompt": row["prompt"], "rewrite": row["rewrite"], "language": language, "direction": USER}, None
+
+
+def read_pairs(path: str) -> Tuple[List[Dict[str, str]], Dict[str, int]]:
+    """(``FIELDS`` rows, {reason: count} of the skipped lines) of a JSONL file of user pairs."""
+    return read_jsonl(path, ("prompt", "rewrite"), _check_language, optional=("language",))
