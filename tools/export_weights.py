@@ -9,6 +9,7 @@ A whole-pipeline export (the default for a pretrain-like stage) writes one folde
     <out>/vae           diffusers AutoencoderKL
     <out>/tokenizer     the LLM tokenizer files
     <out>/README.md, seedream_pipeline.json, seedream_torch.py (how to assemble them in PyTorch)
+    <out>/refiner       with --refiner STAGE: the refiner's diffusers FluxTransformer2DModel
 
 Weights are read from the Orbax checkpoint a chunk of tensors at a time and written tensor by
 tensor, so host memory stays near one chunk (256 MiB) plus the largest tensor, whatever the
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="pretrain",
                    help="stage directory holding checkpoints/, relative to --workdir or absolute (default: pretrain)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--refiner", default=None,
+                   help="a refiner stage (relative to --workdir or absolute) exported beside it as refiner/ "
+                        "(seedream_torch.SeedreamPipeline.refine runs the cascade)")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema",
                    help="EMA parameters (default; stages trained without EMA fall back to raw) or raw parameters")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
@@ -154,7 +158,8 @@ def main(argv=None) -> int:
         result = pipeline.export_checkpoint(cfg, os.path.abspath(args.workdir), args.out, stage=args.stage,
                                             step=args.step, weights=args.weights, dtype=args.dtype,
                                             components=args.components, causal_lm=args.causal_lm,
-                                            lm_head_from=args.lm_head_from, max_shard_bytes=args.max_shard_size)
+                                            lm_head_from=args.lm_head_from, max_shard_bytes=args.max_shard_size,
+                                            refiner=args.refiner)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -194,7 +199,7 @@ def main(argv=None) -> int:
 
 
 _PIPELINE_ONLY = {"components": "--components", "causal_lm": "--causal-lm", "lm_head_from": "--lm-head-from",
-                  "verify_steps": "--verify-steps", "verify_guidance": "--verify-guidance"}
+                  "verify_steps": "--verify-steps", "verify_guidance": "--verify-guidance", "refiner": "--refiner"}
 
 
 def export_reward(args, stage_dir: str) -> int:

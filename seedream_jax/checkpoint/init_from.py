@@ -26,6 +26,13 @@ naming them: ``with_keep_init(sources, patterns)`` attaches regexes (``re.fullma
 a pattern matches it (logged) and fails as before, naming the leaf and ``keep_init``, when none
 does; a leaf the source has is loaded whether or not a pattern matches (so a later stage whose
 source has the adapter loads it), and source leaves the target lacks still fail.
+
+Grown parameters (``pad_init``): a stage that widens a parameter (the refiner's patch embedding
+``mmdit/x_embedder/kernel`` gains input rows for its conditioning channels, ``stages/refiner.py``)
+names it in ``with_keep_init(sources, keep, pad_init=patterns)`` (a fourth element). A target leaf
+matching one whose shape is at least the source's on every axis (same rank) gets the source in its
+leading block ``[:s_0, :s_1, ...]`` and zeros elsewhere, so the new rows contribute nothing at
+the start; a leaf of another shape still fails as misshaped, naming it.
 """
 import contextlib
 import logging
@@ -40,31 +47,55 @@ import numpy as np
 from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_state, restore_subset
 from seedream_jax.models.partition import merge_params
 
-Source = Tuple[str, str]  # (stage directory, component path inside its checkpoint[, keep_init patterns])
+Source = Tuple[str, str]  # (stage directory, component path[, keep_init patterns[, pad_init patterns]])
 Key = Tuple[str, ...]
 
 
-def with_keep_init(sources: Mapping[str, tuple], patterns: Sequence[str]) -> Dict[str, tuple]:
+def with_keep_init(sources: Mapping[str, tuple], patterns: Sequence[str],
+                   pad_init: Sequence[str] = ()) -> Dict[str, tuple]:
     """``sources`` ({target: (stage_dir, source_path)}, ``parse_sources``) with ``patterns`` attached
     to each: target leaves whose full path matches one may be missing in the source and keep their
-    initialisation (module docstring). No patterns: ``sources`` unchanged."""
-    patterns = tuple(str(p) for p in patterns)
-    for p in patterns:
+    initialisation; with ``pad_init`` too, target leaves matching one of those may be larger than
+    the source's and are zero-padded (module docstring). No patterns: ``sources`` unchanged."""
+    patterns, pad_init = tuple(str(p) for p in patterns), tuple(str(p) for p in pad_init)
+    for p in patterns + pad_init:
         re.compile(p)  # a bad regex fails here, naming itself
-    if not patterns:
+    if not patterns and not pad_init:
         return dict(sources)
-    return {target: (src[0], src[1], patterns) for target, src in sources.items()}
+    return {target: (src[0], src[1], patterns, pad_init) for target, src in sources.items()}
 
 
-def _split_source(src) -> Tuple[str, str, Tuple[str, ...]]:
-    return (src[0], src[1], tuple(src[2]) if len(src) > 2 else ())
+def _split_source(src) -> Tuple[str, str, Tuple[str, ...], Tuple[str, ...]]:
+    return (src[0], src[1], tuple(src[2]) if len(src) > 2 else (), tuple(src[3]) if len(src) > 3 else ())
 
 
-def _kept(missing, target: str, patterns: Sequence[str]) -> set:
-    """The keys of ``missing`` (keys under ``target``) whose full path matches a keep_init pattern."""
+def _matching(keys, target: str, patterns: Sequence[str]) -> set:
+    """The ``keys`` (keys under ``target``) whose full '/'-joined path matches one of ``patterns``."""
     compiled = [re.compile(p) for p in patterns]
     full = lambda k: "/".join((target.strip("/"),) + tuple(k)) if k else target.strip("/")
-    return {k for k in missing if any(c.fullmatch(full(k)) for c in compiled)}
+    return {k for k in keys if any(c.fullmatch(full(k)) for c in compiled)}
+
+
+def _padded(source_shapes: Mapping[Key, tuple], target_shapes: Mapping[Key, tuple], target: str,
+            patterns: Sequence[str], where: str) -> set:
+    """The keys present in both whose target shape is larger than the source's on some axis and no
+    smaller on any (same rank) and whose path matches a pad_init pattern; logs them."""
+    grown = {k for k in source_shapes.keys() & target_shapes.keys()
+             if len(source_shapes[k]) == len(target_shapes[k]) and tuple(source_shapes[k]) != tuple(target_shapes[k])
+             and all(s <= t for s, t in zip(source_shapes[k], target_shapes[k]))}
+    padded = _matching(grown, target, patterns)
+    for k in sorted(padded):
+        logging.info("init_from: %s <- %s: %s %s zero-padded to %s (pad_init %s)", target, where, "/".join(k),
+                     tuple(source_shapes[k]), tuple(target_shapes[k]), list(patterns))
+    return padded
+
+
+def zero_padded(array, shape) -> np.ndarray:
+    """``array`` in the leading block of a zero array of ``shape`` (every axis at least as long)."""
+    array = np.asarray(array)
+    out = np.zeros(tuple(shape), array.dtype)
+    out[tuple(slice(0, n) for n in array.shape)] = array
+    return out
 
 
 def parse_source(value: str, target_path: str, workdir: Optional[str]) -> Source:
@@ -100,7 +131,7 @@ def parse_sources(init_from: Mapping[str, Union[str, Source]], workdir: Optional
 def _keep_missing(source_keys, target_keys, target: str, patterns: Sequence[str], where: str) -> set:
     """The target keys the source lacks that keep their initialisation (they match ``patterns``);
     logs them. The others are left for ``_check_same_structure`` to report."""
-    kept = _kept(set(target_keys) - set(source_keys), target, patterns)
+    kept = _matching(set(target_keys) - set(source_keys), target, patterns)
     if kept:
         logging.info("init_from: %s <- %s: %d leaves not in the source keep their initialisation (keep_init %s), "
                      "e.g. %s", target, where, len(kept), list(patterns), "/".join(sorted(kept)[0]))
@@ -172,21 +203,38 @@ def _check_same_structure(source_shapes: Mapping[Key, tuple], target_shapes: Map
                          f"this model. missing={missing} unexpected={unexpected} misshaped={misshaped}{hint}")
 
 
+def _grown(array, leaf):
+    """A source array zero-padded to the abstract ``leaf`` (a ``jax.ShapeDtypeStruct``), placed in
+    its sharding (each process builds only its shards) when it has one."""
+    full = zero_padded(np.asarray(array), leaf.shape).astype(leaf.dtype)
+    if getattr(leaf, "sharding", None) is None:
+        return full
+    return jax.make_array_from_callback(tuple(leaf.shape), leaf.sharding, lambda index: full[index])
+
+
 def restore_component(stage_dir: str, source_path: str, abstract_subtree, *, use_ema: bool = True,
-                      target_path: Optional[str] = None, keep_init: Sequence[str] = ()):
+                      target_path: Optional[str] = None, keep_init: Sequence[str] = (), pad_init: Sequence[str] = ()):
     """Component ``source_path`` of ``stage_dir``'s latest checkpoint, read straight into
     ``abstract_subtree`` (a tree, or one leaf, of ``jax.ShapeDtypeStruct`` with shardings, of the
     component's structure and shapes). Returns (the same tree of ``jax.Array``, step); with
-    ``keep_init`` patterns the target leaves the source lacks that match one are left out of it."""
+    ``keep_init`` patterns the target leaves the source lacks that match one are left out of it;
+    leaves matching a ``pad_init`` pattern may be larger than the source's (zero-padded)."""
     source, step = _source_leaves(stage_dir, source_path, use_ema)
     target = _flat(abstract_subtree)
-    kept = _keep_missing(source, target, target_path or source_path, keep_init, f"{stage_dir}:{source_path}")
+    where, name = f"{stage_dir}:{source_path}", target_path or source_path
+    kept = _keep_missing(source, target, name, keep_init, where)
     target = {k: v for k, v in target.items() if k not in kept}
-    _check_same_structure({k: m.shape for k, (_, _, m) in source.items()}, {k: t.shape for k, t in target.items()},
-                          target_path or source_path, f"{stage_dir}:{source_path}")
-    request = _unflat({(source[k][0],) + source[k][1]: t for k, t in target.items()})
+    source_shapes = {k: tuple(m.shape) for k, (_, _, m) in source.items()}
+    padded = _padded(source_shapes, {k: tuple(t.shape) for k, t in target.items()}, name, pad_init, where)
+    _check_same_structure({k: target[k].shape if k in padded else s for k, s in source_shapes.items()},
+                          {k: t.shape for k, t in target.items()}, name, where)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    request = _unflat({(source[k][0],) + source[k][1]:
+                       jax.ShapeDtypeStruct(source_shapes[k], t.dtype, sharding=cpu) if k in padded else t
+                       for k, t in target.items()})
     restored = _flat(restore_subset(stage_dir, request, step))
-    return _unflat({k: restored[(source[k][0],) + source[k][1]] for k in target}), step
+    out = {k: restored[(source[k][0],) + source[k][1]] for k in target}
+    return _unflat({k: _grown(v, target[k]) if k in padded else v for k, v in out.items()}), step
 
 
 def load_component(stage_dir: str, component: str, *, use_ema: bool = True) -> Tuple[Any, int]:
@@ -208,12 +256,13 @@ def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Sour
     """
     out = {"params": {}, "frozen": {}}
     for target, src in sources.items():
-        stage_dir, source_path, keep_init = _split_source(src)
+        stage_dir, source_path, keep_init, pad_init = _split_source(src)
         leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
         with _source_context(target, stage_dir, source_path):
             restored, step = restore_component(stage_dir, source_path,
                                                _unflat({k: v for k, (_, _, v) in leaves.items()}),
-                                               use_ema=use_ema, target_path=target, keep_init=keep_init)
+                                               use_ema=use_ema, target_path=target, keep_init=keep_init,
+                                               pad_init=pad_init)
         restored = _flat(restored) if restored is not None else {}
         for k, (holder, key, _) in leaves.items():
             if k in restored:
@@ -231,15 +280,17 @@ def apply_init_from(trainable, frozen, sources: Mapping[str, Union[str, Source]]
     """
     flat = {"params": _flat(trainable) if trainable else {}, "frozen": _flat(frozen) if frozen else {}}
     for target, src in parse_sources(sources, workdir).items():
-        stage_dir, source_path, keep_init = _split_source(src)
+        stage_dir, source_path, keep_init, pad_init = _split_source(src)
         leaves = _component({"params": trainable, "frozen": frozen}, target, "this stage")
         with _source_context(target, stage_dir, source_path):
             loaded, step = load_component(stage_dir, source_path, use_ema=use_ema)
-        loaded = _flat(loaded)
-        kept = _keep_missing(loaded, leaves, target, keep_init, f"{stage_dir}:{source_path}")
+        loaded, where = _flat(loaded), f"{stage_dir}:{source_path}"
+        kept = _keep_missing(loaded, leaves, target, keep_init, where)
         leaves = {k: v for k, v in leaves.items() if k not in kept}
-        _check_same_structure({k: np.shape(v) for k, v in loaded.items()},
-                              {k: np.shape(v) for k, (_, _, v) in leaves.items()}, target, f"{stage_dir}:{source_path}")
+        target_shapes = {k: np.shape(v) for k, (_, _, v) in leaves.items()}
+        for k in _padded({k: np.shape(v) for k, v in loaded.items()}, target_shapes, target, pad_init, where):
+            loaded[k] = zero_padded(loaded[k], target_shapes[k])
+        _check_same_structure({k: np.shape(v) for k, v in loaded.items()}, target_shapes, target, where)
         for k, (holder, key, _) in leaves.items():
             flat[holder][key] = loaded[k]
         logging.info("init_from: %s <- %s:%s (step %d)", target, stage_dir, source_path, step)

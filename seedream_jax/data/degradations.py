@@ -75,11 +75,16 @@ def noise(image: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarr
     return _to_uint8(image.astype(np.float32) + rng.normal(0.0, sigma, image.shape).astype(np.float32))
 
 
-def jpeg(image: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 [H, W, 3] through a PIL JPEG encode/decode at ``quality`` (1-95, 4:2:0 chroma)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(rng.integers(5, 16)))
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
     buffer.seek(0)
     return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def jpeg(image: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    return jpeg_roundtrip(image, int(rng.integers(5, 16)))
 
 
 def colour_cast(image: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:

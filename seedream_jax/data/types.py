@@ -23,7 +23,8 @@ class DiffusionBatch:
       llm_ids: int32 [B, L], llm_mask: bool [B, L]; with a glyph branch also byt5_ids: int32
         [B, Lg], byt5_mask: bool [B, Lg], has_glyphs: bool [B] (``models.conditioner.tokenize_prompts``).
       text_context: [B, N, D], text_mask: [B, N], text_pooled: [B, D] (the text cache).
-    Optional: style_tags: int32 [B, A], the aesthetic adapter's tags (``data/style_tags.py``).
+    Optional: style_tags: int32 [B, A], the aesthetic adapter's tags (``data/style_tags.py``);
+      cond_latents: float32 [B, H/f, W/f, Cc], a refiner's conditioning latent (``stages/refiner.py``).
     """
     image: Optional[Array] = None
     latent_mean: Optional[Array] = None
@@ -37,6 +38,7 @@ class DiffusionBatch:
     text_mask: Optional[Array] = None
     text_pooled: Optional[Array] = None
     style_tags: Optional[Array] = None
+    cond_latents: Optional[Array] = None
 
     @classmethod
     def from_dict(cls, batch: Union[Mapping[str, Array], "DiffusionBatch"]) -> "DiffusionBatch":

@@ -6,6 +6,12 @@ with the same feature order (c, ph, pw), so the weights are identical. The folde
 not say p: give it as ``patch_size`` (the exported pipeline's ``seedream_pipeline.json`` records it). Position ids: pass ``flux_position_ids`` to diffusers as
 ``img_ids`` / ``txt_ids`` to reproduce our rotary embedding.
 
+Conditioning latents (``MMDiTConfig.cond_channels`` = Cc > 0, the refiner): our MMDiT concatenates
+cond_latents [B, h, w, Cc] to the latents [B, h, w, C] on channels before patchify, so its packed
+tokens are [pack(latents) (C p^2 features); pack(cond_latents) (Cc p^2)]: Flux Fill's convention,
+diffusers' ``FluxTransformer2DModel(in_channels=(C + Cc) p^2, out_channels=C p^2)`` fed
+``torch.cat([pack_latents(x), pack_latents(cond)], -1)``.
+
 Style adapter (``MMDiTConfig.style_tag_sizes``, ``models/style_adapter.py``): diffusers' Flux
 cannot express it, so ``export_mmdit`` writes the base weights as a plain Flux transformer and
 the adapter's as ``seedream_style_adapter.safetensors`` in the same folder (diffusers loads only
@@ -84,7 +90,8 @@ def style_config_from_file(path: str) -> Tuple[Tuple[int, ...], int]:
 def mmdit_config_from_diffusers(cfg: dict, patch_size: int = 2, **overrides) -> MMDiTConfig:
     """Our config from a diffusers Flux ``config.json`` dict whose tokens are packed
     ``patch_size`` x ``patch_size`` patches (2 for every Flux checkpoint); ``overrides`` set our
-    own fields (rope_rule, text_ids, dtype, ...)."""
+    own fields (rope_rule, text_ids, dtype, ...). in_channels = (C + Cc) p^2 and out_channels =
+    C p^2 (None: equal to in_channels) give latent channels C and conditioning channels Cc."""
     if cfg.get("guidance_embeds"):
         raise ValueError("guidance-distilled Flux (guidance_embeds=True) is not supported: "
                          "our MMDiT uses true classifier-free guidance")
@@ -93,11 +100,12 @@ def mmdit_config_from_diffusers(cfg: dict, patch_size: int = 2, **overrides) -> 
     in_ch = cfg["in_channels"]
     out_ch = cfg.get("out_channels") or in_ch
     p2 = patch_size * patch_size
-    if in_ch % p2 or out_ch != in_ch:
-        raise ValueError(f"in_channels {in_ch} / out_channels {out_ch}: expected equal and {p2} (patch size "
-                         f"{patch_size} squared) x latent channels")
+    if in_ch % p2 or out_ch % p2 or out_ch > in_ch:
+        raise ValueError(f"in_channels {in_ch} / out_channels {out_ch}: expected (latent + conditioning channels) "
+                         f"and latent channels times {p2} (patch size {patch_size} squared), out <= in")
     heads, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
-    return MMDiTConfig(in_channels=in_ch // p2, patch_size=patch_size, num_heads=heads, head_dim=hd,
+    return MMDiTConfig(in_channels=out_ch // p2, cond_channels=(in_ch - out_ch) // p2, patch_size=patch_size,
+                       num_heads=heads, head_dim=hd,
                        num_double_blocks=cfg["num_layers"], num_single_blocks=cfg["num_single_layers"],
                        context_dim=cfg["joint_attention_dim"], pooled_dim=cfg["pooled_projection_dim"],
                        axes_dims=tuple(cfg.get("axes_dims_rope", (16, 56, 56))), **overrides)
@@ -109,19 +117,23 @@ def mmdit_to_diffusers_config(cfg: MMDiTConfig) -> dict:
     if cfg.rope_theta != FLUX_ROPE_THETA or cfg.qk_norm_eps != FLUX_QK_NORM_EPS:
         raise ValueError(f"diffusers Flux fixes rope_theta {FLUX_ROPE_THETA} and qk_norm_eps {FLUX_QK_NORM_EPS}; "
                          f"this model has {cfg.rope_theta} and {cfg.qk_norm_eps}")
+    p2 = cfg.patch_size ** 2
     return {"_class_name": "FluxTransformer2DModel", "patch_size": 1,
-            "in_channels": cfg.in_channels * cfg.patch_size ** 2,
-            "out_channels": None, "num_layers": cfg.num_double_blocks, "num_single_layers": cfg.num_single_blocks,
+            "in_channels": (cfg.in_channels + cfg.cond_channels) * p2,
+            "out_channels": cfg.in_channels * p2 if cfg.cond_channels else None,
+            "num_layers": cfg.num_double_blocks, "num_single_layers": cfg.num_single_blocks,
             "attention_head_dim": cfg.head_dim, "num_attention_heads": cfg.num_heads,
             "joint_attention_dim": cfg.context_dim, "pooled_projection_dim": cfg.pooled_dim,
             "guidance_embeds": False, "axes_dims_rope": list(cfg.axes_dims)}
 
 
 def abstract_params(cfg: MMDiTConfig, num_text_tokens: int = 4):
-    lat = jnp.zeros((1, 2 * cfg.patch_size, 2 * cfg.patch_size, cfg.in_channels))
+    side = 2 * cfg.patch_size
+    lat = jnp.zeros((1, side, side, cfg.in_channels))
+    cond = jnp.zeros((1, side, side, cfg.cond_channels)) if cfg.cond_channels else None
     return jax.eval_shape(lambda: MMDiT(cfg).init(
         jax.random.PRNGKey(0), lat, jnp.zeros((1,)), jnp.zeros((1, num_text_tokens, cfg.context_dim)),
-        jnp.ones((1, num_text_tokens), bool), jnp.zeros((1, cfg.pooled_dim))))["params"]
+        jnp.ones((1, num_text_tokens), bool), jnp.zeros((1, cfg.pooled_dim)), cond_latents=cond))["params"]
 
 
 def _split(tree) -> Tuple[dict, dict]:

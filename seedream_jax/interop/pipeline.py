@@ -13,20 +13,28 @@ Export layout (``export_pipeline``; every weight file is safetensors):
                                  with a style adapter: see interop/flux.py)
       vae/                       diffusers AutoencoderKL (fitted scaling_factor / shift_factor)
       tokenizer/                 the LLM tokenizer files
+      refiner/                   (with a refiner) diffusers FluxTransformer2DModel whose in_channels hold
+                                 the noisy and the conditioning latent (see ``RefinerExport``)
 
 Parameters come from any ``convert.ParamSource`` shaped like the pretrain stage's tree
 {'conditioner': {'text_encoder': {'llm', 'adapter'?}, 'byt5'?, 'glyph_mapper'?, 'context_proj'},
 'mmdit', 'vae'}; ``export_checkpoint`` builds it from a stage's Orbax checkpoint and a run config
 and streams tensor by tensor. ``import_pipeline`` reads such a folder back into configs and a
 parameter tree (every key and shape checked); ``import_components`` does the same for any
-subset of single HF / diffusers folders.
+subset of single HF / diffusers folders; ``import_refiner`` reads the refiner back.
+
+The refiner (``stages/refiner.py``, ``sampling/generate.Refiner``) is a second MMDiT with
+``cond_channels`` = the VAE's latent channels; it shares the base's conditioner and VAE, so the
+export holds only its transformer, plus its sampler settings in ``seedream_pipeline.json``
+(``refiner``: scale, num_steps, guidance_scale, its time-shift schedule, position-id rules).
+``seedream_torch.SeedreamPipeline.refine`` runs it.
 """
 import dataclasses
 import json
 import logging
 import os
 import shutil
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -44,9 +52,27 @@ COMPONENTS = ("text_encoder", "byt5", "conditioner", "transformer", "vae")
 _WHERE = {"text_encoder": ("conditioner/text_encoder/llm", "text_encoder"), "byt5": ("conditioner/byt5", "byt5"),
           "conditioner": ("conditioner", "conditioner"), "transformer": ("mmdit", "transformer"),
           "vae": ("vae", "vae")}
+REFINER_FOLDER = "refiner"
 DEFAULT_SCHEDULE = dict(base_tokens=256, max_tokens=4096, base_shift=0.5, max_shift=1.15)
 # Files of an HF tokenizer folder that are copied (never code).
 _TOKENIZER_SUFFIXES = (".json", ".txt", ".model", ".vocab", ".tiktoken", ".merges")
+
+
+@dataclasses.dataclass
+class RefinerExport:
+    """A refiner to export beside the base pipeline: ``params`` the refiner MMDiT's tree (or a
+    ``convert.ParamSource`` of it), ``mmdit_cfg`` its config (``cond_channels`` = the VAE's latent
+    channels), ``scale`` (output side / input side), its sampler's ``num_steps`` and
+    ``guidance_scale`` (Euler steps: the PyTorch pipeline's solver), ``schedule`` (its
+    ``schedules.resolution_shift`` keywords, applied at the output size) and ``provenance`` (where
+    the weights come from, recorded with it)."""
+    params: Any
+    mmdit_cfg: MMDiTConfig
+    scale: int = 2
+    num_steps: int = 20
+    guidance_scale: float = 1.0
+    schedule: Optional[dict] = None
+    provenance: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -140,21 +166,53 @@ def style_adapter_config(mmdit_cfg: MMDiTConfig, vocab=None) -> Optional[dict]:
                        "image tokens' values (output of attn.to_v) += style_value[i](e); tag 0 = absent"}
 
 
+def rope_config(mmdit_cfg: MMDiTConfig) -> dict:
+    """The ``rope`` entry of ``seedream_pipeline.json``: our position-id rules diffusers does not store."""
+    return {"rule": mmdit_cfg.rope_rule, "base_grid": mmdit_cfg.rope_base_grid, "text_ids": mmdit_cfg.text_ids,
+            "image_pos_embed": mmdit_cfg.image_pos_embed, "theta": mmdit_cfg.rope_theta,
+            "axes_dims": list(mmdit_cfg.axes_dims)}
+
+
+def check_refiner(refiner: RefinerExport, vae_cfg: VAEConfig) -> None:
+    """A refiner the PyTorch cascade can run: conditioned on this VAE's latents, no style adapter, scale >= 2."""
+    cfg = refiner.mmdit_cfg
+    if cfg.cond_channels != vae_cfg.latent_channels:
+        raise ValueError(f"refiner: cond_channels {cfg.cond_channels} != the VAE's latent channels "
+                         f"{vae_cfg.latent_channels} (the refiner is conditioned on the upsampled image's latent)")
+    if cfg.style_tag_sizes:
+        raise ValueError(f"refiner: a style adapter (style_tag_sizes {cfg.style_tag_sizes}) is not exported for the "
+                         "refiner")
+    if int(refiner.scale) < 2 or int(refiner.num_steps) < 1:
+        raise ValueError(f"refiner: scale {refiner.scale} must be >= 2 and num_steps {refiner.num_steps} >= 1")
+
+
+def refiner_config(refiner: RefinerExport) -> dict:
+    """The ``refiner`` entry of ``seedream_pipeline.json`` (what ``SeedreamPipeline.refine`` reads)."""
+    cfg = refiner.mmdit_cfg
+    return {"folder": REFINER_FOLDER, "scale": int(refiner.scale), "cond_channels": cfg.cond_channels,
+            "num_steps": int(refiner.num_steps), "guidance_scale": float(refiner.guidance_scale), "solver": "euler",
+            "schedule": dict(refiner.schedule or DEFAULT_SCHEDULE), "latent": {"patch_size": cfg.patch_size},
+            "rope": rope_config(cfg), "source": dict(refiner.provenance),
+            "conditioning": "uint8 image / 127.5 - 1, bicubic upsampling by scale (F.interpolate, "
+                            "align_corners=False) clipped to [-1, 1], VAE posterior mean, (z - shift_factor) * "
+                            "scaling_factor; concatenated to the noisy latent on channels before packing"}
+
+
 def pipeline_config(conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, vae_cfg: VAEConfig, *,
                     tokenizer: Optional[dict], schedule: dict, defaults: dict, provenance: dict,
-                    text_encoder_class: str, style_vocab=None) -> dict:
+                    text_encoder_class: str, style_vocab=None, refiner: Optional[RefinerExport] = None) -> dict:
     """The ``seedream_pipeline.json`` dict (what ``torch_pipeline.SeedreamPipeline`` reads)."""
-    return {"format": "seedream-jax-pipeline", "version": 1,
-            "components": {c: _WHERE[c][1] for c in COMPONENTS if c != "byt5" or conditioner_cfg.byt5 is not None},
+    components = {c: _WHERE[c][1] for c in COMPONENTS if c != "byt5" or conditioner_cfg.byt5 is not None}
+    if refiner is not None:
+        components["refiner"] = REFINER_FOLDER
+    return {"format": "seedream-jax-pipeline", "version": 1, "components": components,
             "text_encoder_class": text_encoder_class, "tokenizer": tokenizer,
             "latent": {"vae_downsample_factor": vae_cfg.downsample_factor, "latent_channels": vae_cfg.latent_channels,
                        "patch_size": mmdit_cfg.patch_size},
-            "rope": {"rule": mmdit_cfg.rope_rule, "base_grid": mmdit_cfg.rope_base_grid,
-                     "text_ids": mmdit_cfg.text_ids, "image_pos_embed": mmdit_cfg.image_pos_embed,
-                     "theta": mmdit_cfg.rope_theta,
-                     "axes_dims": list(mmdit_cfg.axes_dims)},
+            "rope": rope_config(mmdit_cfg),
             "style_adapter": style_adapter_config(mmdit_cfg, style_vocab),
-            "schedule": dict(schedule), "defaults": dict(defaults), "source": provenance}
+            "schedule": dict(schedule), "defaults": dict(defaults), "source": provenance,
+            "refiner": refiner_config(refiner) if refiner is not None else None}
 
 
 def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfig, vae_cfg: VAEConfig,
@@ -162,7 +220,8 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
                     causal_lm: bool = False, lm_head_from: Optional[str] = None,
                     tokenizer: Optional[TokenizerFiles] = None, schedule: Optional[dict] = None,
                     defaults: Optional[dict] = None, provenance: Optional[dict] = None,
-                    max_shard_bytes: int = 5 * 2**30, style_vocab=None) -> Dict[str, list]:
+                    max_shard_bytes: int = 5 * 2**30, style_vocab=None,
+                    refiner: Optional[RefinerExport] = None) -> Dict[str, list]:
     """Write the components of a pipeline parameter tree (or ``convert.ParamSource``) to ``out_dir``.
 
     ``components``: a subset of ``COMPONENTS`` (default: all the parameters have). Shapes are
@@ -171,13 +230,20 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
     ``seedream_pipeline.json``, ``seedream_torch.py`` and ``README.md``. ``dtype``: stored dtype
     of every tensor (float32 / bfloat16 / float16). ``style_vocab``: with a style adapter, the
     tag names ({attribute: [value names]} in attribute order) recorded in the JSON so the PyTorch
-    pipeline takes named tags. Returns {component: files written}.
+    pipeline takes named tags. ``refiner``: a ``RefinerExport`` written to ``refiner/`` (its shapes
+    checked first too) and recorded in the JSON. Returns {component: files written} ('refiner' too).
     """
     source = convert.as_source(params)
     dt = convert.export_dtype(dtype)
     style_adapter_config(mmdit_cfg, style_vocab)  # a vocabulary that does not fit fails before writing
     components = list(components) if components is not None else _components_present(source, conditioner_cfg)
     _check_components(source, components, conditioner_cfg, mmdit_cfg, vae_cfg)
+    refiner_source = None
+    if refiner is not None:
+        check_refiner(refiner, vae_cfg)
+        refiner_source = convert.as_source(refiner.params)
+        convert.check_shapes(refiner_source, flux.abstract_params(refiner.mmdit_cfg),
+                             where=f"{refiner_source.describe}: refiner mmdit")
     extra_tops = sorted({p[0] for p in source.shapes()} - {"conditioner", "mmdit", "vae"})
     if extra_tops:
         logging.warning("%s: components %s have no export format and are not exported", source.describe, extra_tops)
@@ -199,6 +265,10 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
     for c in components:
         logging.info("export: %s -> %s", c, folder(c))
         written[c] = writers[c]()
+    if refiner is not None:
+        logging.info("export: refiner -> %s", os.path.join(out_dir, REFINER_FOLDER))
+        written["refiner"] = flux.export_mmdit(refiner_source, refiner.mmdit_cfg, os.path.join(out_dir, REFINER_FOLDER),
+                                               dt, max_shard_bytes)
     complete = set(COMPONENTS) - ({"byt5"} if conditioner_cfg.byt5 is None else set()) <= set(components)
     provenance = {**(provenance or {}), "dtype": dt.name, "components": components,
                   "not_exported": extra_tops}
@@ -208,7 +278,7 @@ def export_pipeline(params, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiT
                            defaults=defaults or {"height": 512, "width": 512, "num_steps": 28, "guidance_scale": 4.0},
                            provenance=provenance,
                            text_encoder_class="Qwen2ForCausalLM" if causal_lm else "Qwen2Model",
-                           style_vocab=style_vocab)
+                           style_vocab=style_vocab, refiner=refiner)
     with open(os.path.join(out_dir, PIPELINE_FILE), "w") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
     written["pipeline"] = [os.path.join(out_dir, PIPELINE_FILE)]
@@ -233,21 +303,56 @@ def stage_configs(cfg, stage_dir: str):
                  for name, default in defaults.items())
 
 
+def refiner_export_from_stage(cfg, stage_dir: str, conditioner_cfg: ConditionerConfig, vae_cfg: VAEConfig, *,
+                       weights: str = "ema") -> RefinerExport:
+    """The ``RefinerExport`` of a refiner stage directory (its latest checkpoint's MMDiT, read lazily;
+    its recorded scale, schedule and sampler settings, ``cfg.sample.refiner_steps`` /
+    ``refiner_guidance_scale`` overriding them when > 0). Its conditioner and VAE configs must be
+    the exported base's (the cascade runs the refiner on the base's text encoding and VAE)."""
+    from seedream_jax.checkpoint.stage_dir import open_stage
+
+    opened = open_stage(stage_dir)
+    if opened.kind != "refiner":
+        raise ValueError(f"{stage_dir} is a {opened.kind!r} stage, not a refiner stage")
+    r_conditioner, r_mmdit, r_vae = stage_configs(cfg, stage_dir)
+    differ = ([f"conditioner.{d}" for d in config_differences(r_conditioner, conditioner_cfg)] +
+              [f"vae.{d}" for d in config_differences(r_vae, vae_cfg)])
+    if differ:
+        raise ValueError(f"refiner stage {stage_dir} was trained on another conditioner / VAE than the exported "
+                         f"base: {differ}")
+    settings = opened.meta["settings"]
+    if settings.get("solver", "euler") != "euler":
+        logging.warning("refiner stage %s samples with %r; the exported PyTorch pipeline takes Euler steps",
+                        stage_dir, settings["solver"])
+    s = cfg.sample
+    steps, guidance = int(s.get("refiner_steps", 0)), float(s.get("refiner_guidance_scale", 0.0))
+    source = orbax_io.OrbaxSource(stage_dir, weights=weights)
+    return RefinerExport(source.scoped("mmdit"), r_mmdit, scale=int(settings["scale"]),
+                         num_steps=steps or int(settings["num_steps"]),
+                         guidance_scale=guidance or float(settings["guidance_scale"]), schedule=opened.meta["schedule"],
+                         provenance={"checkpoint": source.path, "step": source.step,
+                                     "weights": "ema" if source.used_ema else "raw"})
+
+
 def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain", step: Optional[int] = None,
                       weights: str = "ema", dtype=np.float32, components: Optional[Sequence[str]] = None,
                       causal_lm: bool = False, lm_head_from: Optional[str] = None,
-                      max_shard_bytes: int = 5 * 2**30) -> dict:
+                      max_shard_bytes: int = 5 * 2**30, refiner: Optional[str] = None) -> dict:
     """Export a stage's Orbax checkpoint (run config ``cfg``, run directory ``workdir``).
 
     ``stage``: the stage directory, relative to ``workdir`` or absolute. ``weights``: 'ema' or
     'raw' (``orbax_io.OrbaxSource``). Tensors are read from the checkpoint in bounded chunks and
-    written one at a time. Returns {'files': {component: files}, 'step', 'used_ema', 'stage_dir'}.
+    written one at a time. ``refiner``: a refiner stage directory (relative or absolute) exported
+    beside it (``refiner_export_from_stage``, the same ``weights``). Returns {'files': {component: files},
+    'step', 'used_ema', 'stage_dir'}.
     """
     from seedream_jax.checkpoint.stage_dir import open_stage
 
     stage_dir = os.path.join(workdir, stage)  # an absolute ``stage`` stays as it is
     source = orbax_io.OrbaxSource(stage_dir, step=step, weights=weights)
     conditioner_cfg, mmdit_cfg, vae_cfg = stage_configs(cfg, stage_dir)
+    refiner_export = (refiner_export_from_stage(cfg, os.path.join(workdir, refiner), conditioner_cfg, vae_cfg,
+                                         weights=weights) if refiner else None)
     tokenizer = None
     present = _components_present(source, conditioner_cfg)
     opened = open_stage(stage_dir)
@@ -264,7 +369,7 @@ def export_checkpoint(cfg, workdir: str, out_dir: str, *, stage: str = "pretrain
         provenance={"checkpoint": source.path, "step": source.step,
                     "weights": "ema" if source.used_ema else "raw"},
         max_shard_bytes=max_shard_bytes,
-        style_vocab=opened.meta.get("style_vocab") if mmdit_cfg.style_tag_sizes else None)
+        style_vocab=opened.meta.get("style_vocab") if mmdit_cfg.style_tag_sizes else None, refiner=refiner_export)
     return {"files": files, "step": source.step, "used_ema": source.used_ema, "stage_dir": stage_dir}
 
 
@@ -321,23 +426,44 @@ def import_components(*, text_encoder: Optional[str] = None, byt5: Optional[str]
     return configs, params
 
 
+def _mmdit_overrides(rope: dict, patch_size: int) -> dict:
+    """Our MMDiT fields diffusers does not store, from a ``rope`` entry of seedream_pipeline.json."""
+    return dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"],
+                image_pos_embed=rope.get("image_pos_embed", "none"), patch_size=patch_size)
+
+
+def _pipeline_info(folder: str) -> dict:
+    with open(os.path.join(folder, PIPELINE_FILE)) as f:
+        return json.load(f)
+
+
 def import_pipeline(folder: str):
     """(ConditionerConfig, MMDiTConfig, VAEConfig, params) from a whole-pipeline export folder;
-    the parameter tree is that of the pretrain stage, float32 (bf16 / fp16 exports accepted)."""
-    with open(os.path.join(folder, PIPELINE_FILE)) as f:
-        info = json.load(f)
+    the parameter tree is that of the pretrain stage, float32 (bf16 / fp16 exports accepted).
+    A refiner, if any, is read by ``import_refiner``."""
+    info = _pipeline_info(folder)
     comp = info["components"]
     path = lambda c: os.path.join(folder, comp[c]) if c in comp else None
-    rope = info["rope"]
     style = info.get("style_adapter") or {}
     configs, params = import_components(
         text_encoder=path("text_encoder"), byt5=path("byt5"), conditioner=path("conditioner"),
         transformer=path("transformer"), vae=path("vae"),
-        mmdit_overrides=dict(rope_rule=rope["rule"], rope_base_grid=rope["base_grid"], text_ids=rope["text_ids"],
-                             image_pos_embed=rope.get("image_pos_embed", "none"), patch_size=info["latent"]["patch_size"],
+        mmdit_overrides=dict(_mmdit_overrides(info["rope"], info["latent"]["patch_size"]),
                              style_tag_sizes=tuple(style.get("tag_sizes", ())),
                              **({"style_dim": style["dim"]} if style else {})))
     return configs["conditioner"], configs["transformer"], configs["vae"], params
+
+
+def import_refiner(folder: str):
+    """(MMDiTConfig, params, settings) of the refiner of a whole-pipeline export folder, or None
+    when it has none; ``settings`` is its ``refiner`` entry of seedream_pipeline.json (scale,
+    num_steps, guidance_scale, schedule, ...). Params float32, every key and shape checked."""
+    r = _pipeline_info(folder).get("refiner")
+    if not r:
+        return None
+    cfg, params = flux.load_mmdit(os.path.join(folder, r["folder"]), **_mmdit_overrides(r["rope"],
+                                                                                      r["latent"]["patch_size"]))
+    return cfg, params, r
 
 
 def config_differences(imported, expected, ignore: Sequence[str] = ("dtype", "attention_impl", "remat_policy")) -> list:
@@ -406,9 +532,30 @@ def readme(info: dict, conditioner_cfg: ConditionerConfig, mmdit_cfg: MMDiTConfi
              "`ConditionerLayers.from_pretrained('conditioner')`"),
             ("transformer/", "diffusers `FluxTransformer2DModel`", load("FluxTransformer2DModel", "transformer")),
             ("vae/", "diffusers `AutoencoderKL`", load("AutoencoderKL", "vae")),
-            ("tokenizer/", "the LLM tokenizer", _tokenizer_hint(info["tokenizer"]))]
-    present = set(info["source"]["components"]) | ({"tokenizer"} if info["tokenizer"] else set())
+            ("tokenizer/", "the LLM tokenizer", _tokenizer_hint(info["tokenizer"])),
+            (f"{REFINER_FOLDER}/", "diffusers `FluxTransformer2DModel` (the refiner: step 7)",
+             load("FluxTransformer2DModel", REFINER_FOLDER))]
+    refiner = info.get("refiner")
+    present = (set(info["source"]["components"]) | ({"tokenizer"} if info["tokenizer"] else set())
+               | ({REFINER_FOLDER} if refiner else set()))
     table = "\n".join(f"| `{f}` | {cls} | {how} |" for f, cls, how in rows if f.rstrip("/") in present)
+    refine_quick = "" if not refiner else f"""
+big = pipe(["a large red circle"], refine=True)   # base, then the refiner: uint8 [B, {refiner['scale']} H, {refiner['scale']} W, 3]
+big = pipe.refine(images, ["a large red circle", '黑色的文字“你好”'])   # the refiner alone, on uint8 images"""
+    rp = refiner["latent"]["patch_size"] if refiner else p
+    rs = refiner["schedule"] if refiner else {}
+    refine_step = "" if not refiner else f"""7. **Refiner** (`refiner/`, {refiner['scale']}x super-resolution; `SeedreamPipeline.refine`). Its transformer's
+   `in_channels` = {rp * rp} x (C + C_cond) = {rp * rp * (c + refiner['cond_channels'])}, C = {c} latent and C_cond = {refiner['cond_channels']} conditioning channels:
+   the packed noisy latent and the packed conditioning latent concatenated on the feature axis
+   (`torch.cat([pack_latents(x, {rp}), pack_latents(cond, {rp})], -1)`, Flux Fill's layout); `out_channels` = {rp * rp} x C = {rp * rp * c}.
+   Conditioning of a uint8 image [B, h, w, 3]: x / 127.5 - 1, bicubic upsampling to {refiner['scale']}h x {refiner['scale']}w
+   (`F.interpolate(mode="bicubic", align_corners=False)`), clipped to [-1, 1], VAE posterior mean
+   (`vae.encode(x).latent_dist.mean`), then (z - shift_factor) * scaling_factor. Sampling as in step 5 from
+   fresh noise at the output size: {refiner['num_steps']} Euler steps, guidance {refiner['guidance_scale']} (the unconditional branch keeps
+   the conditioning latent), mu = {rs['base_shift']} + ({rs['max_shift']} - {rs['base_shift']}) (N - {rs['base_tokens']}) / ({rs['max_tokens']} - {rs['base_tokens']}) for the
+   output's N tokens; positions (step 4) with rule `{refiner['rope']['rule']}`, base grid {refiner['rope']['base_grid']}, text ids
+   `{refiner['rope']['text_ids']}`, absolute position `{refiner['rope']['image_pos_embed']}`. Decode as in step 6.
+"""
     quick = f"""## Quick start
 
 ```python
@@ -416,7 +563,7 @@ import sys; sys.path.insert(0, "<this folder>")
 from seedream_torch import SeedreamPipeline
 pipe = SeedreamPipeline.from_pretrained("<this folder>")          # float32; torch_dtype=torch.bfloat16 works too
 images = pipe(["a large red circle", '黑色的文字“你好”'], height={d['height']}, width={d['width']},
-              num_steps={d['num_steps']}, guidance_scale={d['guidance_scale']})   # uint8 [B, H, W, 3]
+              num_steps={d['num_steps']}, guidance_scale={d['guidance_scale']})   # uint8 [B, H, W, 3]{refine_quick}
 ```
 
 `seedream_torch.py` needs numpy, torch, safetensors, transformers, diffusers (and sentencepiece
@@ -429,7 +576,7 @@ and random-initialise them).
 
 Exported by seedream-jax from `{src.get('checkpoint', '<in-memory parameters>')}` (step {src.get('step', '-')},
 {src.get('weights', '-')} weights), every tensor stored as **{src['dtype']}**, in safetensors only
-(no pickle files: loading runs no code from this folder). Components: {', '.join(src['components'])}.
+(no pickle files: loading runs no code from this folder). Components: {', '.join(src['components'] + (['refiner'] if refiner else []))}.
 
 | folder | PyTorch class | load with |
 |---|---|---|
@@ -464,7 +611,7 @@ Exported by seedream-jax from `{src.get('checkpoint', '<in-memory parameters>')}
    key_mask = [text mask, all-True for the image tokens].
 6. **Decode.** z = x / vae.config.scaling_factor + vae.config.shift_factor, `vae.decode(z).sample`, then
    pixels = clip((image + 1) * 127.5, 0, 255), rounded.
-
+{refine_step}
 Defaults of this model: {d['height']}x{d['width']} px, {d['num_steps']} steps, guidance {d['guidance_scale']}.
 
 ## `conditioner/conditioner.safetensors`

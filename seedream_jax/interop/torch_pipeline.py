@@ -20,6 +20,13 @@ strictly: a folder whose files miss a key, add one or change a shape is refused 
     vae/           diffusers AutoencoderKL (its config holds the latent scaling/shift)
     tokenizer/     the LLM tokenizer (SentencePiece model or HF tokenizer files)
 
+An export with a refiner (``seedream_pipeline.json`` has a ``refiner`` entry) also has
+
+    refiner/       diffusers FluxTransformer2DModel whose in_channels hold the noisy latent and the
+                   conditioning latent (the upsampled base image, VAE-encoded): ``SeedreamPipeline.refine``
+
+and ``pipe(prompts, refine=True)`` runs the cascade base -> uint8 -> refiner.
+
 A model trained with the style adapter (``seedream_pipeline.json`` has a ``style_adapter``
 entry) also has ``transformer/seedream_style_adapter.safetensors``: ``StyleAdapter`` below, applied
 by ``flux_velocity`` through forward hooks on each double block's ``attn.to_v``; the pipeline then
@@ -417,10 +424,12 @@ def style_value_hooks(transformer, deltas: Sequence[torch.Tensor]) -> list:
 
 @torch.no_grad()
 def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids, image_pos_embed=None,
-                  style_tags=None, style_adapter: Optional[StyleAdapter] = None):
+                  style_tags=None, style_adapter: Optional[StyleAdapter] = None, cond_packed=None):
     """A diffusers ``FluxTransformer2DModel``'s velocity [B, N, 4C] for packed latents [B, N, 4C]
     at times t [B] in [0, 1], text tokens context [B, T, C] with mask [B, T] (padded text tokens
     are masked out of the joint attention), pooled [B, C], img_ids [N, 3], txt_ids [T, 3].
+    ``cond_packed`` [B, N, 4Cc] (a refiner's packed conditioning latents, Flux Fill's convention)
+    is concatenated to ``packed`` on the feature axis; the velocity keeps 4C features.
     ``image_pos_embed`` [N, D] (``sincos_position_embedding``), when given, is added to the image
     tokens right after ``x_embedder`` (a forward hook; diffusers' Flux has no such term).
     ``style_adapter`` (``StyleAdapter``) with ``style_tags`` [B, A] int (None = all absent) adds the
@@ -439,6 +448,8 @@ def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_id
                 style_tags = torch.zeros((b, len(style_adapter.tag_sizes)), dtype=torch.long)
             dev = next(style_adapter.parameters()).device
             hooks += style_value_hooks(transformer, style_adapter(torch.as_tensor(style_tags).to(dev)))
+        if cond_packed is not None:
+            packed = torch.cat([packed, cond_packed.to(device=packed.device, dtype=packed.dtype)], dim=-1)
         return transformer(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
                            timestep=t, img_ids=img_ids, txt_ids=txt_ids, return_dict=False,
                            joint_attention_kwargs={"attention_mask": key_mask[:, None, None, :]})[0]
@@ -447,17 +458,32 @@ def flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_id
             hook.remove()
 
 
+# ----------------------------------------------------------------------------- the refiner's conditioning
+# Mirror of data/sr_pairs.upsample and sampling/generate.Refiner.condition.
+
+def upsample_images(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """float images NHWC [B, h, w, 3] in [-1, 1] -> [B, scale h, scale w, 3]: bicubic
+    (``F.interpolate``, align_corners=False), clipped to [-1, 1]."""
+    h, w = images.shape[1:3]
+    up = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(scale * h, scale * w), mode="bicubic",
+                       align_corners=False)
+    return up.clamp(-1.0, 1.0).permute(0, 2, 3, 1)
+
+
 class SeedreamPipeline:
     """Text-to-image with the exported components; ``__call__`` mirrors seedream_jax's
-    ``TextToImage`` (Euler steps on the shifted time grid, batched classifier-free guidance).
-    ``style_adapter``: the ``StyleAdapter`` when the export has one (else None)."""
+    ``TextToImage`` (Euler steps on the shifted time grid, batched classifier-free guidance), and
+    with ``refine=True`` its ``Cascade`` (``refine`` below).
+    ``style_adapter``: the ``StyleAdapter`` when the export has one (else None); ``refiner``: the
+    refiner's ``FluxTransformer2DModel`` when the export has one (seedream_pipeline.json ``refiner``),
+    else None."""
 
     def __init__(self, folder: str, text_encoder, byt5, conditioner: ConditionerLayers, transformer, vae,
-                 tokenizer, config: dict, style_adapter: Optional[StyleAdapter] = None):
+                 tokenizer, config: dict, style_adapter: Optional[StyleAdapter] = None, refiner=None):
         self.folder, self.config = folder, config
         self.text_encoder, self.byt5, self.conditioner = text_encoder, byt5, conditioner
         self.transformer, self.vae, self.tokenizer = transformer, vae, tokenizer
-        self.style_adapter = style_adapter
+        self.style_adapter, self.refiner = style_adapter, refiner
 
     @classmethod
     def from_pretrained(cls, folder: str, torch_dtype=torch.float32, device="cpu") -> "SeedreamPipeline":
@@ -482,11 +508,13 @@ class SeedreamPipeline:
         vae = load_strict(AutoencoderKL, sub("vae"), "vae", torch_dtype=torch_dtype, **kw)
         style = config.get("style_adapter")
         style = StyleAdapter.from_file(os.path.join(folder, style["file"])).to(torch_dtype) if style else None
-        for m in (llm, byt5, cond, transformer, vae, style):
+        refiner = (load_strict(FluxTransformer2DModel, sub("refiner"), "refiner", torch_dtype=torch_dtype, **kw)
+                   if config.get("refiner") else None)
+        for m in (llm, byt5, cond, transformer, vae, style, refiner):
             if m is not None:
                 m.to(device).eval()
         return cls(folder, llm, byt5, cond, transformer, vae, LLMTokenizer(folder, config["tokenizer"]), config,
-                   style)
+                   style, refiner)
 
     @property
     def device(self):
@@ -514,25 +542,37 @@ class SeedreamPipeline:
             glyph_mask = t("byt5_mask").bool() & t("has_glyphs").bool()[:, None]
         return self.conditioner(hidden, t("llm_mask"), glyph, glyph_mask)
 
+    def _dit(self, refiner: bool):
+        """(transformer, settings) of the base DiT or the refiner; settings: the JSON entry holding
+        its 'rope', 'schedule' and 'latent' patch size."""
+        if not refiner:
+            return self.transformer, self.config
+        if self.refiner is None:
+            raise ValueError(f"this export has no refiner (no 'refiner' entry in {PIPELINE_FILE})")
+        return self.refiner, self.config["refiner"]
+
     @property
     def patch_size(self) -> int:
         """Side of the latent patches packed into one transformer token (2 for Flux)."""
         return self.config["latent"]["patch_size"]
 
-    def latent_shape(self, height: int, width: int) -> Tuple[int, int, int]:
-        f, p = self.config["latent"]["vae_downsample_factor"], self.patch_size
+    def latent_shape(self, height: int, width: int, refiner: bool = False) -> Tuple[int, int, int]:
+        f, p = self.config["latent"]["vae_downsample_factor"], self._dit(refiner)[1]["latent"]["patch_size"]
         if height % (p * f) or width % (p * f):
             raise ValueError(f"image size {height}x{width} must be a multiple of {p * f}")
         return height // f, width // f, self.config["latent"]["latent_channels"]
 
-    def mu(self, height: int, width: int) -> float:
-        h, w, _ = self.latent_shape(height, width)
-        return resolution_shift((h // self.patch_size) * (w // self.patch_size), **self.config["schedule"])
+    def mu(self, height: int, width: int, refiner: bool = False) -> float:
+        h, w, _ = self.latent_shape(height, width, refiner)
+        settings = self._dit(refiner)[1]
+        p = settings["latent"]["patch_size"]
+        return resolution_shift((h // p) * (w // p), **settings["schedule"])
 
-    def position_ids(self, latent_h: int, latent_w: int, num_text_tokens: int):
+    def position_ids(self, latent_h: int, latent_w: int, num_text_tokens: int, refiner: bool = False):
         """(img_ids [N, 3], txt_ids [T, 3]) float32 tensors for FluxTransformer2DModel."""
-        r = self.config["rope"]
-        gh, gw = latent_h // self.patch_size, latent_w // self.patch_size
+        settings = self._dit(refiner)[1]
+        r, p = settings["rope"], settings["latent"]["patch_size"]
+        gh, gw = latent_h // p, latent_w // p
         img = image_position_ids(gh, gw, r["rule"], r["base_grid"])
         txt = text_position_ids(num_text_tokens, gh, gw, r["text_ids"], r["rule"], r["base_grid"])
         return torch.from_numpy(img).to(self.device), torch.from_numpy(txt).to(self.device)
@@ -571,14 +611,19 @@ class SeedreamPipeline:
             raise ValueError(f"style tags for {tags.shape[0]} images, but {batch} prompts")
         return tags
 
-    def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids, style_tags=None):
+    def velocity(self, packed, t, context, mask, pooled, img_ids, txt_ids, style_tags=None, refiner: bool = False,
+                 cond_packed=None):
+        """The base DiT's velocity (or, ``refiner=True``, the refiner's given its packed conditioning
+        latents ``cond_packed``) for packed latents [B, N, F] (``flux_velocity``)."""
+        transformer, settings = self._dit(refiner)
         pos = None
-        if self.config["rope"].get("image_pos_embed", "none") == "sincos":
-            c = self.transformer.config
+        if settings["rope"].get("image_pos_embed", "none") == "sincos":
+            c = transformer.config
             pos = torch.from_numpy(sincos_position_embedding(img_ids.cpu().numpy(),
                                                              c.num_attention_heads * c.attention_head_dim))
-        return flux_velocity(self.transformer, packed, t, context, mask, pooled, img_ids, txt_ids, pos,
-                             style_tags=style_tags, style_adapter=self.style_adapter)
+        return flux_velocity(transformer, packed, t, context, mask, pooled, img_ids, txt_ids, pos,
+                             style_tags=style_tags, style_adapter=None if refiner else self.style_adapter,
+                             cond_packed=cond_packed)
 
     @torch.no_grad()
     def decode(self, latents_nhwc: torch.Tensor) -> torch.Tensor:
@@ -588,16 +633,62 @@ class SeedreamPipeline:
         return self.vae.decode(z.permute(0, 3, 1, 2).to(self.dtype)).sample.permute(0, 2, 3, 1)
 
     @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """float images NHWC in [-1, 1] -> DiT-space latents NHWC float32: the VAE's posterior mean,
+        shifted and scaled (inverse of ``decode``'s first step)."""
+        c = self.vae.config
+        mean = self.vae.encode(images.permute(0, 3, 1, 2).to(device=self.device, dtype=self.dtype)).latent_dist.mean
+        return (mean.permute(0, 2, 3, 1).float() - (c.shift_factor or 0.0)) * c.scaling_factor
+
+    def _uint8(self, latents_nhwc: torch.Tensor) -> np.ndarray:
+        images = self.decode(latents_nhwc).float()
+        return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
     def __call__(self, prompts: Sequence[str], height: Optional[int] = None, width: Optional[int] = None,
                  num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, noise=None,
                  generator: Optional[torch.Generator] = None, style_tags=None, negative_style_tags=None,
-                 negative_guidance_scale: float = 0.0) -> np.ndarray:
-        """uint8 images [B, height, width, 3] (``sample_latents``, then ``decode``)."""
+                 negative_guidance_scale: float = 0.0, refine: bool = False, refiner_noise=None) -> np.ndarray:
+        """uint8 images [B, height, width, 3] (``sample_latents``, then ``decode``); with ``refine``
+        (exports with a refiner), those images through ``refine`` (its own defaults, noise
+        ``refiner_noise``): uint8 [B, scale height, scale width, 3]."""
         x = self.sample_latents(prompts, height, width, num_steps, guidance_scale, noise, generator,
                                 style_tags=style_tags, negative_style_tags=negative_style_tags,
                                 negative_guidance_scale=negative_guidance_scale)
-        images = self.decode(x).float()
-        return torch.clamp((images + 1.0) * 127.5, 0, 255).round().to(torch.uint8).cpu().numpy()
+        images = self._uint8(x)
+        return self.refine(images, prompts, noise=refiner_noise, generator=generator) if refine else images
+
+    def _prompt_branches(self, prompts: Sequence[str], g: float, negative: bool):
+        """Text conditioning of the stacked guidance branches [unconditional if g != 1; conditional;
+        conditional again if ``negative``] -> (context, mask, pooled, number of branches)."""
+        b = len(prompts)
+        context, mask, pooled = self.encode(self.text_inputs(prompts))
+        ctxs, masks, pools = [context], [mask], [pooled]
+        if g != 1.0:
+            u_ctx, u_mask, u_pooled = self.encode(self.text_inputs([""]))
+            ctxs.insert(0, u_ctx.expand(b, -1, -1))
+            masks.insert(0, u_mask.expand(b, -1))
+            pools.insert(0, u_pooled.expand(b, -1))
+        if negative:
+            ctxs.append(context)
+            masks.append(mask)
+            pools.append(pooled)
+        return torch.cat(ctxs), torch.cat(masks), torch.cat(pools), len(ctxs)
+
+    @staticmethod
+    def _euler(x, times, branch_velocity, b: int, g: float, g_neg: float = 0.0):
+        """Euler steps of packed latents x [B, N, F] from times[0] to times[-1]; ``branch_velocity(x, t)``
+        returns the velocities of the stacked branches ([unconditional if g != 1; conditional; negative
+        if g_neg != 0], each B rows), combined as v = v_u + g (v_c - v_u) + g_neg (v_c - v_neg)."""
+        for i in range(len(times) - 1):
+            t_cur, t_next = times[i], times[i + 1]
+            v = list(branch_velocity(x, t_cur).float().split(b))
+            v_c = v[1] if g != 1.0 else v[0]
+            out = v[0] + g * (v_c - v[0]) if g != 1.0 else v_c
+            if g_neg != 0.0:
+                out = out + g_neg * (v_c - v[-1])
+            x = x + (t_next - t_cur) * out
+        return x
 
     @torch.no_grad()
     def sample_latents(self, prompts: Sequence[str], height: Optional[int] = None, width: Optional[int] = None,
@@ -629,36 +720,52 @@ class SeedreamPipeline:
         if noise is None:
             noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
         x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device), self.patch_size)
-        context, mask, pooled = self.encode(self.text_inputs(prompts))
-        # Branches stacked along the batch: [unconditional if g != 1; conditional; negative if g_neg != 0].
-        ctxs, masks, pools, tag_rows = [context], [mask], [pooled], [tags]
-        if g != 1.0:
-            u_ctx, u_mask, u_pooled = self.encode(self.text_inputs([""]))
-            ctxs.insert(0, u_ctx.expand(b, -1, -1))
-            masks.insert(0, u_mask.expand(b, -1))
-            pools.insert(0, u_pooled.expand(b, -1))
-            tag_rows.insert(0, None)
-        if g_neg != 0.0:
-            ctxs.append(context)
-            masks.append(mask)
-            pools.append(pooled)
-            tag_rows.append(neg_tags)
-        n_branch = len(ctxs)
-        context, mask, pooled = torch.cat(ctxs), torch.cat(masks), torch.cat(pools)
+        context, mask, pooled, n_branch = self._prompt_branches(prompts, g, g_neg != 0.0)
+        tag_rows = ([None] if g != 1.0 else []) + [tags] + ([neg_tags] if g_neg != 0.0 else [])
         all_tags = None
         if self.style_adapter is not None and any(r is not None for r in tag_rows):
             absent = torch.zeros((b, len(self.style_adapter.tag_sizes)), dtype=torch.long)
             all_tags = torch.cat([absent if r is None else r for r in tag_rows])
         img_ids, txt_ids = self.position_ids(h, w, context.shape[1])
-        times = sampling_times(num_steps, self.mu(height, width))
-        for i in range(num_steps):
-            t_cur, t_next = times[i], times[i + 1]
-            v = self.velocity(torch.cat([x] * n_branch).to(self.dtype), t_cur.repeat(n_branch * b).to(self.device),
-                              context, mask, pooled, img_ids, txt_ids, all_tags).float()
-            v = list(v.split(b))
-            v_c = v[1] if g != 1.0 else v[0]
-            out = v[0] + g * (v_c - v[0]) if g != 1.0 else v_c
-            if g_neg != 0.0:
-                out = out + g_neg * (v_c - v[-1])
-            x = x + (t_next - t_cur) * out
+        velocity = lambda x, t: self.velocity(torch.cat([x] * n_branch).to(self.dtype),
+                                              t.repeat(n_branch * b).to(self.device), context, mask, pooled,
+                                              img_ids, txt_ids, all_tags)
+        x = self._euler(x, sampling_times(num_steps, self.mu(height, width)), velocity, b, g, g_neg)
         return unpack_latents(x, h, w, self.patch_size)
+
+    @torch.no_grad()
+    def refine(self, images, prompts: Sequence[str], num_steps: Optional[int] = None,
+               guidance_scale: Optional[float] = None, noise=None,
+               generator: Optional[torch.Generator] = None) -> np.ndarray:
+        """The refiner (mirror of seedream_jax's ``generate.refine``): uint8 images [B, h, w, 3] and
+        their B prompts -> uint8 [B, s h, s w, 3] (s = the refiner's ``scale``).
+
+        The images, as floats in [-1, 1], are upsampled (``upsample_images``) and VAE-encoded
+        (``encode_images``): that latent is concatenated to the noisy latent of every guidance
+        branch (the refiner's ``in_channels`` hold both); Euler steps from ``noise`` (NHWC
+        [B, s h / f, s w / f, C], default ``torch.randn`` with ``generator``) on the refiner's own
+        time grid (its schedule at the output size), CFG with the empty prompt at ``guidance_scale``
+        (default: the export's), then the VAE decodes."""
+        settings = self._dit(True)[1]
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(prompts):
+            raise ValueError(f"refine: expected uint8 images [B, h, w, 3] and B prompts, got {images.dtype} "
+                             f"{images.shape} and {len(prompts)} prompts")
+        s, p = settings["scale"], settings["latent"]["patch_size"]
+        num_steps = num_steps or settings["num_steps"]
+        g = settings["guidance_scale"] if guidance_scale is None else guidance_scale
+        b, height, width = images.shape[0], s * images.shape[1], s * images.shape[2]
+        h, w, c = self.latent_shape(height, width, refiner=True)
+        pixels = torch.from_numpy(images).float() / 127.5 - 1.0
+        cond = pack_latents(self.encode_images(upsample_images(pixels, s)), p)
+        if noise is None:
+            noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
+        x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device), p)
+        context, mask, pooled, n_branch = self._prompt_branches(prompts, g, False)
+        img_ids, txt_ids = self.position_ids(h, w, context.shape[1], refiner=True)
+        cond = torch.cat([cond] * n_branch).to(self.dtype)
+        velocity = lambda x, t: self.velocity(torch.cat([x] * n_branch).to(self.dtype),
+                                              t.repeat(n_branch * b).to(self.device), context, mask, pooled,
+                                              img_ids, txt_ids, refiner=True, cond_packed=cond)
+        x = self._euler(x, sampling_times(num_steps, self.mu(height, width, refiner=True)), velocity, b, g)
+        return self._uint8(unpack_latents(x, h, w, p))

@@ -72,7 +72,11 @@ class MMDiTConfig:
     and in each double block i the image tokens' values v_img <- v_img + (W_v,i e + c_i)[:, None]
     (per head; ``transformer_blocks_i/attn/style_value``, zero-initialised, so at initialisation the
     output equals the adapter-less model's for any tags);
-    style_dim: width D_t of the tag embeddings and the tag encoder's MLP."""
+    style_dim: width D_t of the tag embeddings and the tag encoder's MLP;
+    cond_channels: channels of a conditioning latent (the refiner's upsampled low-resolution
+    latent, ``stages/refiner.py``) concatenated to the noisy latent on the channel axis before
+    patchify, Flux Fill's convention: ``x_embedder`` then has (in_channels + cond_channels) p^2
+    input rows and the output keeps in_channels. 0 = no conditioning input (the base model)."""
     in_channels: int = 16
     patch_size: int = 2
     num_heads: int = 8
@@ -94,6 +98,7 @@ class MMDiTConfig:
     remat_policy: str = "none"
     style_tag_sizes: Tuple[int, ...] = ()
     style_dim: int = 256
+    cond_channels: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "style_tag_sizes", tuple(int(n) for n in self.style_tag_sizes))
@@ -101,6 +106,8 @@ class MMDiTConfig:
             raise ValueError(f"style_tag_sizes {self.style_tag_sizes}: every attribute needs >= 1 value")
         if self.style_dim < 1:
             raise ValueError(f"style_dim must be >= 1, got {self.style_dim}")
+        if self.cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {self.cond_channels}")
         if sum(self.axes_dims) != self.head_dim:
             raise ValueError(f"axes_dims {self.axes_dims} must sum to head_dim {self.head_dim}")
         block_remat_policies(self.remat_policy)
@@ -259,6 +266,23 @@ class SingleStreamBlock(nn.Module):
         return (x + gate * out).astype(dt)
 
 
+def _with_condition(latents, cond_latents, cond_channels: int):
+    """latents [B, h, w, C] ++ cond_latents [B, h, w, cond_channels] on the channel axis ->
+    [B, h, w, C + cond_channels]; with cond_channels = 0 the latents unchanged (cond_latents must
+    then be None)."""
+    if cond_channels == 0:
+        if cond_latents is not None:
+            raise ValueError(f"cond_latents {tuple(cond_latents.shape)} given to a model with cond_channels=0")
+        return latents
+    expected = latents.shape[:3] + (cond_channels,)
+    if cond_latents is None:
+        raise ValueError(f"this model has cond_channels={cond_channels}: cond_latents {expected} is required")
+    if tuple(cond_latents.shape) != tuple(expected):
+        raise ValueError(f"cond_latents shape {tuple(cond_latents.shape)} != expected {expected} "
+                         f"(batch, latent height, width of the latents, cond_channels)")
+    return jnp.concatenate([latents, cond_latents.astype(latents.dtype)], axis=-1)
+
+
 def _maybe_remat(block_cls, policy_name: str):
     if policy_name == "none":
         return block_cls
@@ -271,17 +295,20 @@ class MMDiT(nn.Module):
     -> velocity [B, h, w, C] (float32). Position ids default to the config's rules; pass
     img_ids [N, 3] / [B, N, 3] and txt_ids [L, 3] / [B, L, 3] to override. style_tags int [B, A]
     (A = len(style_tag_sizes); 0 = absent, k = value k-1; None = all absent) drive the style
-    adapter; giving them to a model without one is an error."""
+    adapter; giving them to a model without one is an error. cond_latents [B, h, w, cond_channels]
+    (required iff ``cond_channels`` > 0) are concatenated to the latents before patchify; the
+    output keeps the latents' C channels."""
     config: MMDiTConfig
 
     @nn.compact
     def __call__(self, latents, timesteps, context, context_mask, pooled, img_ids=None, txt_ids=None,
-                 style_tags=None):
+                 style_tags=None, cond_latents=None):
         cfg = self.config
         dt, d, p = layers.compute_dtype(cfg.dtype), cfg.hidden_size, cfg.patch_size
         b, h, w, c = latents.shape
         if h % p or w % p:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {p}")
+        x = _with_condition(latents, cond_latents, cfg.cond_channels)
         gh, gw = h // p, w // p
         if img_ids is None:
             img_ids = rope.image_position_ids(gh, gw, rule=cfg.rope_rule, base_grid=cfg.rope_base_grid)
@@ -294,7 +321,7 @@ class MMDiT(nn.Module):
             txt_ids = jnp.broadcast_to(txt_ids, (b,) + txt_ids.shape[-2:])
         cos, sin = rope.rope_frequencies(jnp.concatenate([txt_ids, img_ids], axis=-2), cfg.axes_dims, cfg.rope_theta)
 
-        img = layers.dense(d, None, axes.EMBED, dtype=dt, name="x_embedder")(patchify(latents.astype(dt), p))
+        img = layers.dense(d, None, axes.EMBED, dtype=dt, name="x_embedder")(patchify(x.astype(dt), p))
         if cfg.image_pos_embed == "sincos":
             img = img + rope.sincos_position_embedding(img_ids, d).astype(dt)
         img = layers.constrain_tokens(img)

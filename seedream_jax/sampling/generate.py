@@ -11,7 +11,18 @@ unconditional pass is the empty prompt without tags. Negative-tag guidance (the 
 "generated" tag, ``stages/sft.py``) adds a third pass, batched with the other two in one model call:
 v = v_u + g (v_c - v_u) + g_neg (v_c - v_neg), v_neg the conditional velocity with the tags
 replaced by the negative tags (by default the same tags with ``source = generated``).
+
+The refiner (Seedream's 512 -> 1024 stage; ``stages/refiner.py`` trains it): ``Refiner`` wraps a
+``TextToImage`` whose MMDiT has ``cond_channels`` = the VAE's latent channels. ``refine`` takes
+uint8 images [B, h, w, 3] and their prompts: the images are upsampled ``scale`` times
+(``data/sr_pairs.upsample``, PyTorch's bicubic), encoded by the VAE (posterior mean, normalised as
+the DiT's latents), and that latent is the MMDiT's ``cond_latents`` while it samples a
+``scale``-times latent from noise with its own sampler settings (the time shift of the larger
+size); the VAE decodes it to uint8 [B, scale h, scale w, 3]. Text conditioning as in the base
+(CFG's unconditional pass keeps the same ``cond_latents``). ``Cascade`` runs base -> uint8 ->
+``refine``: its images equal ``refine`` of the base's images exactly.
 """
+import dataclasses
 import functools
 from typing import Dict, Sequence
 
@@ -19,12 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seedream_jax.data import sr_pairs
 from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.models.conditioner import Conditioner, ConditionerConfig, tokenize_prompts
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
-from seedream_jax.models.vae import AutoencoderKL, VAEConfig, unscale_latents
+from seedream_jax.models.vae import AutoencoderKL, VAEConfig, scale_latents, unscale_latents
 from seedream_jax.sampling import sampler as sampler_lib
 from seedream_jax.sampling import schedules
+
+
+def _uint8(images) -> np.ndarray:
+    """float images in [-1, 1] -> uint8, as every pipeline here returns them."""
+    return np.asarray(jnp.round((images + 1.0) * 127.5)).astype(np.uint8)
 
 
 class TextToImage:
@@ -42,6 +59,13 @@ class TextToImage:
         self.tokenizer = tokenizer
         self.shift = dict(base_tokens=shift_base_tokens, max_tokens=shift_max_tokens,
                           base_shift=shift_base, max_shift=shift_max)
+
+    def with_mmdit(self, mmdit_cfg: MMDiTConfig) -> "TextToImage":
+        """This pipeline (conditioner, VAE, tokenizer, time shift) with another MMDiT config."""
+        sh = self.shift
+        return TextToImage(self.conditioner_cfg, mmdit_cfg, self.vae_cfg, self.tokenizer,
+                           shift_base_tokens=int(sh["base_tokens"]), shift_max_tokens=int(sh["max_tokens"]),
+                           shift_base=float(sh["base_shift"]), shift_max=float(sh["max_shift"]))
 
     def latent_shape(self, height: int, width: int):
         f = self.vae_cfg.downsample_factor * self.mmdit_cfg.patch_size
@@ -69,9 +93,9 @@ class TextToImage:
         return bool(getattr(self.mmdit_cfg, "style_tag_sizes", ()))
 
     def velocity(self, params, x, t, cond):
-        """The MMDiT's velocity; ``cond`` may carry ``style_tags`` int32 [B, A] (adapter models only)."""
-        tags = cond.get("style_tags")
-        extra = {} if tags is None else {"style_tags": tags}
+        """The MMDiT's velocity; ``cond`` may carry ``style_tags`` int32 [B, A] (adapter models only)
+        and ``cond_latents`` [B, h, w, cond_channels] (a refiner's conditioning latent)."""
+        extra = {k: cond[k] for k in ("style_tags", "cond_latents") if cond.get(k) is not None}
         return self.mmdit.apply({"params": params["mmdit"]}, x, t, cond["context"], cond["mask"], cond["pooled"],
                                 **extra)
 
@@ -146,4 +170,97 @@ class TextToImage:
                                                 guidance_scale=float(guidance_scale), shift=self.mu(height, width),
                                                 negative_scale=negative_scale if negative is not None else 0.0)
         images = self._program(sampler_cfg)(params, tokens, uncond, noise, tags, negative)
-        return np.asarray(jnp.round((images + 1.0) * 127.5)).astype(np.uint8)
+        return _uint8(images)
+
+
+class Refiner:
+    """``scale``-times super-resolution by ``pipe`` (a ``TextToImage`` over parameters
+    {'conditioner', 'mmdit', 'vae'} whose MMDiT takes the VAE's latent as ``cond_latents``);
+    module docstring."""
+    NOISE_STREAM = 1  # the refiner's noise: fold_in(PRNGKey(seed), NOISE_STREAM), apart from the base's
+
+    def __init__(self, pipe: TextToImage, scale: int = 2):
+        cond, latent = pipe.mmdit_cfg.cond_channels, pipe.vae_cfg.latent_channels
+        if cond != latent:
+            raise ValueError(f"a refiner's MMDiT needs cond_channels = the VAE's latent channels ({latent}), got {cond}")
+        if int(scale) < 2:
+            raise ValueError(f"refiner scale must be >= 2, got {scale}")
+        self.pipe, self.scale = pipe, int(scale)
+
+    def condition(self, params, images):
+        """float images [B, h, w, 3] in [-1, 1] -> cond_latents [B, scale h / f, scale w / f, C]:
+        upsampled, VAE posterior mean, normalised (pure)."""
+        vae = self.pipe.vae
+        mean, _ = vae.apply({"params": params["vae"]}, sr_pairs.upsample(images, self.scale), method=vae.encode)
+        return scale_latents(mean, self.pipe.vae_cfg)
+
+    def output_size(self, height: int, width: int):
+        return self.scale * int(height), self.scale * int(width)
+
+    def noise(self, seed: int, batch: int, height: int, width: int) -> jax.Array:
+        """The refiner's starting noise [batch, *latent of the output] for inputs of ``height`` x
+        ``width`` px; sample i's depends only on (seed, i)."""
+        rng = jax.random.fold_in(jax.random.PRNGKey(int(seed)), self.NOISE_STREAM)
+        return sampler_lib.initial_noise(rng, batch, self.pipe.latent_shape(*self.output_size(height, width)))
+
+    def sample_latents(self, params, noise, cond_latents, cond, uncond, sampler_cfg: sampler_lib.SamplerConfig):
+        """Normalised latents [B, H/f, W/f, C] from ``noise`` given ``cond_latents`` and the prompt
+        conditionings (``uncond`` None = no CFG) (pure)."""
+        cond = {**cond, "cond_latents": cond_latents}
+        uncond = None if uncond is None else {**uncond, "cond_latents": cond_latents}
+        return self.pipe.sample_latents(params, noise, cond, uncond, sampler_cfg)[0]
+
+    @functools.lru_cache(maxsize=8)
+    def _program(self, sampler_cfg: sampler_lib.SamplerConfig):
+        def run(params, images, tokens, uncond_tokens, noise):
+            cond = self.pipe.encode_prompts(params, tokens)
+            uncond = self.pipe.encode_prompts(params, uncond_tokens) if sampler_cfg.guidance_scale != 1.0 else None
+            z = self.sample_latents(params, noise, self.condition(params, images), cond, uncond, sampler_cfg)
+            return self.pipe.decode_latents(params, z)
+
+        return jax.jit(run)
+
+
+def refine(refiner: Refiner, params, images: np.ndarray, prompts: Sequence[str], *, num_steps: int = 20,
+           solver: str = "euler", guidance_scale: float = 1.0, seed: int = 0) -> np.ndarray:
+    """uint8 images [B, h, w, 3] and their B prompts -> uint8 [B, scale h, scale w, 3] by
+    ``refiner`` with parameters ``params`` ({'conditioner', 'mmdit', 'vae'}); noise
+    ``refiner.noise(seed, ...)``, ``num_steps`` steps of ``solver`` at the output size's time
+    shift, CFG scale ``guidance_scale`` (1 = none)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(prompts):
+        raise ValueError(f"refine: expected uint8 images [B, h, w, 3] and B prompts, got {images.dtype} "
+                         f"{images.shape} and {len(prompts)} prompts")
+    b, h, w, _ = images.shape
+    pipe = refiner.pipe
+    tokens = tokenize_prompts(list(prompts), pipe.tokenizer, pipe.conditioner_cfg)
+    uncond = tokenize_prompts([""], pipe.tokenizer, pipe.conditioner_cfg)
+    sampler_cfg = sampler_lib.SamplerConfig(num_steps=int(num_steps), solver=str(solver),
+                                            guidance_scale=float(guidance_scale),
+                                            shift=pipe.mu(*refiner.output_size(h, w)))
+    pixels = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    out = refiner._program(sampler_cfg)(params, pixels, tokens, uncond, refiner.noise(seed, b, h, w))
+    return _uint8(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerSettings:
+    """The refiner's own sampler in a cascade (``refine``'s keywords)."""
+    num_steps: int = 20
+    solver: str = "euler"
+    guidance_scale: float = 1.0
+
+
+class Cascade:
+    """base -> refiner: ``__call__(params, prompts, height=, width=, ...)`` with params
+    {'base': the base pipeline's, 'refiner': the refiner's} and ``TextToImage.__call__``'s keywords
+    (for the base; ``height`` x ``width`` is the base size) -> uint8 [B, scale height, scale width, 3],
+    equal to ``refine`` (same seed, ``settings``) of the base's uint8 images."""
+
+    def __init__(self, base: TextToImage, refiner: Refiner, settings: RefinerSettings = RefinerSettings()):
+        self.base, self.refiner, self.settings = base, refiner, settings
+
+    def __call__(self, params, prompts: Sequence[str], *, height: int, width: int, seed: int = 0,
+                 **base_settings) -> np.ndarray:
+        low = self.base(params["base"], prompts, height=height, width=width, seed=seed, **base_settings)
+        return refine(self.refiner, params["refiner"], low, prompts, seed=seed, **dataclasses.asdict(self.settings))

@@ -77,7 +77,8 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
       ``height`` x ``width`` only shapes the initialisation: the loss takes the resolution shift
       ``mu`` of each batch's own image size (static under jit, so one compiled step per bucket shape).
       A batch's ``style_tags`` [B, A] (an MMDiT with a style adapter) reach the MMDiT in the
-      conditioning, each style attribute dropped with ``stage_cfg.tag_drop_prob`` (default 0).
+      conditioning, each style attribute dropped with ``stage_cfg.tag_drop_prob`` (default 0), and
+      so do its ``cond_latents`` (an MMDiT with ``cond_channels``: the refiner).
     """
     s = stage_cfg
     conditioner, mmdit, vae = pipe.conditioner, pipe.mmdit, pipe.vae
@@ -88,8 +89,10 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
         cond_params = conditioner.init(r1, **dummy)["params"]
         ctx, mask, pooled = jax.eval_shape(lambda: conditioner.apply({"params": cond_params}, **dummy))
         lat = jnp.zeros((1,) + pipe.latent_shape(height, width))
+        cond_channels = pipe.mmdit_cfg.cond_channels
+        extra = {"cond_latents": jnp.zeros(lat.shape[:3] + (cond_channels,))} if cond_channels else {}
         mmdit_params = mmdit.init(r2, lat, jnp.zeros((1,)), jnp.zeros(ctx.shape), jnp.ones(mask.shape, bool),
-                                  jnp.zeros(pooled.shape))["params"]
+                                  jnp.zeros(pooled.shape), **extra)["params"]
         vae_params = vae.init(r3, jnp.zeros((1, height, width, 3)))["params"]
         full = {"conditioner": cond_params, "mmdit": mmdit_params, "vae": vae_params}
         return split_params(full, list(s.frozen))
@@ -116,6 +119,8 @@ def model_functions(pipe: TextToImage, stage_cfg, height: int, width: int):
             tag_rng = jax.random.fold_in(rng, 1)
             cond = {**cond, "style_tags": style_tags_lib.drop(tag_rng, b.style_tags.astype(jnp.int32),
                                                               float(s.get("tag_drop_prob", 0.0)))}
+        if b.cond_latents is not None:  # a refiner's conditioning latent (stages/refiner.py)
+            cond = {**cond, "cond_latents": b.cond_latents.astype(jnp.float32)}
         return flow_matching_loss(lambda x, t: pipe.velocity(p, x, t, cond), x0, fm_rng, mu=mu,
                                   time_mean=float(s.time_mean), time_std=float(s.time_std))
 

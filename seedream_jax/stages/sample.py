@@ -5,6 +5,11 @@ style tags: ``sample.style_tags`` ({attribute: value}, ``data/style_tags.py``, e
 ``{'palette': 'pastel', 'lighting': 'warm'}``) for every prompt, and negative-tag guidance with
 weight ``sample.negative_scale`` (0 = plain CFG) away from ``source = generated`` (the SFT stage's
 negative tag; ``sampling/generate.py``).
+
+``sample.refiner`` names a refiner stage (``stages/refiner.py``): the images then go through the
+cascade (``sampling/generate.Cascade``: base at ``height`` x ``width``, then the refiner), so they are
+``scale`` times that size; ``refiner_steps`` / ``refiner_guidance_scale`` override the refiner's
+sampler (0 = the settings its stage.json recorded).
 """
 import dataclasses
 import logging
@@ -15,7 +20,7 @@ from PIL import Image
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.eval.grid import image_grid
-from seedream_jax.sampling.generate import TextToImage
+from seedream_jax.sampling.generate import Cascade, Refiner, RefinerSettings, TextToImage
 from seedream_jax.stages import common
 
 
@@ -70,6 +75,26 @@ def stage_pipeline(stage, attention_impl=None) -> TextToImage:
                        shift_base=float(shift["base_shift"]), shift_max=float(shift["max_shift"]))
 
 
+def with_refiner(cfg, workdir: str, section, pipe: TextToImage, params):
+    """(pipe, params) as they are when ``section.refiner`` is empty; else the cascade of ``pipe`` and
+    that refiner stage, ``Cascade`` and {'base': params, 'refiner': its weights (EMA when
+    ``section.use_ema``)}, its sampler from the stage's recorded settings unless the section's
+    ``refiner_steps`` / ``refiner_guidance_scale`` are set (non-zero)."""
+    name = section.get("refiner", "")
+    if not name:
+        return pipe, params
+    stage = open_stage(common.resolve(workdir, name))
+    if stage.kind != "refiner":
+        raise ValueError(f"refiner = {name!r}: {stage.directory} is a {stage.kind!r} stage, not a refiner stage")
+    recorded = stage.meta["settings"]
+    refiner = Refiner(stage_pipeline(stage, attention_impl=cfg.model.attention_impl), scale=int(recorded["scale"]))
+    settings = RefinerSettings(
+        num_steps=int(section.get("refiner_steps", 0)) or int(recorded["num_steps"]), solver=str(recorded["solver"]),
+        guidance_scale=float(section.get("refiner_guidance_scale", 0.0)) or float(recorded["guidance_scale"]))
+    logging.info("cascade: refiner %s step %d, %s", stage.directory, stage.step, settings)
+    return Cascade(pipe, refiner, settings), {"base": params, "refiner": stage.params("ema" if section.use_ema else "raw")}
+
+
 def tag_settings(section) -> dict:
     """The ``TextToImage`` keywords of a sample/eval section's ``style_tags`` and ``negative_scale``
     (empty when it sets neither), the tags checked against the vocabulary."""
@@ -98,7 +123,7 @@ def tag_label(settings: dict) -> str:
 def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
     s = stage_cfg
     prompts = read_prompts(s)
-    pipe, params = load_pipeline(cfg, workdir, s.checkpoint, bool(s.use_ema))
+    pipe, params = with_refiner(cfg, workdir, s, *load_pipeline(cfg, workdir, s.checkpoint, bool(s.use_ema)))
     tags = tag_settings(s)
     out_dir = common.resolve(workdir, s.output)
     os.makedirs(out_dir, exist_ok=True)
@@ -113,7 +138,7 @@ def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
             paths.append(path)
         images.extend(pics)
     grid_path = os.path.join(out_dir, "grid.png")
-    scale = max(1, 256 // max(int(s.height), int(s.width)))
+    scale = max(1, 256 // max(images[0].shape[:2]))
     captions = grid_captions(prompts, s.prompt_labels)
     if tags:
         captions = [f"({tag_label(tags)}) {c}" for c in captions]
@@ -121,4 +146,5 @@ def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
     with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(f"{os.path.basename(p)}\t{q}" for p, q in zip(paths, prompts)) + "\n")
     return {"output_dir": out_dir, "grid": grid_path, "num_images": len(images),
-            **({"style_tags": tag_label(tags)} if tags else {})}
+            **({"style_tags": tag_label(tags)} if tags else {}),
+            **({"refiner": s.refiner} if s.get("refiner", "") else {})}
