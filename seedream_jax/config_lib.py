@@ -351,6 +351,9 @@ def dance_grpo_section(**overrides) -> ConfigDict:
 # sample / eval through the cascade: ``refiner`` names a refiner stage ("" = the base alone); its
 # sampler steps and guidance, 0 = the ones the refiner stage recorded (stages/sample.py)
 REFINER_OPTIONS = dict(refiner="", refiner_steps=0, refiner_guidance_scale=0.0)
+# sample / eval through the prompt rewriter: ``rewrite`` routes every prompt through the rewriter of
+# stage ``rewriter`` (a pe_sft or pe_pref stage; greedy) before drawing (stages/sample.py, stages/eval.py)
+REWRITER_OPTIONS = dict(rewrite=False, rewriter="pe_pref")
 
 
 def base_config(size: str = "tiny") -> ConfigDict:
@@ -404,7 +407,7 @@ def base_config(size: str = "tiny") -> ConfigDict:
                                         # as "[label] prompt" (e.g. "off-template"); "" = none
         style_tags=ConfigDict(), negative_scale=0.0,  # adapter stages (ct, sft): {attribute: value}
                                         # for every prompt, negative-tag guidance weight (stages/sample.py)
-        **REFINER_OPTIONS))
+        **REFINER_OPTIONS, **REWRITER_OPTIONS))
     c.eval = ConfigDict(dict(
         checkpoint="pretrain",          # stage dir (absolute: another run's; a VAE stage: ground truth round trip)
                                         # or "ground_truth" (the renderer itself)
@@ -412,7 +415,9 @@ def base_config(size: str = "tiny") -> ConfigDict:
         height=c.model.resolution, width=c.model.resolution, seed=0, batch_size=8,
         suite_seed=0, max_items_per_group=0,  # first n items per (category, split); 0 = the whole suite
         style_tags=ConfigDict(), negative_scale=0.0,  # adapter stages (ct, sft), as in sample
-        **REFINER_OPTIONS,
+        **REFINER_OPTIONS, **REWRITER_OPTIONS,  # with rewrite: raw and rewritten passes side by side
+        prompt_caption="",              # "" = each suite item's own caption type; "short": every item's
+                                        # short caption (the user-style prompt the rewriter expands)
         output="eval"))
     return c
 

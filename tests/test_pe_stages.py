@@ -100,3 +100,29 @@ def test_pe_pref_builds_a_ranked_set_once_and_simpo_moves_the_margin(workdir):
     assert out["final_metrics"]["reward_margin"] > 0 and out["final_metrics"]["accuracy"] == 1.0
     assert {"reward_before", "reward_after", "reward_raw"} <= set(out)
     assert os.path.exists(os.path.join(workdir, "pe_pref", "preference_report.md"))
+
+
+def test_sample_and_eval_draw_from_the_rewrites(workdir):
+    if not os.path.exists(os.path.join(workdir, "pe_sft", "stage.json")):
+        runner.run_stage(_config(), "pe_sft", workdir)
+    cfg = _config()
+    rewriter = rewriter_lib.Rewriter.from_stage(os.path.join(workdir, "pe_sft"))
+    prompts = [p["prompt"] for p in PAIRS]
+    cfg.sample_pe = ConfigDict(dict(cfg.sample.to_dict(), kind="sample", prompts=tuple(prompts), rewrite=True,
+                                    rewriter="pe_sft", output="samples_pe", height=SIZE, width=SIZE, num_steps=2,
+                                    batch_size=2))
+    out = runner.run_stage(cfg, "sample_pe", workdir)
+    lines = open(os.path.join(out["output_dir"], "prompts.txt"), encoding="utf-8").read().splitlines()
+    assert [line.split("\t")[1:] for line in lines] == [[p, r] for p, r in zip(prompts, rewriter(prompts))]
+    cfg.eval_pe = ConfigDict(dict(cfg.eval.to_dict(), kind="eval", rewrite=True, rewriter="pe_sft",
+                                  prompt_caption="short", max_items_per_group=1, height=SIZE, width=SIZE,
+                                  num_steps=2, batch_size=8))
+    summary = runner.run_stage(cfg, "eval_pe", workdir)
+    assert summary["evaluated"].endswith("_short_rewritten_by_pe_sft")
+    rows = [json.loads(line) for line in open(os.path.join(summary["eval_dir"], "rewrites.jsonl"), encoding="utf-8")]
+    assert [r["drawn"] for r in rows] == rewriter([r["prompt"] for r in rows])
+    raw = json.load(open(os.path.join(summary["eval_dir"], "raw", "report.json"), encoding="utf-8"))
+    assert all(img["prompt"] == next(i for i in raw["items"] if i["id"] == img["id"])["prompts"][img["language"]]
+               for img in raw["images"])
+    assert {"raw_category_accuracy", "follows_own_prompt", "rewrites_keeping_content"} <= set(summary)
+    assert "| category | raw prompts | rewritten | change |" in open(summary["report"], encoding="utf-8").read()

@@ -63,7 +63,12 @@ def test_world_pairs_from_a_data_section():
     d.world.max_objects = 1
     src = sources.open_source(d, "/nonexistent", 4, yields="text")
     world = synthetic.SyntheticWorldConfig(seed=3, **d.world.to_dict())
-    assert src.rows == [p.row() for p in rewrite_pairs.make_pairs(3, "train", 10, world=world, languages=("zh",))]
+    splits = ["heldout" if i % rewrite_pairs.HELDOUT_EVERY == rewrite_pairs.HELDOUT_EVERY - 1 else "train"
+              for i in range(10)]
+    pairs = [rewrite_pairs.make_pair(3, split, i, world=world, languages=("zh",)) for i, split in enumerate(splits)]
+    assert src.rows == [p.row() for p in pairs] and splits.count("heldout") == 2
+    # the rewriter sees the held-out (colour, shape) pairs too, on every fourth row only
+    assert [heldout.count_heldout([{"spec": p.spec}]) for p in pairs] == [int(s == "heldout") for s in splits]
     assert all(r["language"] == "zh" for r in src.rows)
     assert all(len(prompt_content.parse(r["prompt"], "zh").objects) == 1 for r in src.rows)  # the scene mix is used
     batch = next(src)

@@ -46,6 +46,7 @@ USER = "user"                           # the direction of a row read from a fil
 LANGUAGES = ("en", "zh")
 FIELDS = ("prompt", "rewrite", "language", "direction")
 STYLE_PROBABILITY = 0.5                 # as the styled record world (stages/data.py) draws styles
+HELDOUT_EVERY = 4  # every 4th world row of a text data section is a held-out pair (``world_rows``)
 BAD_LANGUAGE = "language is not 'en' or 'zh'"
 _CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
 _MAX_TRIES = 100
@@ -132,11 +133,20 @@ def eval_prompts(seed: int, split: str, language: str, count: int) -> List[str]:
 
 
 def world_rows(data_cfg) -> List[Dict[str, str]]:
-    """The ``FIELDS`` rows of the world's first ``data.num_images`` train pairs, with ``data.seed``,
-    the scene mix ``data.world`` and the languages ``data.caption_languages``."""
-    world = synthetic.SyntheticWorldConfig(seed=int(data_cfg.seed), **data_cfg.world.to_dict())
-    return [p.row() for p in make_pairs(int(data_cfg.seed), "train", int(data_cfg.num_images), world=world,
-                                        languages=tuple(data_cfg.caption_languages))]
+    """The ``FIELDS`` rows of ``data.num_images`` world pairs, with ``data.seed``, the scene mix
+    ``data.world`` and the languages ``data.caption_languages``: row i is pair i of the ``heldout``
+    split when i % ``HELDOUT_EVERY`` is the last residue, else pair i of ``train``.
+
+    The rewriter is a text model and must rewrite every prompt the world can state, including the
+    (colour, shape) pairs the image data holds out: trained on ``train`` pairs alone it learns that
+    those never occur and "corrects" them (a purple square becomes a purple circle). The held-out
+    pairs stay out of every image and caption the image model trains on; a rewriter's eval prompts
+    use another seed (``stages/pe_sft.py``), so they are scenes it never saw."""
+    seed = int(data_cfg.seed)
+    world = synthetic.SyntheticWorldConfig(seed=seed, **data_cfg.world.to_dict())
+    languages = tuple(data_cfg.caption_languages)
+    return [make_pair(seed, "heldout" if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train", i, world=world,
+                      languages=languages).row() for i in range(int(data_cfg.num_images))]
 
 
 def detect_language(text: str) -> str:

@@ -89,7 +89,7 @@ def generate_images(pipe, params, prompts, *, height: int, width: int, batch_siz
     ``batch_size`` (the last one padded, so one program serves every batch); image i uses the noise
     of row i % batch_size under seed ``seed + i - i % batch_size``, so it depends on i alone.
     ``rows``: optional {keyword: array [N, ...]} passed per batch (e.g. ``style_tags``); ``sampler``:
-    num_steps, solver, guidance_scale. Logs progress as ``what``."""
+    the other keywords of every call (num_steps, solver, guidance_scale, tags). Logs progress as ``what``."""
     rows = rows or {}
     pics, t0, n = [], time.time(), len(prompts)
     for start in range(0, n, batch_size):

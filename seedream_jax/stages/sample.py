@@ -10,6 +10,10 @@ negative tag; ``sampling/generate.py``).
 cascade (``sampling/generate.Cascade``: base at ``height`` x ``width``, then the refiner), so they are
 ``scale`` times that size; ``refiner_steps`` / ``refiner_guidance_scale`` override the refiner's
 sampler (0 = the settings its stage.json recorded).
+
+``sample.rewrite = True`` routes every prompt through the prompt rewriter of stage
+``sample.rewriter`` (pe_sft / pe_pref, greedy) before drawing; the grid shows the rewrites and
+prompts.txt lists image, prompt and rewrite.
 """
 import dataclasses
 import logging
@@ -120,16 +124,30 @@ def tag_label(settings: dict) -> str:
     return ", ".join(parts)
 
 
+def load_rewriter(workdir: str, section):
+    """The prompt rewriter (``sampling/rewriter.Rewriter``) of stage ``section.rewriter`` when
+    ``section.rewrite`` is set, else None."""
+    if not section.get("rewrite", False):
+        return None
+    from seedream_jax.sampling.rewriter import Rewriter
+
+    rewriter = Rewriter.from_stage(common.resolve(workdir, str(section.rewriter)))
+    logging.info("prompts are rewritten by %s", section.rewriter)
+    return rewriter
+
+
 def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
     s = stage_cfg
     prompts = read_prompts(s)
+    rewriter = load_rewriter(workdir, s)
+    drawn = rewriter(prompts) if rewriter is not None else prompts
     pipe, params = with_refiner(cfg, workdir, s, *load_pipeline(cfg, workdir, s.checkpoint, bool(s.use_ema)))
     tags = tag_settings(s)
     out_dir = common.resolve(workdir, s.output)
     os.makedirs(out_dir, exist_ok=True)
     images, paths = [], []
-    for start in range(0, len(prompts), int(s.batch_size)):
-        batch = prompts[start:start + int(s.batch_size)]
+    for start in range(0, len(drawn), int(s.batch_size)):
+        batch = drawn[start:start + int(s.batch_size)]
         pics = pipe(params, batch, height=int(s.height), width=int(s.width), num_steps=int(s.num_steps),
                     solver=s.solver, guidance_scale=float(s.guidance_scale), seed=int(s.seed) + start, **tags)
         for i, pic in enumerate(pics):
@@ -139,12 +157,16 @@ def run(cfg, stage_cfg, workdir: str, name: str = "sample") -> dict:
         images.extend(pics)
     grid_path = os.path.join(out_dir, "grid.png")
     scale = max(1, 256 // max(images[0].shape[:2]))
-    captions = grid_captions(prompts, s.prompt_labels)
+    captions = grid_captions(drawn, s.prompt_labels)
+    if rewriter is not None:
+        captions = [f"[rewritten] {c}" for c in captions]
     if tags:
         captions = [f"({tag_label(tags)}) {c}" for c in captions]
     Image.fromarray(image_grid(images, captions, columns=4, scale=scale)).save(grid_path)
     with open(os.path.join(out_dir, "prompts.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(f"{os.path.basename(p)}\t{q}" for p, q in zip(paths, prompts)) + "\n")
+        f.write("\n".join(f"{os.path.basename(p)}\t{q}" + (f"\t{d}" if rewriter is not None else "")
+                          for p, q, d in zip(paths, prompts, drawn)) + "\n")
     return {"output_dir": out_dir, "grid": grid_path, "num_images": len(images),
             **({"style_tags": tag_label(tags)} if tags else {}),
-            **({"refiner": s.refiner} if s.get("refiner", "") else {})}
+            **({"refiner": s.refiner} if s.get("refiner", "") else {}),
+            **({"rewriter": s.rewriter} if rewriter is not None else {})}
