@@ -86,6 +86,48 @@ def test_a_hand_written_example():
     assert pc.preserves('two small red circles and the text "和平"', long_en, "en") == (True, [])
 
 
+def test_caption_language_sets_quoted_words_aside():
+    # an English caption quoting a Chinese word is English, in either quote style
+    assert synthetic.caption_language('a small red circle and the text "你好"') == "en"
+    assert synthetic.caption_language("a small red circle and the text “你好”") == "en"
+    assert synthetic.caption_language("两个小的红色圆形和文字“HELLO”") == synthetic.caption_language("一个小的红色圆形和文字“你好”") == "zh"
+    assert synthetic.caption_language('画一只猫 "cat"') == synthetic.caption_language('the text "你好') == "zh"  # unclosed: not a quote
+    assert synthetic.caption_language("a cat") == "en"
+    with pytest.raises(TypeError, match="prompt must be a str, got NoneType"):
+        synthetic.caption_language(None)
+    quoting_chinese = 0
+    for scene in SCENES:
+        for language, captions in synthetic.all_captions(scene).items():
+            assert all(synthetic.caption_language(c) == language for c in captions.values()), captions
+        quoting_chinese += scene.text is not None and scene.text.language == "zh"
+    assert quoting_chinese > 20
+
+
+def test_objective_claims_are_the_parsed_content():
+    from seedream_jax.rewards import objective
+
+    def key(name):
+        size, colour, shape = name
+        return colour, shape, size
+    for scene in SCENES:
+        t = scene.text
+        objects = collections.Counter((o.colour, o.shape, o.size) for o in scene.objects)
+        for language, captions in synthetic.all_captions(scene).items():
+            for kind in ("short", "style"):
+                if kind in captions:
+                    assert objective.parse_caption(captions[kind]) == objective.Claims(objects, text=t and t.text)
+            relation = _truth(scene, "long", language).relation
+            assert objective.parse_caption(captions["long"]) == objective.Claims(
+                objects, collections.Counter((o.colour, o.shape, o.size, o.position) for o in scene.objects),
+                scene.background, t and t.text, t and (t.orientation, t.position),
+                relation and (key(relation[0]), key(relation[2]), "left" if relation[1] == "left of" else "above"))
+            if "text" in captions:  # a word's own caption names no object
+                with pytest.raises(pc.ParseError):
+                    objective.parse_caption(captions["text"])
+    with pytest.raises(ValueError, match="not a caption of the synthetic world: 'a photo of a cat' is neither"):
+        objective.parse_caption("a photo of a cat")
+
+
 def _short(scene, language):
     return synthetic.captions(scene)[language]["short"]
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seedream_jax.models import causal_lm
 from seedream_jax.training import simpo
 
 # Three (chosen, rejected) pairs: summed log p and token counts.
@@ -43,11 +44,11 @@ def test_composes_with_token_logprobs_and_a_mask():
     token_logps = jnp.array([[-9.0, -1.0, -2.0, -3.0, -7.0],
                              [-5.0, -5.0, -0.5, -1.5, -4.0]])
     mask = jnp.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]])
-    logp, length = simpo.sequence_logprob(token_logps, mask)
+    logp, length = causal_lm.sequence_logprob(token_logps, mask)
     np.testing.assert_allclose(np.asarray(logp), [-6.0, -6.0])
     np.testing.assert_array_equal(np.asarray(length), [3.0, 3.0])
     # the loss is jittable and differentiable through the summed log-probs
-    grad = jax.grad(lambda t: simpo.simpo_loss(*simpo.sequence_logprob(t, mask), jnp.array([-12.0, -1.0]),
+    grad = jax.grad(lambda t: simpo.simpo_loss(*causal_lm.sequence_logprob(t, mask), jnp.array([-12.0, -1.0]),
                                                jnp.array([4, 1]))[0])(token_logps)
     assert np.all(np.asarray(grad)[np.asarray(mask) == 0] == 0) and np.all(np.asarray(grad)[np.asarray(mask) == 1] < 0)
 

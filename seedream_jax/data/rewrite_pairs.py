@@ -20,7 +20,8 @@ a held-out pair (``world_pairs.with_heldout_group``), for evaluating the rewrite
 training never saw. The rewrite always keeps the prompt's content (``eval/prompt_content.preserves``).
 
 A user's pairs: a UTF-8 JSONL file of rows {"prompt": str, "rewrite": str, "language": "en" | "zh"
-(optional: else "zh" when the prompt holds a CJK character, "en" otherwise)}; rows that are not
+(optional: else the prompt's ``synthetic.caption_language``, "zh" when it holds a CJK
+character outside its quoted words, "en" otherwise)}; rows that are not
 JSON objects, lack a field, or name another language are skipped and counted by reason
 (``sources.read_jsonl``). Each row is {"prompt", "rewrite", "language", "direction"} (``FIELDS``;
 "user" for file rows).
@@ -31,7 +32,6 @@ the ``pe_sft`` stage's ``data``): ``data.path = "world"`` for the world's train 
 ``data.caption_languages``), any other path for a JSONL file; a ``RowBatches`` of rows.
 """
 import dataclasses
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -48,7 +48,6 @@ FIELDS = ("prompt", "rewrite", "language", "direction")
 STYLE_PROBABILITY = 0.5                 # as the styled record world (stages/data.py) draws styles
 HELDOUT_EVERY = 4  # every 4th world row of a text data section is a held-out pair (``world_rows``)
 BAD_LANGUAGE = "language is not 'en' or 'zh'"
-_CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")
 _MAX_TRIES = 100
 _STREAM = 11  # last seed word of this module's draws: a trailing nonzero word keeps them apart from
               # synthetic.scene_at's default_rng([seed, i]) (a seed sequence pads with zeros)
@@ -149,15 +148,10 @@ def world_rows(data_cfg) -> List[Dict[str, str]]:
                       languages=languages).row() for i in range(int(data_cfg.num_images))]
 
 
-def detect_language(text: str) -> str:
-    """'zh' when ``text`` holds a CJK ideograph, else 'en'."""
-    return "zh" if _CJK.search(text) else "en"
-
-
 def _check_language(row: dict) -> Tuple[Optional[dict], Optional[str]]:
     language = row.get("language")
     if language is None:
-        language = detect_language(row["prompt"])
+        language = synthetic.caption_language(row["prompt"])
     elif language not in LANGUAGES:
         return None, BAD_LANGUAGE
     return {"prompt": row["prompt"], "rewrite": row["rewrite"], "language": language, "direction": USER}, None

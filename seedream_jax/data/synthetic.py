@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import shutil
 import zlib
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -552,6 +553,20 @@ def all_captions(scene: Scene) -> Dict[str, Dict[str, str]]:
         out["en"]["style"] = out["en"]["short"] + ", in " + _join_en([en for en, _ in phrases])
         out["zh"]["style"] = out["zh"]["short"] + "，" + "，".join(zh for _, zh in phrases)
     return out
+
+
+_QUOTED_WORD = re.compile('"[^"]*"|“[^”]*”')  # a word in English or Chinese quote marks
+_CJK = re.compile("[\u3400-\u9fff\uf900-\ufaff]")  # CJK ideographs (extension A, unified, compatibility)
+
+
+def caption_language(prompt: str) -> str:
+    """'zh' when ``prompt`` holds a CJK ideograph outside its quoted words (English "..." and Chinese
+    “...” quotes both set aside; an unclosed quote is not one), else 'en': the language of a world
+    caption, whatever the script of the word it quotes ('a red circle and the text "你好"' is
+    English, '文字“HELLO”' Chinese)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"caption_language: prompt must be a str, got {type(prompt).__name__} {prompt!r}")
+    return "zh" if _CJK.search(_QUOTED_WORD.sub("", prompt)) else "en"
 
 
 def zh_caption_words() -> List[str]:

@@ -14,6 +14,8 @@ are the vocabulary, so the two cannot drift apart). Three kinds, in English or C
          composition): 'a small red circle, in pastel colours, warm lighting, a grainy texture and
          no frame'
 
+Which of the two a caption is written in: ``synthetic.caption_language``.
+
 ``preserves(original, rewrite, language)`` checks a prompt rewriter: the rewrite must state the same
 objects (a multiset of (count, size, colour, shape)) and the same quoted words as the original, and
 every detail the original states besides (background, cells, the word's layout, the relation, the
@@ -108,6 +110,12 @@ _ZH_OBJECT = re.compile("".join(_group(_ZH[k]) for k in ("count", "size", "colou
 
 # ------------------------------------------------------------------------------------- helpers
 
+def _quoted(language: str) -> str:
+    """Pattern of a word in ``language``'s quote marks; group 1 is the word (possibly empty)."""
+    opening, closing = _QUOTES[language]
+    return f"{re.escape(opening)}([^{re.escape(closing)}]*){re.escape(closing)}"
+
+
 def _mask(prompt: str, language: str) -> Tuple[str, List[str]]:
     """(the prompt with each quoted word replaced by a numbered placeholder, the words)."""
     if "\ue000" in prompt or "\ue001" in prompt:
@@ -118,7 +126,7 @@ def _mask(prompt: str, language: str) -> Tuple[str, List[str]]:
     def keep(match):
         words.append(match.group(1))
         return _MARK.format(len(words) - 1)
-    masked = re.sub(f"{re.escape(opening)}([^{re.escape(closing)}]*){re.escape(closing)}", keep, prompt)
+    masked = re.sub(_quoted(language), keep, prompt)
     if opening in masked or closing in masked:
         raise ParseError(f"unbalanced quote marks in {prompt!r}")
     if any(not w for w in words):

@@ -4,28 +4,19 @@
 images, and with a rewriter draws every image from the rewrite of its prompt instead, keeping the
 rewrites and whether each keeps its prompt's content (``eval/prompt_content.py``). The two passes
 are scored against the suite's scenes, as every eval is (what the user asked for); besides, the
-closed-world objective check (``rewards/objective.py``) says per image whether it shows exactly
-what the prompt it was drawn from says: for a rewrite that states a layout, its cells and
+closed-world objective check (``rewards/objective.passes``, given by the eval stage) says per image
+whether it shows exactly what the prompt it was drawn from says: for a rewrite that states a layout, its cells and
 relation too. ``comparison_markdown`` puts the two passes side by side.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from seedream_jax.data.rewrite_pairs import detect_language
 from seedream_jax.eval import prompt_content
 from seedream_jax.eval import report as report_lib
-from seedream_jax.rewards import objective
+from seedream_jax.data import synthetic
 
 REWRITE_BATCH = 64  # prompts per rewriter call
-
-
-def _passes(image: np.ndarray, prompt: str) -> bool:
-    try:
-        claims = objective.parse_caption(prompt)
-    except ValueError:
-        return False
-    return all(objective.check(image, claims).values())
 
 
 class RecordingGenerator:
@@ -45,17 +36,18 @@ class RecordingGenerator:
         if self.rewriter is not None:
             drawn = [r for start in range(0, len(prompts), REWRITE_BATCH)
                      for r in self.rewriter(prompts[start:start + REWRITE_BATCH])]
-            self.kept.append([prompt_content.preserves(p, r, detect_language(p))[0] for p, r in zip(prompts, drawn)])
+            self.kept.append([prompt_content.preserves(p, r, synthetic.caption_language(p))[0]
+                              for p, r in zip(prompts, drawn)])
         images = self.generate(drawn)
         self.prompts.append(prompts)
         self.drawn.append(drawn)
         self.images.append(np.asarray(images))
         return images
 
-    def follows_own_prompt(self) -> float:
-        """Share of images the objective check passes against the prompt each was drawn from (a
-        prompt that is not a world caption, e.g. a broken rewrite, fails)."""
-        scores = [_passes(image, prompt) for images, drawn in zip(self.images, self.drawn)
+    def follows_own_prompt(self, passes: Callable[[np.ndarray, str], bool]) -> float:
+        """Share of images that ``passes(image, prompt)`` (e.g. ``rewards.objective.passes``) accepts
+        against the prompt each was drawn from."""
+        scores = [passes(image, prompt) for images, drawn in zip(self.images, self.drawn)
                   for image, prompt in zip(images, drawn)]
         return float(np.mean(scores)) if scores else float("nan")
 
@@ -69,12 +61,12 @@ class RecordingGenerator:
 
 
 def comparison(raw_report: dict, rewritten_report: dict, raw: RecordingGenerator,
-               rewritten: RecordingGenerator) -> dict:
-    """{'categories': {category: (raw, rewritten)}, 'follows_own_prompt': (raw, rewritten),
-    'content_kept': share of rewrites keeping their prompt's content}."""
+               rewritten: RecordingGenerator, passes: Callable[[np.ndarray, str], bool]) -> dict:
+    """{'categories': {category: (raw, rewritten)}, 'follows_own_prompt': (raw, rewritten) shares
+    that ``passes``, 'content_kept': share of rewrites keeping their prompt's content}."""
     a, b = (report_lib.category_accuracy(r["metrics"]) for r in (raw_report, rewritten_report))
     return {"categories": {c: (a[c], b.get(c)) for c in a},
-            "follows_own_prompt": (raw.follows_own_prompt(), rewritten.follows_own_prompt()),
+            "follows_own_prompt": (raw.follows_own_prompt(passes), rewritten.follows_own_prompt(passes)),
             "content_kept": rewritten.content_kept()}
 
 

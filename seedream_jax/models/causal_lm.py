@@ -69,3 +69,12 @@ def token_logprobs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
         raise ValueError(f"logits {logits.shape} do not match input_ids {input_ids.shape} on [B, L]")
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, input_ids[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sequence_logprob(token_logps: jax.Array, mask: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """(summed log-probability [B], token count [B]) of each row's masked tokens.
+
+    token_logps: float [B, T], log p(token t | earlier tokens) (e.g. ``token_logprobs(logits, ids)``,
+    T = L - 1); mask: [B, T], nonzero on the response's tokens (not the prompt, not padding)."""
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(token_logps.astype(jnp.float32) * mask, axis=-1), jnp.sum(mask, axis=-1)

@@ -1,11 +1,12 @@
 """The closed-world objective reward: 1.0 when an image shows exactly what its world caption says.
 
-A prompt must be a caption of the synthetic world (``synthetic.captions``: short or long, English
-or Chinese). ``parse_caption`` reads back what it claims: the objects with their counts, sizes,
-colours and shapes; for a long caption also the background, each object's grid cell, the text's
-band and the relation of two objects; the quoted word. ``check`` holds an image to those claims
-with the eval's detectors (``eval/objects.detect_objects``; the OCR and ``best_reading`` of
-``eval/text_metrics`` for the word):
+A prompt must be a caption of the synthetic world (``synthetic.all_captions``: short, long or style,
+English or Chinese; a style caption's style attributes are not checked). ``parse_caption`` reads
+back what it claims with the grammar's one parser (``eval/prompt_content.parse``): the objects with
+their counts, sizes, colours and shapes; for a long caption also the background, each object's
+grid cell, the text's band and the relation of two objects; the quoted word. ``check`` holds an
+image to those claims with the eval's detectors (``eval/objects.detect_objects``; the OCR and
+``best_reading`` of ``eval/text_metrics`` for the word):
 
   objects     the detected objects, as a multiset of (colour, shape, size), are exactly the
               claimed ones (and, for a long caption, of (colour, shape, size, cell))
@@ -20,23 +21,22 @@ Not differentiable; made for policy-gradient (GRPO) rewards and for checking a l
 """
 import collections
 import dataclasses
-import re
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from seedream_jax.data import synthetic
 from seedream_jax.eval import objects as objects_lib
+from seedream_jax.eval import prompt_content
 from seedream_jax.eval import text_metrics
-
-ObjectKey = Tuple[str, str, str]  # (colour, shape, size)
 
 
 @dataclasses.dataclass
 class Claims:
     """What a caption says. objects: {(colour, shape, size): count}; cells: {(colour, shape, size,
-    position): count} (long captions) or None; background, text, text_band ((orientation, band))
-    and relation ((first, second, 'left' | 'above'), each named object (colour, shape, size or None))
+    position): count} (long captions) or None; background, text (the quoted word: a world caption
+    quotes at most one; of several, the first in sorted order), text_band ((orientation, band)) and
+    relation ((first, second, 'left' | 'above'), each named object (colour, shape, size or None))
     where the caption states them."""
     objects: collections.Counter
     cells: Optional[collections.Counter] = None
@@ -46,80 +46,31 @@ class Claims:
     relation: Optional[Tuple[tuple, tuple, str]] = None
 
 
-def _alt(names) -> str:
-    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-
-
-_EN_COUNTS = {v: k for k, v in synthetic.COUNTS_EN.items()}
-_ZH_COUNTS = {v: k for k, v in synthetic.COUNTS_ZH.items()}
-_ZH_COLOUR = {zh: name for name, (_, zh) in synthetic.COLOURS.items()}
-_ZH_SHAPE = {zh: name for name, zh in synthetic.SHAPES.items()}
-_ZH_SIZE = {zh: name for name, zh in synthetic.SIZES.items()}
-_ZH_BACKGROUND = {zh: name for name, (_, zh) in synthetic.BACKGROUNDS.items()}
-_EN_POSITION = {en: name for name, (en, _) in synthetic.POSITIONS.items()}
-_ZH_POSITION = {zh: name for name, (_, zh) in synthetic.POSITIONS.items()}
-_EN_BAND = {en: (o, b) for o, bands in synthetic.TEXT_BANDS.items() for b, (en, _) in bands.items()}
-_ZH_BAND = {zh: (o, b) for o, bands in synthetic.TEXT_BANDS.items() for b, (_, zh) in bands.items()}
-_C, _S, _Z = _alt(synthetic.COLOURS), _alt(synthetic.SHAPES), _alt(synthetic.SIZES)
-_CZ, _SZ, _ZZ = _alt(_ZH_COLOUR), _alt(_ZH_SHAPE), _alt(_ZH_SIZE)
-_EN = {
-    "long": re.compile(rf"^On a ({_alt(synthetic.BACKGROUNDS)}) background: "),
-    "short_object": re.compile(rf"\b({_alt(_EN_COUNTS)}) ({_Z}) ({_C}) ({_S})s?\b"),
-    "long_object": re.compile(rf"\ba ({_Z}) ({_C}) ({_S}) ({_alt(_EN_POSITION)})"),
-    "band": re.compile(rf'The text "[^"]*" is written (?:vertically )?in (?:{_Z}) (?:{_C}) (?:letters|characters) '
-                       rf"({_alt(_EN_BAND)})\."),
-    "relation": re.compile(rf"The (?:({_Z}) )?({_C}) ({_S}) is (to the left of|above) the (?:({_Z}) )?({_C}) ({_S})\."),
-    "text": re.compile(r'"([^"]+)"'),
-}
-_ZH = {
-    "long": re.compile(rf"^({_alt(_ZH_BACKGROUND)})背景上，"),
-    "short_object": re.compile(rf"({_alt(_ZH_COUNTS)})({_ZZ})({_CZ})({_SZ})"),
-    "long_object": re.compile(rf"({_alt(_ZH_POSITION)})有一个({_ZZ})({_CZ})({_SZ})"),
-    "band": re.compile(rf"({_alt(_ZH_BAND)})有(?:小号|大号)(?:{_CZ})的(?:竖排)?文字“"),
-    "relation": re.compile(rf"({_ZZ})?({_CZ})({_SZ})在({_ZZ})?({_CZ})({_SZ})的(左边|上面)。"),
-    "text": re.compile(r"“([^”]+)”"),
-}
+def _object(name: prompt_content.Name) -> tuple:
+    """(colour, shape, size or None) of a relation's ``prompt_content.Name`` (size or None, colour, shape)."""
+    size, colour, shape = name
+    return colour, shape, size
 
 
 def parse_caption(prompt: str) -> Claims:
-    """The claims of a world caption; ValueError when ``prompt`` is not one."""
-    zh = bool(re.search(r"[\u4e00-\u9fff]", _EN["text"].sub("", prompt)))
-    rx = _ZH if zh else _EN
-    words = rx["text"].findall(prompt)
-    body = rx["text"].sub("“”" if zh else '""', prompt)  # a quoted word never reads as an object
-    long = rx["long"].search(body)
-    objects, cells = collections.Counter(), None
-    if zh:
-        colour, shape, size = _ZH_COLOUR.get, _ZH_SHAPE.get, _ZH_SIZE.get
-    else:
-        colour = shape = size = lambda s: s
-    if long:
-        cells = collections.Counter()
-        for m in rx["long_object"].finditer(body):
-            where, z, c, s = m.groups() if zh else (m.group(4), m.group(1), m.group(2), m.group(3))
-            objects[(colour(c), shape(s), size(z))] += 1
-            cells[(colour(c), shape(s), size(z), (_ZH_POSITION if zh else _EN_POSITION)[where])] += 1
-    else:
-        for m in rx["short_object"].finditer(body):
-            n, z, c, s = m.groups()
-            objects[(colour(c), shape(s), size(z))] += (_ZH_COUNTS if zh else _EN_COUNTS)[n]
-    if not objects:
-        raise ValueError(f"not a caption of the synthetic world (no object found): {prompt!r}")
-    claims = Claims(objects, cells)
-    if long:
-        claims.background = (_ZH_BACKGROUND[long.group(1)] if zh else long.group(1))
-        band = rx["band"].search(body)
-        if band:
-            claims.text_band = (_ZH_BAND if zh else _EN_BAND)[band.group(1)]
-        rel = rx["relation"].search(body)
-        if rel:
-            g = rel.groups()
-            z1, c1, s1, how, z2, c2, s2 = (g[:3] + (g[6],) + g[3:6]) if zh else g
-            how = {"左边": "left", "上面": "above", "to the left of": "left", "above": "above"}[how]
-            claims.relation = ((colour(c1), shape(s1), size(z1) if z1 else None),
-                               (colour(c2), shape(s2), size(z2) if z2 else None), how)
-    if words:
-        claims.text = words[0]
+    """The claims of a world caption (short, long or style, in English or Chinese): ``prompt_content.parse``
+    in the prompt's ``caption_language``. ``prompt_content.ParseError`` (a ValueError) saying where it
+    fails when ``prompt`` is not exactly a caption of the world's grammar."""
+    try:
+        content = prompt_content.parse(prompt, synthetic.caption_language(prompt))
+    except prompt_content.ParseError as e:
+        raise prompt_content.ParseError(f"not a caption of the synthetic world: {e}") from None
+    claims = Claims(collections.Counter({(colour, shape, size): n for n, size, colour, shape in content.objects}),
+                    text=content.texts[0] if content.texts else None)
+    if content.kind == "long":
+        claims.cells = collections.Counter((colour, shape, size, position)
+                                           for position, size, colour, shape in content.cells)
+        claims.background = content.background
+        layout = content.text_layout
+        claims.text_band = None if layout is None else (layout.orientation, layout.position)
+        if content.relation is not None:
+            first, how, second = content.relation
+            claims.relation = (_object(first), _object(second), "left" if how == "left of" else "above")
     return claims
 
 
@@ -189,6 +140,16 @@ def to_uint8(images) -> np.ndarray:
     if images.dtype == np.uint8:
         return images
     return np.clip(np.round((images.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def passes(image: np.ndarray, prompt: str, detect_text: Optional[Callable] = None) -> bool:
+    """Whether uint8 ``image`` [H, W, 3] shows everything ``prompt`` claims; False when ``prompt`` is
+    not a world caption (e.g. a broken rewrite)."""
+    try:
+        claims = parse_caption(prompt)
+    except ValueError:
+        return False
+    return all(check(image, claims, detect_text).values())
 
 
 def objective_score(images, prompts: Sequence[str], detect_text: Optional[Callable] = None) -> np.ndarray:

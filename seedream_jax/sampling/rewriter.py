@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seedream_jax.models.causal_lm import CausalLMConfig, Qwen2ForCausalLM, token_logprobs
+from seedream_jax.models.causal_lm import CausalLMConfig, Qwen2ForCausalLM, sequence_logprob, token_logprobs
 from seedream_jax.sampling import text_generation
-from seedream_jax.training import simpo
 
 COMPONENT = "rewriter"
 
@@ -78,7 +77,7 @@ def prompt_tokens(tokenizer, prompts: Sequence[str], max_prompt_length: int) -> 
 
 def sequence_logprobs(model: Qwen2ForCausalLM, params, ids, mask, targets) -> Tuple[jax.Array, jax.Array]:
     """(sum of log p over the target tokens [B] float32, number of target tokens [B] float32)."""
-    return simpo.sequence_logprob(token_logprobs(model.apply({"params": params}, ids, mask), ids), targets)
+    return sequence_logprob(token_logprobs(model.apply({"params": params}, ids, mask), ids), targets)
 
 
 def sft_loss(model: Qwen2ForCausalLM, params, ids, mask, targets):

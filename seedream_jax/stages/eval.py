@@ -48,6 +48,7 @@ from seedream_jax.eval import report as report_lib
 from seedream_jax.eval import rewrite_eval
 from seedream_jax.eval.suite import SuiteItem, build_suite
 from seedream_jax.models.vae import AutoencoderKL
+from seedream_jax.rewards import objective
 from seedream_jax.sampling.generate import Cascade
 from seedream_jax.stages import common
 from seedream_jax.stages.sample import load_pipeline, load_rewriter, tag_label, tag_settings, with_refiner
@@ -188,7 +189,7 @@ def _rewrite_passes(e, workdir: str, items, generate, *, name: str, step: int, s
         reports[label] = _scored_pass(gen, items, os.path.join(out_dir, label), source=source, info={**info, **extra},
                                       tensorboard_dir=os.path.join(out_root, "tensorboard", f"{name}_{label}"),
                                       step=step)
-    result = rewrite_eval.comparison(reports["raw"], reports["rewritten"], raw, rewritten)
+    result = rewrite_eval.comparison(reports["raw"], reports["rewritten"], raw, rewritten, objective.passes)
     rows = rewritten.rows()
     with open(os.path.join(out_dir, "rewrites.jsonl"), "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

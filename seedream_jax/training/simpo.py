@@ -15,7 +15,7 @@ exactly beta 2.0, gamma/beta 0.5 (``training_configs/llama-3-8b-base-simpo.yaml`
 computes the same loss as ``-logsigmoid(beta * (avg_logp_w - avg_logp_l - gamma_beta_ratio))``.
 
 The inputs are summed log-probabilities and token counts of the responses, so the loss composes with
-``models.causal_lm.token_logprobs`` and a response mask through ``sequence_logprob``.
+``models.causal_lm.token_logprobs`` and a response mask through ``models.causal_lm.sequence_logprob``.
 """
 from typing import Dict, Tuple
 
@@ -26,15 +26,6 @@ from seedream_jax.training.reward_losses import bradley_terry
 
 DEFAULT_BETA = 2.0
 DEFAULT_GAMMA = 1.0  # 0.5 * DEFAULT_BETA
-
-
-def sequence_logprob(token_logps: jax.Array, mask: jax.Array) -> Tuple[jax.Array, jax.Array]:
-    """(summed log-probability [B], token count [B]) of each row's masked tokens.
-
-    token_logps: float [B, T], log p(token t | earlier tokens) (e.g. ``token_logprobs(logits, ids)``,
-    T = L - 1); mask: [B, T], nonzero on the response's tokens (not the prompt, not padding)."""
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(token_logps.astype(jnp.float32) * mask, axis=-1), jnp.sum(mask, axis=-1)
 
 
 def simpo_rewards(logp: jax.Array, length: jax.Array, beta: float = DEFAULT_BETA) -> jax.Array:
