@@ -19,15 +19,15 @@ images are then brought to S = scale x ``--size`` px in two ways:
 
 with two reference rows at S px: the world's own rendering of each prompt's scene (the ceiling)
 and its round trip through the base's VAE (encode, posterior mean, decode: the ceiling of anything
-that decodes with that VAE). Every image is scored as the eval scores it (``eval/scoring.py``,
+that decodes with that VAE); and the refiner on a perfect base: the world's rendering at ``--size``
+px ("truth/2") brought to S px by bicubic and by the refiner. Every image is scored as the eval scores it (``eval/scoring.py``,
 the OCR of ``eval/benchmark.py``), and its edge sharpness measured (``eval/sharpness.edge_slope``:
 the slope of the luma across edges in grey levels per pixel; a one-pixel step of contrast C
 scores C, the same step spread over w pixels C / w).
 
 Prints a Markdown table (rows above; columns shape accuracy, colour accuracy, text Ra, Rh, exact,
 mean edge slope); ``--output`` writes ``refiner_quality.json`` and ``grid.png`` (the first
-``--grid-items`` English prompts, one row each: truth | VAE round trip | base + bicubic |
-base + refiner).
+``--grid-items`` English prompts, one row each: the ``ROWS`` side by side).
 """
 import argparse
 import dataclasses
@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from seedream_jax.eval import benchmark, report, sharpness  # noqa: E402
 from seedream_jax.eval.suite import LANGUAGES, SuiteItem, build_suite  # noqa: E402
 
-ROWS = ("ground truth", "VAE round trip", "base + bicubic", "base + refiner")
+ROWS = ("ground truth", "VAE round trip", "truth/2 + bicubic", "truth/2 + refiner", "base + bicubic", "base + refiner")
 KINDS = ("single", "text")  # the suite's items scored for shape (and colour) and for text
 Images = Callable[[Sequence[str]], np.ndarray]  # prompts -> uint8 [N, S, S, 3]
 
@@ -80,17 +80,18 @@ def refine_batches(refiner, params, settings, images: np.ndarray, prompts: Seque
 
 
 def generate_rows(items: Sequence[SuiteItem], base: Images, refine_fn: Callable, truth: Images, vae: Images,
-                  scale: int) -> Dict[str, Dict[str, np.ndarray]]:
+                  low_truth: Images, scale: int) -> Dict[str, Dict[str, np.ndarray]]:
     """{row: {language: uint8 [N, S, S, 3]}} for ``ROWS``: ``base`` draws the prompts at the low
-    size once; bicubic and ``refine_fn(images, prompts)`` bring the same images to S px."""
+    size once; bicubic and ``refine_fn(images, prompts)`` bring the same images to S px, and so the
+    world's own renderings at the low size (``low_truth``: the refiner on a perfect base)."""
     rows = {r: {} for r in ROWS}
     for lang in LANGUAGES:
         prompts = [item.prompt(lang) for item in items]
-        low = base(prompts)
         rows["ground truth"][lang] = truth(prompts)
         rows["VAE round trip"][lang] = vae(prompts)
-        rows["base + bicubic"][lang] = bicubic(low, scale)
-        rows["base + refiner"][lang] = refine_fn(low, prompts)
+        for name, low in (("truth/2", low_truth(prompts)), ("base", base(prompts))):
+            rows[f"{name} + bicubic"][lang] = bicubic(low, scale)
+            rows[f"{name} + refiner"][lang] = refine_fn(low, prompts)
     return rows
 
 
@@ -169,7 +170,8 @@ def measure(base_pipe, base_params, cascade, params, items: Sequence[SuiteItem],
                                                        prompts, batch_size=batch_size, seed=seed)
     vae = vae_roundtrip_generator(base_pipe.vae_cfg, base_params["vae"], items, height=out_size, width=out_size,
                                   batch_size=batch_size)
-    rows = generate_rows(items, base, refine_fn, ground_truth_generator(items, out_size, out_size), vae, scale)
+    rows = generate_rows(items, base, refine_fn, ground_truth_generator(items, out_size, out_size), vae,
+                         ground_truth_generator(items, size, size), scale)
     return rows, score_rows(items, rows)
 
 

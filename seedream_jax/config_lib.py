@@ -602,7 +602,7 @@ def pe_sft_section(**overrides) -> ConfigDict:
     """
     section = ConfigDict(dict(
         kind="pe_sft", model=rewriter_model_section(),
-        train=train_section(steps=1500, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
+        train=train_section(steps=3000, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
         optimizer=optimizer_section(lr=2e-3, warmup_steps=50, final_lr_fraction=0.1),
         data=data_section(format="text", path="world", num_images=50000),
         max_length=112, max_prompt_length=32, max_new_tokens=96,

@@ -10,7 +10,7 @@ from conftest import micro_config, write_random_pretrain_stage
 from seedream_jax import config_lib
 from seedream_jax import rewards as rewards_api
 from seedream_jax.sampling import rewriter as rewriter_lib
-from seedream_jax.stages import runner
+from seedream_jax.stages import common, runner
 
 SIZE = 16
 PAIRS = [{"prompt": "a large red circle", "rewrite": "On a white background: a large red circle at the top left."},
@@ -52,7 +52,6 @@ def workdir(tmp_path_factory):
 
 
 def test_pair_tokens_mark_exactly_the_rewrite_and_its_eos(workdir):
-    from seedream_jax.stages import common
     cfg = _config()
     tok = common.open_tokenizer(cfg.tokenizer.format, os.path.join(workdir, cfg.tokenizer.path))
     prompts, rewrites = [p["prompt"] for p in PAIRS], [p["rewrite"] for p in PAIRS]
@@ -77,7 +76,7 @@ def test_pe_sft_learns_its_pairs_and_the_stage_serves_them(workdir):
     with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
         meta = json.load(f)
     assert meta["kind"] == "pe_sft" and meta["settings"] == {"max_prompt_length": 16, "max_new_tokens": 36}
-    rewriter = rewriter_lib.Rewriter.from_stage(stage_dir)
+    rewriter = common.open_rewriter(stage_dir)
     assert rewriter([p["prompt"] for p in PAIRS]) == [p["rewrite"] for p in PAIRS]
     assert rewriter.unfinished == 0
     assert set(out["preservation"]) == {"en", "zh"}
@@ -106,7 +105,7 @@ def test_sample_and_eval_draw_from_the_rewrites(workdir):
     if not os.path.exists(os.path.join(workdir, "pe_sft", "stage.json")):
         runner.run_stage(_config(), "pe_sft", workdir)
     cfg = _config()
-    rewriter = rewriter_lib.Rewriter.from_stage(os.path.join(workdir, "pe_sft"))
+    rewriter = common.open_rewriter(os.path.join(workdir, "pe_sft"))
     prompts = [p["prompt"] for p in PAIRS]
     cfg.sample_pe = ConfigDict(dict(cfg.sample.to_dict(), kind="sample", prompts=tuple(prompts), rewrite=True,
                                     rewriter="pe_sft", output="samples_pe", height=SIZE, width=SIZE, num_steps=2,

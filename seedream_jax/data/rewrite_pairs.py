@@ -23,7 +23,7 @@ A user's pairs: a UTF-8 JSONL file of rows {"prompt": str, "rewrite": str, "lang
 (optional: else the prompt's ``synthetic.caption_language``, "zh" when it holds a CJK
 character outside its quoted words, "en" otherwise)}; rows that are not
 JSON objects, lack a field, or name another language are skipped and counted by reason
-(``sources.read_jsonl``). Each row is {"prompt", "rewrite", "language", "direction"} (``FIELDS``;
+(``text_files.read_jsonl``). Each row is {"prompt", "rewrite", "language", "direction"} (``FIELDS``;
 "user" for file rows).
 
 A config asks for them with a ``text`` data section (``data.format = "text"``, ``data/sources.py``;
@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from seedream_jax.data import synthetic, synthetic_records, world_pairs
-from seedream_jax.data.sources import read_jsonl
+from seedream_jax.data.text_files import read_jsonl
 
 WORLD = "world"                         # data.path naming the world's pairs instead of a file
 SPLITS = ("train", "heldout")

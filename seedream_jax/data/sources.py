@@ -33,22 +33,22 @@ non-empty string is skipped and counted by reason (``source.skipped``: {reason: 
 is logged, and a file with no usable row raises ValueError naming it. Their rows cycle epoch after
 epoch (``RowBatches``), each epoch a seeded shuffle; the state is the batch position.
 """
-import collections
 import dataclasses
 import functools
-import json
 import logging
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import jax
 import numpy as np
 
 from seedream_jax.data import arrayrecord_io, augment, preference, records, synthetic
+from seedream_jax.data import rewrite_pairs as pairs_lib
 from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.data.captions import choose_captions
 from seedream_jax.data.pipeline import PipelineConfig, RecordPipeline
+from seedream_jax.data.text_files import BAD_UTF8, read_jsonl, text_lines
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -311,63 +311,6 @@ def _text_file(data_cfg, workdir: str) -> str:
     return path
 
 
-BAD_UTF8 = "not valid UTF-8"
-
-
-def _lines(path: str) -> Tuple[List[Optional[str]], int]:
-    """(the file's lines, decoded one by one as UTF-8 with a leading BOM dropped; None for a line
-    that does not decode, number of such lines): one bad line does not lose the file."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = []
-    for line in raw.splitlines():
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(None)
-    return lines, sum(line is None for line in lines)
-
-
-RowCheck = Callable[[dict], Tuple[Optional[dict], Optional[str]]]
-
-
-def read_jsonl(path: str, fields: Sequence[str], check: Optional[RowCheck] = None,
-               optional: Sequence[str] = ()) -> Tuple[List[dict], Dict[str, int]]:
-    """(rows {field: str}, {reason: count} of the skipped lines) of a JSONL file whose rows need
-    every one of ``fields`` as a non-empty string (the row also keeps those of ``optional`` it has, as
-    given); ``check(row) -> (row, None) or (None, reason)`` may rewrite or reject a row further.
-    Blank lines are ignored."""
-    rows, skipped = [], collections.Counter()
-    lines, bad = _lines(path)
-    if bad:
-        skipped[BAD_UTF8] += bad
-    for line in lines:
-        if line is None or not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            skipped["invalid JSON"] += 1
-            continue
-        if not isinstance(obj, dict):
-            skipped["not a JSON object"] += 1
-            continue
-        bad = [f for f in fields if not isinstance(obj.get(f), str) or not obj[f].strip()]
-        if bad:
-            skipped[f"missing or empty {bad[0]!r}"] += 1
-            continue
-        row, reason = {f: obj[f] for f in (*fields, *optional) if f in obj}, None
-        if check is not None:
-            row, reason = check(row)
-        if reason:
-            skipped[reason] += 1
-            continue
-        rows.append(row)
-    return rows, dict(skipped)
-
-
 def _row_batches(rows, skipped, where: str, fields, data_cfg, global_batch: int) -> RowBatches:
     """``RowBatches`` of ``rows`` after logging what was read and skipped from ``where``."""
     if skipped:
@@ -393,7 +336,7 @@ def prompt_batches(data_cfg, workdir: str, global_batch: int) -> RowBatches:
         if where.endswith(".jsonl"):
             rows, skipped = read_jsonl(where, ("prompt",))
         else:
-            lines, bad = _lines(where)
+            lines, bad = text_lines(where)
             rows, skipped = [{"prompt": line.strip()} for line in lines if line and line.strip()], {}
             if bad:
                 skipped[BAD_UTF8] = bad
@@ -434,8 +377,6 @@ def rewrite_pairs(data_cfg, workdir: str, global_batch: int) -> RowBatches:
     "world"`` for the synthetic world's train pairs, else a JSONL file of {"prompt", "rewrite",
     "language" (optional)} rows; batches of its ``FIELDS``, {"prompt", "rewrite", "language",
     "direction": [str] * b}."""
-    from seedream_jax.data import rewrite_pairs as pairs_lib  # it reads JSONL with this module's helpers
-
     if str(data_cfg.path) == pairs_lib.WORLD:
         rows, skipped, where = pairs_lib.world_rows(data_cfg), {}, "the synthetic world's rewrite pairs"
     else:

@@ -7,7 +7,7 @@ its closing EOS only (``pair_tokens``'s ``targets``).
 
 ``Rewriter`` runs the compiled KV-cached generation (``sampling/text_generation.py``) on a batch of
 prompts: greedy by default, or sampled (temperature, top-p) for the K candidates of the preference
-stage. ``Rewriter.from_stage`` opens a ``pe_sft`` or ``pe_pref`` stage directory from its
+stage. ``stages.common.open_rewriter`` opens a ``pe_sft`` or ``pe_pref`` stage directory from its
 ``stage.json`` alone.
 """
 import dataclasses
@@ -101,19 +101,6 @@ class Rewriter:
         self.max_prompt_length, self.max_new_tokens = int(max_prompt_length), int(max_new_tokens)
         self.eos = eos_of(tokenizer)
         self.unfinished = 0  # rewrites cut at max_new_tokens, over every call
-
-    @classmethod
-    def from_stage(cls, stage_dir: str, weights: str = "ema", **kwargs) -> "Rewriter":
-        """The rewriter of a ``pe_sft``/``pe_pref`` stage directory (EMA weights when it kept them)."""
-        from seedream_jax.checkpoint.stage_dir import open_stage
-        from seedream_jax.stages import common
-
-        stage = open_stage(stage_dir)
-        _, config = stage.component(COMPONENT)
-        weights = weights if stage.has_ema() else "raw"
-        limits = stage.meta.get("settings", {})
-        kwargs = {**{k: int(v) for k, v in limits.items() if k in ("max_prompt_length", "max_new_tokens")}, **kwargs}
-        return cls(config, stage.params(weights)[COMPONENT], common.stage_tokenizer(stage), **kwargs)
 
     def token_batches(self, prompts: Sequence[str], *, temperature: float = 0.0, top_p: float = 1.0,
                       seed: int = 0) -> text_generation.GenerationOutput:

@@ -102,3 +102,18 @@ def generate_images(pipe, params, prompts, *, height: int, width: int, batch_siz
         pics.append(images[:len(chunk)])
         logging.info("%s: %d/%d (%.1fs)", what, min(start + batch_size, n), n, time.time() - t0)
     return np.concatenate(pics) if pics else np.zeros((0, height, width, 3), np.uint8)
+
+
+def open_rewriter(stage_dir: str, weights: str = "ema", **limits):
+    """The prompt rewriter (``sampling/rewriter.Rewriter``) of a ``pe_sft``/``pe_pref`` stage
+    directory, from its stage.json alone: EMA weights when it kept them, the generation limits it
+    recorded unless ``limits`` (max_prompt_length, max_new_tokens) say otherwise."""
+    from seedream_jax.checkpoint.stage_dir import open_stage
+    from seedream_jax.sampling.rewriter import COMPONENT, Rewriter
+
+    stage = open_stage(stage_dir)
+    _, config = stage.component(COMPONENT)
+    recorded = {k: int(v) for k, v in stage.meta.get("settings", {}).items()
+                if k in ("max_prompt_length", "max_new_tokens")}
+    weights = weights if stage.has_ema() else "raw"
+    return Rewriter(config, stage.params(weights)[COMPONENT], stage_tokenizer(stage), **{**recorded, **limits})

@@ -120,7 +120,7 @@ def preference_set(cfg, stage_cfg, workdir: str) -> dict:
         if stored.get("fingerprint") == fingerprint:
             logging.info("pe_pref: reusing the preference set of %s", out)
             return stored["set"]
-    rewriter = rewriter_lib.Rewriter.from_stage(source_dir(s, workdir), max_prompt_length=int(s.max_prompt_length),
+    rewriter = common.open_rewriter(source_dir(s, workdir), max_prompt_length=int(s.max_prompt_length),
                                                 max_new_tokens=int(s.max_new_tokens))
     k = int(s.num_rewrites)
     candidates = [rewriter(prompts, temperature=float(s.temperature), top_p=float(s.top_p), seed=j) for j in range(k)]
@@ -189,7 +189,7 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
     reward = ImageReward(cfg, s, workdir)
     prompts, langs = world_prompts(s, "heldout", int(s.eval.num_prompts), int(s.prompts.seed) + 1)
     seed = int(s.prompts.seed) + 1
-    before = reward_of_rewrites(rewriter_lib.Rewriter.from_stage(
+    before = reward_of_rewrites(common.open_rewriter(
         source_dir(s, workdir), max_prompt_length=int(s.max_prompt_length), max_new_tokens=int(s.max_new_tokens)),
         reward, prompts, langs, seed)
     after = reward_of_rewrites(pe_sft.trained_rewriter(cfg, s, workdir, result), reward, prompts, langs, seed)

@@ -129,9 +129,7 @@ def load_rewriter(workdir: str, section):
     ``section.rewrite`` is set, else None."""
     if not section.get("rewrite", False):
         return None
-    from seedream_jax.sampling.rewriter import Rewriter
-
-    rewriter = Rewriter.from_stage(common.resolve(workdir, str(section.rewriter)))
+    rewriter = common.open_rewriter(common.resolve(workdir, str(section.rewriter)))
     logging.info("prompts are rewritten by %s", section.rewriter)
     return rewriter
 
