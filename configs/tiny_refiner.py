@@ -10,10 +10,9 @@ objective eval of the cascade's 128 px images, same prompts and seeds as eval_pr
 where the chain already ran resumes after its last finished stage.
 
 Sized for a 2-core CPU: 400 steps of batch 8 at 128 px on the world's first 256 scenes (12 epochs of
-fixed pairs). Measured on a shared 2-core CPU (load average ~6 from other jobs): 0.97 steps/s, plus
-about 1 minute of compilation and the stage's start, where the VAE encodes every HR image and its
-upsampled LR copy at 128 px (about 0.3-0.6 s per image there: its mid-block attention runs over all
-64 x 64 latent pixels), so about 10-12 minutes in all.
+fixed pairs); at the start the VAE encodes every HR image and its upsampled LR copy once. Measured
+2026-12-06 on this 2-core machine with another training job beside it: 427 s for the stage, 1.3-1.8
+steps/s. What it reaches: benchmarks/RESULTS.md (i).
 """
 import os
 import sys
