@@ -52,9 +52,11 @@ def test_a_kind_from_a_test_module_runs_twice_through_main_without_edits(tmp_pat
 def test_unknown_kind_fails_naming_the_known_ones():
     cfg = ConfigDict(dict(stages=("x",), x=ConfigDict(dict(kind="distil"))))
     assert stage_kind(cfg, "x") == "distil"
-    with pytest.raises(ValueError, match=r"unknown stage kind 'distil'; known kinds: \['aesthetic', 'ct', 'data', 'eval', 'glyph_align', 'pretrain'"):
+    with pytest.raises(ValueError, match=r"unknown stage kind 'distil'; known kinds: \['aesthetic', 'ct', 'data', 'eval', 'glyph_align', 'pe_pref', 'pe_sft', "
+                       r"'pretrain', 'refiner'"):
         load_kind("distil")
-    assert {"data", "tokenizer", "vae", "pretrain", "rlhf", "ct", "sft", "sample", "eval"} <= set(builtin_kinds())
+    assert {"data", "tokenizer", "vae", "pretrain", "rlhf", "ct", "sft", "pe_sft", "pe_pref", "refiner", "sample",
+            "eval"} <= set(builtin_kinds())
     assert stage_kind(config_lib.base_config("tiny"), "pretrain") == "pretrain"
 
 
