@@ -2,7 +2,8 @@
 names the kind (``cfg.<name>.kind``, defaulting to the name), and the kind is a module.
 
 A kind is either a module of this package (``seedream_jax/stages/<kind>.py``: data, tokenizer,
-vae, pretrain, reward, sample, eval) or a dotted module path (``my_project.stages.distill``), so a
+vae, pretrain, reward, aesthetic, glyph_align, rlhf, ct, sft, pe_sft, pe_pref, refiner, sample,
+eval; ``builtin_kinds()``) or a dotted module path (``my_project.stages.distill``), so a
 user's stage runs without an edit to this package. One kind can run under several names: ``sft`` is
 ``kind='pretrain'`` with its own data; ``rlhf_refl`` and ``rlhf_grpo`` two runs of one kind.
 
