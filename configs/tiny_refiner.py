@@ -9,10 +9,11 @@ zero; trained on the world's scenes rendered at 128 px against their 64 px degra
 objective eval of the cascade's 128 px images, same prompts and seeds as eval_pretrain). A workdir
 where the chain already ran resumes after its last finished stage.
 
-Sized for a 2-core CPU: 400 steps of batch 8 at 128 px on the world's first 256 scenes (12 epochs of
-fixed pairs); at the start the VAE encodes every HR image and its upsampled LR copy once. Measured
-2026-12-06 on this 2-core machine with another training job beside it: 427 s for the stage, 1.3-1.8
-steps/s. What it reaches: benchmarks/RESULTS.md (i).
+Sized for a 2-core CPU: 1200 steps of batch 8 at 128 px on the world's first 256 scenes (37 epochs
+of fixed pairs; the learning rate is constant, so a run resumed with more steps is one longer run);
+at the start the VAE encodes every HR image and its upsampled LR copy once. Measured 2026-12-06 on
+this 2-core machine: the first 400 steps 427 s beside another training job, the next 800 442 s
+alone (2.66 steps/s). What it reaches: benchmarks/RESULTS.md (i).
 """
 import os
 import sys
@@ -26,7 +27,7 @@ import tiny_chain  # noqa: E402
 def add_refiner(c: ConfigDict) -> ConfigDict:
     """``c`` (a chain config) with the refiner stage, a cascade sample grid and the cascade's eval."""
     c.refiner.update(dict(base="pretrain", hr_size=2 * c.model.resolution, max_records=256, num_eval_images=4))
-    c.refiner.train.update(dict(steps=400, batch_size=8, log_every=25, checkpoint_every=100, eval_every=200))
+    c.refiner.train.update(dict(steps=1200, batch_size=8, log_every=25, checkpoint_every=200, eval_every=400))
     c.sample_refined = ConfigDict(dict(c.sample.to_dict(), kind="sample", refiner="refiner", output="samples_refined"))
     c.eval_refined = ConfigDict(dict(c.eval.to_dict(), kind="eval", checkpoint="pretrain", refiner="refiner"))
     c.stages = tuple(c.stages) + ("refiner", "sample_refined", "eval_refined")
