@@ -5,7 +5,8 @@ Both run greedy, fp32, the same batch of prompts of different lengths (ours righ
 left-padded with its attention mask) and exactly ``--new-tokens`` new tokens each (no early stop:
 no stop ids for us, ``eos_token_id=None`` for HF). One warm-up call each (our compile, HF's first
 call) is excluded; then the median of ``--repeats`` timed calls. Prints a Markdown table: tokens/s
-= batch x new tokens / seconds, and whether both produced the same tokens.
+= batch x new tokens / seconds, and whether both produced the same tokens (exit status 1 when
+they did not: the speed of a wrong generator is no result).
 
     python benchmarks/text_generation.py                  # configs' tiny LLM (vocab 1024, width 128, 2 layers)
     python benchmarks/text_generation.py --size small     # Qwen2.5-0.5B's shape, random weights
@@ -126,6 +127,10 @@ def main(argv=None) -> int:
           f"ours: first call {compile_s:.2f} s (compile included), HF first call {hf_first_s:.2f} s; "
           f"median of {args.repeats} timed call(s)")
     bench_lib.print_table([row], "Greedy generation: compiled KV-cached JAX vs transformers generate")
+    if not row["tokens identical"]:
+        differing = int(np.sum(np.any(our_tokens != hf_tokens, axis=1)))
+        print(f"FAIL: greedy tokens differ from transformers in {differing} of {len(lengths)} rows", file=sys.stderr)
+        return 1
     return 0
 
 
