@@ -120,8 +120,13 @@ def train_section(**overrides) -> ConfigDict:
     """Loop settings of one stage (``<stage>.train``)."""
     return ConfigDict(dict(dict(
         steps=1000, batch_size=32, seed=0, log_every=50, eval_every=0, checkpoint_every=500,
-        keep_checkpoints=2, ema_decay=0.999, async_checkpoint=True), **overrides))  # ema_decay: the ceiling
-    # of the warmed-up EMA rule min(ema_decay, (1 + step) / (10 + step)) (training/state.ema_decay_at); 0 = no EMA
+        keep_checkpoints=2, ema_decay=0.999, async_checkpoint=True, self_contained=False), **overrides))
+    # ema_decay: the ceiling of the warmed-up EMA rule min(ema_decay, (1 + step) / (10 + step))
+    # (training/state.ema_decay_at); 0 = no EMA. self_contained: False = frozen components taken whole
+    # from init_from sources (a VAE, an LLM, a reference DiT) are not re-saved in every checkpoint but
+    # read from their source at the recorded step (<stage dir>/frozen_sources.json; the source must keep
+    # that step); True = everything in the checkpoints, a copy that needs no other stage. Decided at a
+    # stage's fresh start; a resume keeps it.
 
 
 def optimizer_section(**overrides) -> ConfigDict:

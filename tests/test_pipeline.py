@@ -145,6 +145,27 @@ def test_export_samples_like_jax_in_pytorch(tiny_run, tmp_path):
     assert report["max_pixel_diff"] <= 1
 
 
+def test_export_reads_the_frozen_vae_from_the_vae_stage_where_it_is_stored(tiny_run, tmp_path):
+    """pretrain's checkpoints leave its frozen VAE at the vae stage (``frozen_sources.json``): the
+    export of pretrain still has the VAE, tensor for tensor the export of the vae stage's weights."""
+    from seedream_jax.checkpoint.manager import restore_raw_state
+    from seedream_jax.checkpoint.stage_dir import frozen_sources, select_weights
+    from seedream_jax.interop import safetensors_io
+    from seedream_jax.interop.pipeline import export_checkpoint, export_pipeline, stage_configs
+    cfg, workdir, _ = tiny_run
+    pretrain, vae = os.path.join(workdir, "pretrain"), os.path.join(workdir, "vae")
+    assert frozen_sources(pretrain)["vae"]["source"] == vae
+    assert "vae" not in (restore_raw_state(pretrain, metadata_only=True)[0].get("frozen") or {})
+    result = export_checkpoint(cfg, workdir, str(tmp_path / "pretrain"))
+    assert "vae" in result["files"]
+    export_pipeline({"vae": select_weights(restore_raw_state(vae)[0])["vae"]}, *stage_configs(cfg, pretrain),
+                    str(tmp_path / "source"), components=["vae"])
+    got, want = (safetensors_io.LazyTensors(str(tmp_path / d / "vae")) for d in ("pretrain", "source"))
+    assert set(got) == set(want) and len(want) > 0
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes(), name
+
+
 def test_grid_captions_label_prompts_and_tiny_grid_follows_the_world():
     """A labelled prompt reads '[label] prompt' under its image; the tiny config's grid prompts
     are the world's own captions except the two labelled off-template ones."""

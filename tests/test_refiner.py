@@ -18,7 +18,7 @@ from conftest import micro_config, write_random_pretrain_stage
 
 from seedream_jax.checkpoint.init_from import apply_init_from, zero_padded
 from seedream_jax.checkpoint.manager import restore_raw_state
-from seedream_jax.checkpoint.stage_dir import open_stage
+from seedream_jax.checkpoint.stage_dir import frozen_sources, open_stage
 from seedream_jax.data import sr_pairs, synthetic
 from seedream_jax.models.mmdit import MMDiT, MMDiTConfig
 from seedream_jax.models.partition import merge_params
@@ -144,14 +144,17 @@ def test_refiner_stage_starts_as_the_base_dit_and_describes_itself(workdir):
     kernel, base_kernel = ref["mmdit"]["x_embedder"]["kernel"], base["mmdit"]["x_embedder"]["kernel"]
     np.testing.assert_array_equal(kernel[:base_kernel.shape[0]], base_kernel)
     assert not kernel[base_kernel.shape[0]:].any()  # the conditioning rows start at zero
+    # the frozen conditioner and VAE are the base's, read from its checkpoint (stored there, not in the refiner's)
+    frozen = {k: v for k, v in ref.items() if k != "mmdit"}
+    assert sorted(frozen) == sorted(frozen_sources(os.path.join(workdir, "refiner"))) == ["conditioner", "vae"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, frozen, {k: base[k] for k in frozen})
     # the host form of init_from pads the same way; without pad_init the widened kernel fails, named
-    state = restore_raw_state(os.path.join(workdir, "refiner"))[0]
-    noisy = jax.tree_util.tree_map(lambda a: a + 1.0, state["params"])
+    noisy = jax.tree_util.tree_map(lambda a: a + 1.0, {"mmdit": ref["mmdit"]})
     sources = refiner_stage.init_sources(_config().refiner, workdir)
-    host, _ = apply_init_from(noisy, state["frozen"], sources)
+    host, _ = apply_init_from(noisy, frozen, sources)
     np.testing.assert_array_equal(host["mmdit"]["x_embedder"]["kernel"], kernel)
     with pytest.raises(ValueError, match=r"misshaped=\['x_embedder/kernel: \(64, 32\) vs \(128, 32\)'\]"):
-        apply_init_from(noisy, state["frozen"], {k: v[:2] for k, v in sources.items()})
+        apply_init_from(noisy, frozen, {k: v[:2] for k, v in sources.items()})
     # at init the refiner is the base DiT at 2x, whatever the conditioning
     refiner = Refiner(load_pipeline(_config(), workdir, "refiner")[0])
     pipe, _ = load_pipeline(_config(), workdir, "pretrain")
@@ -174,8 +177,9 @@ def test_refiner_training_steps_reduce_the_loss(workdir):
     task = refiner_stage.build_task(cfg, cfg.refiner, workdir)
     batch = next(task.data)
     assert batch["cond_latents"].shape == batch["latent_mean"].shape == (8, SIZE, SIZE, 4)  # 2x VAE: 32 px -> 16
-    params = restore_raw_state(os.path.join(workdir, "refiner"))[0]
-    trainable, frozen = params["params"], params["frozen"]
+    refiner = os.path.join(workdir, "refiner")
+    trainable = restore_raw_state(refiner)[0]["params"]
+    frozen = {k: v for k, v in open_stage(refiner).params("raw").items() if k not in trainable}  # from the base
     assert set(trainable) == {"mmdit"} and set(frozen) == {"conditioner", "vae"}
     rng = jax.random.PRNGKey(0)  # the same batch, times and noise at every step
     loss_and_grad = jax.jit(jax.value_and_grad(lambda p: task.loss_fn(p, frozen, batch, rng)[0]))

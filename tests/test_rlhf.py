@@ -418,7 +418,8 @@ def _leaves(tree):
 
 
 def test_lr_zero_keeps_the_policy_bit_identical_to_the_reference_and_sample_reads_the_stage(workdir):
-    from seedream_jax.checkpoint.stage_dir import open_stage
+    from seedream_jax.checkpoint.stage_dir import frozen_sources, open_stage
+    from seedream_jax.models.partition import merge_params
     from seedream_jax.stages.sample import load_pipeline
     cfg, summary = _run(workdir, "rlhf_lr0", {"method": "grpo", "optimizer.lr": 0.0, "train.ema_decay": 0.9,
                                               "grpo.group_size": 2})
@@ -428,17 +429,25 @@ def test_lr_zero_keeps_the_policy_bit_identical_to_the_reference_and_sample_read
     metrics = summary["final_metrics"]
     assert {"reward/redness", "reward/total", "kl", "clip_fraction", "advantage_abs"} <= set(metrics)
     assert metrics["kl"] < 1e-10 and abs(metrics["ratio"] - 1.0) < 1e-5
-    state, step = restore_raw_state(os.path.join(workdir, "rlhf_lr0"))
-    source = restore_raw_state(os.path.join(workdir, "pretrain"))[0]["params"]["mmdit"]
-    assert step == 4 and sorted(state["frozen"]) == ["conditioner", "ref", "vae"]
-    for tree in (state["params"]["mmdit"], state["ema_params"]["mmdit"], state["frozen"]["conditioner"]):
+    rlhf = os.path.join(workdir, "rlhf_lr0")
+    state, step = restore_raw_state(rlhf)
+    pretrain = restore_raw_state(os.path.join(workdir, "pretrain"))[0]
+    source = merge_params(pretrain["params"], pretrain["frozen"])
+    # the frozen parts are stored at pretrain, not in this stage's checkpoints, and read from there
+    assert step == 4 and sorted(frozen_sources(rlhf)) == ["conditioner", "ref/mmdit", "vae"]
+    assert not _leaves(state.get("frozen"))
+    stage = open_stage(rlhf)
+    merged = stage.params("raw")  # the checkpoint's parameters and those read from pretrain
+    for tree in (state["params"]["mmdit"], state["ema_params"]["mmdit"], merged["conditioner"]):
         assert len(_leaves(tree)) > 0
+    for name in ("conditioner", "vae"):
+        for a, b in zip(_leaves(merged[name]), _leaves(source[name]), strict=True):
+            np.testing.assert_array_equal(a, b)
     for a, b, c, d in zip(*(_leaves(t) for t in (state["params"]["mmdit"], state["ema_params"]["mmdit"],
-                                                  state["frozen"]["ref"]["mmdit"], source))):
+                                                  merged["ref"]["mmdit"], source["mmdit"])), strict=True):
         np.testing.assert_array_equal(a, c)  # the policy is the reference, bit for bit,
         np.testing.assert_array_equal(a, d)  # and the source's DiT
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9)  # the EMA of a constant (decay*e + (1-decay)*p rounds)
-    stage = open_stage(os.path.join(workdir, "rlhf_lr0"))
     assert stage.kind == "rlhf" and sorted(stage.meta["components"]) == ["conditioner", "mmdit", "vae"]
     assert stage.meta["init_from"]["mmdit"]["source"] == os.path.join(workdir, "pretrain")
     pipe, params = load_pipeline(cfg, workdir, "rlhf_lr0")  # what the sample and eval stages read

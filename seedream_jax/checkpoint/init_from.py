@@ -12,7 +12,10 @@ A stage config names ``init_from = {target_path: source}``; paths are '/'-joined
 source's latest checkpoint (one that does not read fails with ``CheckpointReadError`` naming the
 entry, the step and the file): its EMA parameters (the raw ones when it keeps no EMA) merged with its
 frozen parameters; it must have exactly the target's tree structure and shapes. A target may span
-the trainable and the frozen trees. Two ways in:
+the trainable and the frozen trees. Where the source stage stores (part of) the component at its
+own source (``<source>/frozen_sources.json``, ``checkpoint/stage_dir.py``), those leaves are read
+from there at the recorded step, recursively, so 'pretrain:vae' works whether or not pretrain's
+checkpoints hold its VAE. Two ways in:
 
   ``restore_sharded``: the arrays straight into the target shardings, reading only those leaves
     (the loop's fresh start with ``Task.init_sources``; nothing passes through one host);
@@ -45,6 +48,7 @@ import jax
 import numpy as np
 
 from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_state, restore_subset
+from seedream_jax.checkpoint.stage_dir import check_source, frozen_sources, weights_key
 from seedream_jax.models.partition import merge_params
 
 Source = Tuple[str, str]  # (stage directory, component path[, keep_init patterns[, pad_init patterns]])
@@ -140,7 +144,7 @@ def _keep_missing(source_keys, target_keys, target: str, patterns: Sequence[str]
 
 def _subtree(tree: Mapping, path: str, where: str):
     node = tree
-    for key in path.strip("/").split("/"):
+    for key in _key(path):  # '' is the whole tree
         if not isinstance(node, Mapping) or key not in node:
             have = sorted(node) if isinstance(node, Mapping) else type(node).__name__
             raise KeyError(f"init_from: {where} has no component {path!r} (at {key!r}; found {have})")
@@ -181,12 +185,32 @@ def _source_context(target: str, stage_dir: str, source_path: str):
         raise CheckpointReadError(f"init_from {target!r} <- {stage_dir}:{source_path}: {e}", e.failures) from None
 
 
-def _source_leaves(stage_dir: str, source_path: str, use_ema: bool):
-    """({key under the component: (state key, its key, array metadata)}, step) of the latest checkpoint."""
-    meta, step = restore_raw_state(stage_dir, metadata_only=True)
-    weights = "ema_params" if use_ema and meta.get("ema_params") else "params"
-    return _component({weights: meta[weights], "frozen": meta.get("frozen")}, source_path,
-                      f"checkpoint {stage_dir} (step {step})"), step
+def _key(path: str) -> Key:
+    return tuple(k for k in path.strip("/").split("/") if k)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether '/'-paths ``a`` and ``b`` are one path or one lies under the other."""
+    a, b = _key(a), _key(b)
+    return a[:len(b)] == b or b[:len(a)] == a
+
+
+def source_leaves(stage_dir: str, source_path: str = "", use_ema: bool = True, step: Optional[int] = None):
+    """Where each leaf of component ``source_path`` ('' for all the parameters) of ``stage_dir``'s
+    checkpoint ``step`` (default the latest) is saved: ({key under the component: ((stage dir,
+    step, state key), key in that state tree, array metadata)}, step). Leaves of components the
+    stage stores at their source (``frozen_sources``, checked first) are those of that source at
+    the recorded step and weights, recursively. Readers group the leaves by (stage dir, step): a
+    partial restore of each checkpoint (``restore_component``, ``interop/orbax_io.OrbaxSource``)."""
+    meta, step = restore_raw_state(stage_dir, step, metadata_only=True)
+    weights = weights_key(meta, use_ema)
+    flat = _flat(_located({(stage_dir, step, weights): meta[weights], (stage_dir, step, "frozen"): meta.get("frozen")}))
+    for target, record in frozen_sources(stage_dir).items():
+        if _overlap(target, source_path):
+            check_source(stage_dir, target, record)
+            leaves, _ = source_leaves(record["source"], record["path"], record["weights"] == "ema", record["step"])
+            flat.update({_key(target) + k: v for k, v in leaves.items()})
+    return _flat(_subtree(_unflat(flat), source_path, f"checkpoint {stage_dir} (step {step})")), step
 
 
 def _check_same_structure(source_shapes: Mapping[Key, tuple], target_shapes: Mapping[Key, tuple],
@@ -213,13 +237,14 @@ def _grown(array, leaf):
 
 
 def restore_component(stage_dir: str, source_path: str, abstract_subtree, *, use_ema: bool = True,
-                      target_path: Optional[str] = None, keep_init: Sequence[str] = (), pad_init: Sequence[str] = ()):
-    """Component ``source_path`` of ``stage_dir``'s latest checkpoint, read straight into
-    ``abstract_subtree`` (a tree, or one leaf, of ``jax.ShapeDtypeStruct`` with shardings, of the
-    component's structure and shapes). Returns (the same tree of ``jax.Array``, step); with
-    ``keep_init`` patterns the target leaves the source lacks that match one are left out of it;
-    leaves matching a ``pad_init`` pattern may be larger than the source's (zero-padded)."""
-    source, step = _source_leaves(stage_dir, source_path, use_ema)
+                      step: Optional[int] = None, target_path: Optional[str] = None, keep_init: Sequence[str] = (),
+                      pad_init: Sequence[str] = ()):
+    """Component ``source_path`` of ``stage_dir``'s checkpoint ``step`` (default the latest), read
+    straight into ``abstract_subtree`` (a tree, or one leaf, of ``jax.ShapeDtypeStruct`` with
+    shardings, of the component's structure and shapes). Returns (the same tree of ``jax.Array``,
+    step); with ``keep_init`` patterns the target leaves the source lacks that match one are left
+    out of it; leaves matching a ``pad_init`` pattern may be larger than the source's (zero-padded)."""
+    source, step = source_leaves(stage_dir, source_path, use_ema, step)
     target = _flat(abstract_subtree)
     where, name = f"{stage_dir}:{source_path}", target_path or source_path
     kept = _keep_missing(source, target, name, keep_init, where)
@@ -229,29 +254,34 @@ def restore_component(stage_dir: str, source_path: str, abstract_subtree, *, use
     _check_same_structure({k: target[k].shape if k in padded else s for k, s in source_shapes.items()},
                           {k: t.shape for k, t in target.items()}, name, where)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    request = _unflat({(source[k][0],) + source[k][1]:
-                       jax.ShapeDtypeStruct(source_shapes[k], t.dtype, sharding=cpu) if k in padded else t
-                       for k, t in target.items()})
-    restored = _flat(restore_subset(stage_dir, request, step))
-    out = {k: restored[(source[k][0],) + source[k][1]] for k in target}
+    out = {}
+    for checkpoint in sorted({source[k][0][:2] for k in target}):  # (stage dir, step): a partial restore each
+        keys = [k for k in target if source[k][0][:2] == checkpoint]
+        saved = {k: (source[k][0][2],) + source[k][1] for k in keys}  # its key in that checkpoint's state
+        request = _unflat({saved[k]: jax.ShapeDtypeStruct(source_shapes[k], target[k].dtype, sharding=cpu)
+                           if k in padded else target[k] for k in keys})
+        restored = _flat(restore_subset(checkpoint[0], request, step=checkpoint[1]))
+        out.update({k: restored[saved[k]] for k in keys})
     return _unflat({k: _grown(v, target[k]) if k in padded else v for k, v in out.items()}), step
 
 
-def load_component(stage_dir: str, component: str, *, use_ema: bool = True) -> Tuple[Any, int]:
-    """(NumPy parameters of ``component`` (a '/'-path like 'vae') of ``stage_dir``'s latest
-    checkpoint, step); only that component's arrays are read."""
-    source, _ = _source_leaves(stage_dir, component, use_ema)
+def load_component(stage_dir: str, component: str, *, use_ema: bool = True,
+                   step: Optional[int] = None) -> Tuple[Any, int]:
+    """(NumPy parameters of ``component`` (a '/'-path like 'vae') of ``stage_dir``'s checkpoint
+    ``step`` (default the latest), step); only that component's arrays are read."""
+    source, step = source_leaves(stage_dir, component, use_ema, step)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = _unflat({k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu) for k, (_, _, m) in source.items()})
-    tree, step = restore_component(stage_dir, component, abstract, use_ema=use_ema)
+    tree, step = restore_component(stage_dir, component, abstract, use_ema=use_ema, step=step)
     return jax.tree_util.tree_map(np.asarray, tree), step
 
 
 def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Source], *,
-                    use_ema: bool = True) -> Dict[str, Dict[Key, jax.Array]]:
+                    use_ema: bool = True, step: Optional[int] = None) -> Dict[str, Dict[Key, jax.Array]]:
     """The ``sources`` components read into the shardings of the abstract (trainable, frozen) trees.
 
     ``abstract_*``: trees of ``jax.ShapeDtypeStruct`` with ``.sharding`` (``StateLayout.abstract``).
+    ``step``: the checkpoint step read from the sources (default each one's latest).
     Returns {'params' | 'frozen': {key tuple of a leaf: jax.Array}} for the leaves replaced.
     """
     out = {"params": {}, "frozen": {}}
@@ -259,15 +289,30 @@ def restore_sharded(abstract_params, abstract_frozen, sources: Mapping[str, Sour
         stage_dir, source_path, keep_init, pad_init = _split_source(src)
         leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
         with _source_context(target, stage_dir, source_path):
-            restored, step = restore_component(stage_dir, source_path,
+            restored, read = restore_component(stage_dir, source_path,
                                                _unflat({k: v for k, (_, _, v) in leaves.items()}),
-                                               use_ema=use_ema, target_path=target, keep_init=keep_init,
+                                               use_ema=use_ema, step=step, target_path=target, keep_init=keep_init,
                                                pad_init=pad_init)
         restored = _flat(restored) if restored is not None else {}
         for k, (holder, key, _) in leaves.items():
             if k in restored:
                 out[holder][key] = restored[k]
-        logging.info("init_from: %s <- %s:%s (step %d, restored sharded)", target, stage_dir, source_path, step)
+        logging.info("init_from: %s <- %s:%s (step %d, restored sharded)", target, stage_dir, source_path, read)
+    return out
+
+
+def frozen_targets(abstract_params, abstract_frozen, sources: Mapping[str, Source]) -> Dict[str, Source]:
+    """The ``sources`` whose target a stage can leave at its source: every leaf in the frozen tree,
+    read unchanged (no keep_init / pad_init pattern matches one of its leaves) and no other
+    target overlapping it. ``abstract_*``: the stage's (trainable, frozen) trees."""
+    out = {}
+    for target, src in sources.items():
+        _, _, keep_init, pad_init = _split_source(src)
+        leaves = _component({"params": abstract_params, "frozen": abstract_frozen}, target, "this stage")
+        if (all(holder == "frozen" for holder, _, _ in leaves.values())
+                and not _matching(leaves, target, keep_init + pad_init)
+                and not any(_overlap(target, other) for other in sources if other != target)):
+            out[target] = src
     return out
 
 

@@ -12,8 +12,12 @@ directory alone, whatever the run's config says now::
 
 The VAE's latent normalisation lives in its config (``scaling_factor``, ``shift_factor``).
 ``stored`` is "checkpoint" when the component's weights are saved in this stage's checkpoint
-(the source is provenance) or "source" when they are read from the source at open time (then the
-source must exist with the recorded checksum).
+(the source is provenance) or "source" when they are read from the source at open time: a frozen
+component taken whole from another stage (``train.self_contained`` False, ``training/loop.py``).
+Such a record also names the component's ``path`` in the source, the exact ``step`` and the
+``weights`` read ('ema' or 'raw'); the loop writes these records to
+``<stage_dir>/frozen_sources.json`` ({component: record}) before its first checkpoint, and the
+source must still have that step and the recorded checksum when they are read (``check_source``).
 """
 import dataclasses
 import hashlib
@@ -21,10 +25,13 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional
 
+import flax
+
 from seedream_jax.checkpoint.manager import restore_raw_state
 from seedream_jax.models import components
 
 STAGE_FILE = "stage.json"
+FROZEN_SOURCES_FILE = "frozen_sources.json"
 FORMAT = 1
 
 
@@ -46,14 +53,74 @@ def _meta_path(stage_dir: str) -> str:
     return os.path.join(os.path.abspath(stage_dir), STAGE_FILE)
 
 
-def source_record(source_dir: str, *, stored: str = "checkpoint") -> Dict[str, Any]:
-    """The ``init_from`` entry for a component taken from ``source_dir`` (its step and checksum)."""
-    if stored not in ("checkpoint", "source"):
-        raise ValueError(f"stored must be 'checkpoint' or 'source', got {stored!r}")
+def _write_json(path: str, obj) -> None:
+    """``obj`` as indented JSON at ``path``, atomically (a temporary file renamed over it)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def weights_key(state: Mapping[str, Any], use_ema: bool = True) -> str:
+    """The saved tree a reader's parameters come from: 'ema_params' when ``use_ema`` and the
+    state (a restored TrainState dict, or its metadata) keeps an EMA, else 'params'."""
+    return "ema_params" if use_ema and state.get("ema_params") else "params"
+
+
+def source_record(source_dir: str, *, step: Optional[int] = None, path: Optional[str] = None) -> Dict[str, Any]:
+    """The ``init_from`` entry for a component taken from ``source_dir``: {"source", "step" (``step``,
+    default its latest checkpoint's), "checksum", "stored": "checkpoint"}. With ``path`` (the
+    component's path in the source) the entry of a component stored at its source: "stored":
+    "source" plus "path" and "weights" ('ema' where that checkpoint keeps an EMA, else 'raw': what
+    ``checkpoint.init_from`` reads)."""
     source_dir = os.path.abspath(source_dir)
-    _, step = restore_raw_state(source_dir, metadata_only=True)
+    meta, step = restore_raw_state(source_dir, step, metadata_only=True)
     checksum = stage_checksum(source_dir) if os.path.exists(_meta_path(source_dir)) else None
-    return {"source": source_dir, "step": step, "checksum": checksum, "stored": stored}
+    record = {"source": source_dir, "step": step, "checksum": checksum, "stored": "checkpoint"}
+    if path is not None:
+        record.update(stored="source", path=path.strip("/"),
+                      weights="ema" if weights_key(meta) == "ema_params" else "raw")
+    return record
+
+
+def write_frozen_sources(stage_dir: str, records: Mapping[str, dict]) -> None:
+    """Write ``<stage_dir>/frozen_sources.json`` ({component: ``source_record(..., path=...)``});
+    with no records, remove a stale one."""
+    path = os.path.join(os.path.abspath(stage_dir), FROZEN_SOURCES_FILE)
+    if records:
+        _write_json(path, dict(records))
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def frozen_sources(stage_dir: str) -> Dict[str, dict]:
+    """{component path: record} of the components ``stage_dir``'s checkpoints leave at their
+    source (``<stage_dir>/frozen_sources.json``; {} when it has none). Unchecked: see ``check_source``."""
+    path = os.path.join(os.path.abspath(stage_dir), FROZEN_SOURCES_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_source(stage_dir: str, component: str, record: Mapping[str, Any]) -> None:
+    """Fail, naming the stage, the component, its source and step, when a component ``stage_dir``
+    reads from its source (a ``stored: "source"`` record) can no longer be read as it was: the
+    source's ``stage.json`` is missing or changed (checksum) or the recorded checkpoint step is gone."""
+    source, step = record["source"], record.get("step")
+    if record.get("checksum"):
+        if not os.path.exists(_meta_path(source)):
+            raise FileNotFoundError(f"stage {stage_dir}: component {component!r} is read from {source} (step "
+                                    f"{step}), whose {STAGE_FILE} is missing")
+        if stage_checksum(source) != record["checksum"]:
+            raise ValueError(f"stage {stage_dir}: component {component!r} comes from {source}, whose {STAGE_FILE} "
+                             f"checksum no longer matches the recorded one (it was retrained or replaced since "
+                             f"step {step} was read); rerun this stage or restore the source")
+    checkpoints = os.path.join(source, "checkpoints")
+    if step is not None and not os.path.isdir(os.path.join(checkpoints, str(step))):
+        have = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(checkpoints) else []
+        raise FileNotFoundError(f"stage {stage_dir}: component {component!r} is read from {source} at step {step}, "
+                                f"which is gone (steps there: {have}; keep_checkpoints deletes old steps); "
+                                "restore that checkpoint or rerun this stage")
 
 
 @dataclasses.dataclass
@@ -62,7 +129,9 @@ class StageDescription:
 
     components: {name: (Flax module class, config dataclass)}. schedule: the resolution time-shift
     parameters sampling must use (``schedules.resolution_shift`` keywords), or None. tokenizer:
-    ``stage_dir.tokenizer_record(...)`` or None. init_from: {component: ``stage_dir.source_record``}.
+    ``stage_dir.tokenizer_record(...)`` or None. init_from: {component: ``stage_dir.source_record``}
+    (the stage runner adds one per source of the stage's ``init_from`` config and those of
+    ``frozen_sources``, so a kind names only other sources here).
     settings: JSON-able values the stage's users need besides the model configs (e.g. the prompt
     rewriter's generation limits), stored under ``settings``.
     """
@@ -81,10 +150,7 @@ def write_stage_meta(stage_dir: str, name: str, kind: str, description: StageDes
             "schedule": d.schedule, "tokenizer": d.tokenizer, "init_from": dict(d.init_from),
             "settings": dict(d.settings)}
     os.makedirs(stage_dir, exist_ok=True)
-    tmp = _meta_path(stage_dir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False, default=str)
-    os.replace(tmp, _meta_path(stage_dir))
+    _write_json(_meta_path(stage_dir), meta)
     return meta
 
 
@@ -112,11 +178,21 @@ class Stage:
     def params(self, weights: str = "ema") -> dict:
         """The parameters {component: tree} as host NumPy arrays: EMA weights where the
         checkpoint keeps them (``weights='ema'``), else the raw ones, merged with the frozen
-        parameters, plus components stored at their source."""
+        parameters, plus the components stored at their source (``frozen_sources``), each read
+        from there at the recorded step (and, if that stage stores it at its source, from there)."""
+        from seedream_jax.checkpoint.init_from import load_component
+        from seedream_jax.models.partition import merge_params
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         state, _ = restore_raw_state(self.directory, self.step)
-        return select_weights(state, use_ema=weights == "ema")
+        params = select_weights(state, use_ema=weights == "ema")
+        for component, record in frozen_sources(self.directory).items():
+            check_source(self.directory, component, record)
+            tree, _ = load_component(record["source"], record["path"], step=record["step"],
+                                     use_ema=record["weights"] == "ema")
+            key = tuple(component.strip("/").split("/"))
+            params = merge_params(params, flax.traverse_util.unflatten_dict({key: tree}))
+        return params
 
     def has_ema(self) -> bool:
         state, _ = restore_raw_state(self.directory, self.step, metadata_only=True)
@@ -153,22 +229,16 @@ class Stage:
 def select_weights(state: Mapping[str, Any], *, use_ema: bool = True) -> dict:
     """The one 'EMA else raw, merged with frozen' rule over a restored TrainState dict."""
     from seedream_jax.models.partition import merge_params
-    source = state["ema_params"] if use_ema and state.get("ema_params") else state["params"]
-    return merge_params(source, state.get("frozen") or {})
+    return merge_params(state[weights_key(state, use_ema)], state.get("frozen") or {})
 
 
 def _check_sources(stage_dir: str, meta: dict):
-    for component, record in (meta.get("init_from") or {}).items():
-        if record.get("stored") != "source":
-            continue
-        source = record["source"]
-        if not os.path.exists(_meta_path(source)):
-            raise FileNotFoundError(f"stage {stage_dir}: component {component!r} is read from {source}, whose "
-                                    f"{STAGE_FILE} is missing")
-        if record.get("checksum") and stage_checksum(source) != record["checksum"]:
-            raise ValueError(f"stage {stage_dir}: component {component!r} comes from {source}, whose "
-                             f"{STAGE_FILE} checksum no longer matches the recorded one (it was retrained or "
-                             "replaced); rerun this stage or restore the source")
+    """``check_source`` of every component the stage reads from its source (stage.json's
+    ``stored: "source"`` records and ``frozen_sources.json``, which an unfinished stage's
+    stage.json may not list yet)."""
+    records = [(k, r) for k, r in (meta.get("init_from") or {}).items() if r.get("stored") == "source"]
+    for component, record in records + list(frozen_sources(stage_dir).items()):
+        check_source(stage_dir, component, record)
 
 
 def open_stage(stage_dir: str, step: Optional[int] = None) -> Stage:

@@ -2,8 +2,9 @@
 
 ``OrbaxSource`` reads a stage's checkpoint (``<stage_dir>/checkpoints/<step>/state``) leaf by
 leaf: the metadata gives every shape without reading data, and each ``read`` is a partial
-restore of just the leaves asked for, straight into NumPy. The optimizer state is never read,
-and a model never needs to fit in host memory twice.
+restore of just the leaves asked for, straight into NumPy (one per checkpoint: components the
+stage stores at their source are read from that stage's checkpoint). The optimizer state is never
+read, and a model never needs to fit in host memory twice.
 
 ``write_params_checkpoint`` writes imported parameters as a stage directory that
 ``checkpoint.init_from`` (``pretrain.init_from = {'conditioner/text_encoder/llm': dir}``) and
@@ -17,8 +18,8 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
+from seedream_jax.checkpoint.init_from import source_leaves
 from seedream_jax.checkpoint.manager import reading
 from seedream_jax.interop import convert
 
@@ -40,7 +41,9 @@ class OrbaxSource(convert.ParamSource):
 
     The tree is that of ``checkpoint.init_from.load_component``: the EMA parameters (or the raw
     ones) merged with the frozen parameters, e.g. {'conditioner': ..., 'mmdit': ..., 'vae': ...}
-    for the pretrain stage.
+    for the pretrain stage, including the components the stage stores at their source (its frozen
+    VAE at the VAE stage: ``frozen_sources.json``), read from there at the recorded step and
+    weights (``init_from.source_leaves``).
 
     Args:
       stage_dir: the stage directory (holding ``checkpoints/``).
@@ -59,49 +62,42 @@ class OrbaxSource(convert.ParamSource):
         if step not in steps:
             raise FileNotFoundError(f"{stage_dir}: no checkpoint at step {step} (have {steps})")
         self.step, self.stage_dir = step, os.path.abspath(stage_dir)
-        self._checkpoints = os.path.join(self.stage_dir, "checkpoints")
-        self.path = os.path.join(self._checkpoints, str(step), STATE_ITEM)
-        self._ckptr = ocp.PyTreeCheckpointer()
-        # The item's own metadata: Checkpointer.metadata(<step>/state) would also look for the
-        # step's _CHECKPOINT_METADATA inside the item and warn that it does not exist.
-        handler = ocp.PyTreeCheckpointHandler()
-        try:
-            with reading(self._checkpoints, step):  # a damaged step fails here, naming the file
-                tree = handler.metadata(epath.Path(self.path)).tree
-        finally:
-            handler.close()
-        if "params" not in tree:
-            raise ValueError(f"{self.path}: not a training state (top-level keys {sorted(tree)}; expected 'params')")
-        self.used_ema = weights == "ema" and bool(convert.flatten(tree.get("ema_params") or {}))
+        self.path = os.path.join(self.stage_dir, "checkpoints", str(step), STATE_ITEM)
+        # Each checkpoint read is verified here (a damaged step fails, naming the file).
+        leaves, _ = source_leaves(self.stage_dir, "", weights == "ema", step)
+        self.used_ema = any(saved == (self.stage_dir, step, "ema_params") for saved, _, _ in leaves.values())
         if weights == "ema" and not self.used_ema:
             logging.warning("%s has no EMA parameters: exporting the raw parameters", self.path)
         self.describe = f"checkpoint {self.path} ({'EMA' if self.used_ema else 'raw'} weights)"
-        self._where: Dict[tuple, tuple] = {}
-        self._shapes: Dict[tuple, jax.ShapeDtypeStruct] = {}
-        for top in ("ema_params" if self.used_ema else "params", "frozen"):
-            for path, meta in convert.flatten(tree.get(top) or {}).items():
-                if path in self._where:
-                    raise ValueError(f"{self.path}: {'/'.join(path)} is both trainable and frozen")
-                self._where[path] = (top,) + path
-                self._shapes[path] = jax.ShapeDtypeStruct(tuple(meta.shape), np.dtype(meta.dtype))
+        # {path: ((stage dir, step) of the checkpoint holding it, its key in that saved state)}
+        self._where = {path: (saved[:2], (saved[2],) + key) for path, (saved, key, _) in leaves.items()}
+        self._shapes = {path: jax.ShapeDtypeStruct(tuple(meta.shape), np.dtype(meta.dtype))
+                        for path, (_, _, meta) in leaves.items()}
+        self._ckptr = ocp.PyTreeCheckpointer()
 
     def shapes(self):
         return dict(self._shapes)
 
     def read(self, paths: Sequence[tuple]) -> Dict[tuple, np.ndarray]:
-        """Restore just ``paths`` (one partial Orbax restore) as NumPy arrays."""
-        if not paths:
-            return {}
+        """Restore just ``paths`` as NumPy arrays: one partial Orbax restore per checkpoint holding some."""
         unknown = [p for p in paths if p not in self._where]
         if unknown:
             raise KeyError(f"{self.describe} has no parameters {['/'.join(p) for p in unknown]}")
-        item = flax.traverse_util.unflatten_dict({self._where[p]: self._shapes[p] for p in paths})
-        restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        with reading(self._checkpoints, self.step, verify=False):  # verified when opened
-            out = self._ckptr.restore(self.path, args=ocp.args.PyTreeRestore(
-                item=item, restore_args=restore_args, partial_restore=True))
-        flat = flax.traverse_util.flatten_dict(out)
-        return {p: np.asarray(flat[self._where[p]]) for p in paths}
+        groups: Dict[tuple, list] = {}
+        for p in paths:
+            groups.setdefault(self._where[p][0], []).append(p)
+        out = {}
+        for (stage_dir, step), group in groups.items():
+            item = flax.traverse_util.unflatten_dict({self._where[p][1]: self._shapes[p] for p in group})
+            restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            checkpoints = os.path.join(stage_dir, "checkpoints")
+            with reading(checkpoints, step, verify=False):  # verified when opened
+                restored = self._ckptr.restore(os.path.join(checkpoints, str(step), STATE_ITEM),
+                                               args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                                           partial_restore=True))
+            flat = flax.traverse_util.flatten_dict(restored)
+            out.update({p: np.asarray(flat[self._where[p][1]]) for p in group})
+        return out
 
 
 def write_params_checkpoint(stage_dir: str, params: dict, *, step: int = 0, info: Optional[dict] = None) -> str:

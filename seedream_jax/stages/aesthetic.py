@@ -238,6 +238,5 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """One component, ``aesthetic``; no tokenizer; init_from sources."""
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
-    return StageDescription(components={COMPONENT: (AestheticReward, model_config(stage_cfg))}, init_from=sources)
+    """One component, ``aesthetic``; no tokenizer."""
+    return StageDescription(components={COMPONENT: (AestheticReward, model_config(stage_cfg))})

@@ -41,7 +41,7 @@ import numpy as np
 
 from seedream_jax import rewards as rewards_api
 from seedream_jax.checkpoint.init_from import parse_sources, with_keep_init
-from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, source_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.data import curation
 from seedream_jax.data import records as records_lib
 from seedream_jax.data import style_tags as style_tags_lib
@@ -269,9 +269,7 @@ def describe_adapter_stage(cfg, stage_cfg, workdir: str, kind: str) -> StageDesc
             config = dataclasses.replace(config, style_tag_sizes=style_tags_lib.TAG_SIZES,
                                          style_dim=adapter_dim(cfg, stage_cfg))
         parts[name] = (type(module), config)
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
-    return StageDescription(components=parts, schedule=stage.meta["schedule"], tokenizer=stage.tokenizer(),
-                            init_from=sources)
+    return StageDescription(components=parts, schedule=stage.meta["schedule"], tokenizer=stage.tokenizer())
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):

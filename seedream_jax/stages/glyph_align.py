@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, source_record
+from seedream_jax.checkpoint.stage_dir import StageDescription
 from seedream_jax.data import glyph_pairs, synthetic
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.models.byt5 import ByT5Config
@@ -196,6 +196,5 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """One component, ``glyph``; init_from sources."""
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
-    return StageDescription(components={COMPONENT: (GlyphAligner, model_config(cfg, stage_cfg))}, init_from=sources)
+    """One component, ``glyph``."""
+    return StageDescription(components={COMPONENT: (GlyphAligner, model_config(cfg, stage_cfg))})

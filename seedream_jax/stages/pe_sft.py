@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, tokenizer_record
 from seedream_jax.data import rewrite_pairs
 from seedream_jax.data import sources as data_sources
 from seedream_jax.data.batches import MappedBatches
@@ -147,11 +147,9 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """One component, ``rewriter``; the tokenizer; the generation limits; init_from sources."""
+    """One component, ``rewriter``; the tokenizer; the generation limits."""
     s = stage_cfg
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(s.init_from, workdir).items()}
     return StageDescription(components={COMPONENT: (Qwen2ForCausalLM, model_config(s))},
                             tokenizer=tokenizer_record(cfg.tokenizer.format, common.resolve(workdir, cfg.tokenizer.path)),
-                            init_from=sources,
                             settings={"max_prompt_length": int(s.max_prompt_length),
                                       "max_new_tokens": int(s.max_new_tokens)})

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import load_component, parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, tokenizer_record
 from seedream_jax.data import sources as data_sources
 from seedream_jax.data import style_tags as style_tags_lib
 from seedream_jax.data.types import CACHED_TEXT_FIELDS, PIXEL_FIELDS, DiffusionBatch
@@ -191,12 +191,10 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """Conditioner, MMDiT and VAE configs, the time-shift rule, the tokenizer and init_from sources."""
+    """Conditioner, MMDiT and VAE configs, the time-shift rule and the tokenizer."""
     pipe, _, _ = build_pipeline(cfg, workdir, stage_cfg)
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
     return StageDescription(
         components={"conditioner": (Conditioner, pipe.conditioner_cfg), "mmdit": (MMDiT, pipe.mmdit_cfg),
                     "vae": (AutoencoderKL, pipe.vae_cfg)},
         schedule=dict(pipe.shift), tokenizer=tokenizer_record(cfg.tokenizer.format,
-                                                              common.resolve(workdir, cfg.tokenizer.path)),
-        init_from=sources)
+                                                              common.resolve(workdir, cfg.tokenizer.path)))

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from seedream_jax.checkpoint.init_from import load_component, parse_sources, with_keep_init
-from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, source_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.data import sr_pairs
 from seedream_jax.eval.grid import image_grid
 from seedream_jax.models.mmdit import MMDiT
@@ -152,16 +152,15 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """The base's conditioner and VAE, the conditioned MMDiT, the base's schedule and tokenizer,
-    init_from sources and the refiner's ``settings`` (module docstring)."""
+    """The base's conditioner and VAE, the conditioned MMDiT, the base's schedule and tokenizer
+    and the refiner's ``settings`` (module docstring)."""
     s = stage_cfg
     base = open_stage(common.resolve(workdir, s.base))
     parts = {name: (type(base.component(name)[0]), base.component(name)[1]) for name in ("conditioner", "vae")}
     parts["mmdit"] = (MMDiT, dataclasses.replace(base.component("mmdit")[1],
                                                  cond_channels=parts["vae"][1].latent_channels))
-    sources = {k: source_record(d) for k, (d, *_) in parse_sources(s.init_from, workdir).items()}
     settings = {"scale": int(s.scale), "base": base.directory, "hr_size": int(s.hr_size),
                 **dataclasses.asdict(sampler_settings(s)),
                 "degradation": dataclasses.asdict(degradation(s))}
     return StageDescription(components=parts, schedule=base.meta["schedule"], tokenizer=base.tokenizer(),
-                            init_from=sources, settings=settings)
+                            settings=settings)

@@ -26,7 +26,7 @@ import numpy as np
 
 from seedream_jax import config_lib
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, source_record, tokenizer_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, tokenizer_record
 from seedream_jax.data import synthetic, world_pairs
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.models.partition import merge_params, split_params
@@ -171,9 +171,7 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
-    """One component, ``alignment``; the tokenizer; init_from sources."""
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
+    """One component, ``alignment``; the tokenizer."""
     return StageDescription(components={COMPONENT: (AlignmentReward, model_config(cfg, stage_cfg))},
                             tokenizer=tokenizer_record(cfg.tokenizer.format,
-                                                       common.resolve(workdir, cfg.tokenizer.path)),
-                            init_from=sources)
+                                                       common.resolve(workdir, cfg.tokenizer.path)))

@@ -31,7 +31,7 @@ import numpy as np
 
 from seedream_jax import rewards as rewards_api
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, source_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.data import prompt_data
 from seedream_jax.eval import curves
 from seedream_jax.eval.grid import image_grid
@@ -214,6 +214,4 @@ def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
     for name in ("conditioner", "mmdit", "vae"):
         module, config = stage.component(name)
         parts[name] = (type(module), config)
-    sources = {k: source_record(d) for k, (d, _) in parse_sources(stage_cfg.init_from, workdir).items()}
-    return StageDescription(components=parts, schedule=stage.meta["schedule"], tokenizer=stage.tokenizer(),
-                            init_from=sources)
+    return StageDescription(components=parts, schedule=stage.meta["schedule"], tokenizer=stage.tokenizer())

@@ -5,10 +5,15 @@ with the shared loop, writes ``stage.json`` (``checkpoint/stage_dir.py``) from t
 ``describe`` at the start (so an unfinished stage's checkpoints can be sampled) and again at the
 end (after the kind's ``finish``, which may change the description: the VAE fits its latent
 normalisation there), and returns the summary. Other kinds run themselves (``run``).
+The description's ``init_from`` records are the runner's: one ``source_record`` per source of the
+stage's ``init_from`` config, then those of the components the loop left at their source
+(``frozen_sources.json``, ``stored: "source"``), which replace them.
 """
+import dataclasses
 import os
 
-from seedream_jax.checkpoint.stage_dir import write_stage_meta
+from seedream_jax.checkpoint.init_from import parse_sources
+from seedream_jax.checkpoint.stage_dir import frozen_sources, source_record, write_stage_meta
 from seedream_jax.stages import load_kind, stage_kind, stage_section
 from seedream_jax.training import loop
 
@@ -16,7 +21,10 @@ from seedream_jax.training import loop
 def _describe(module, cfg, stage_cfg, workdir, stage_dir, name, kind, finished=None):
     if not hasattr(module, "describe"):
         return
-    write_stage_meta(stage_dir, name, kind, module.describe(cfg, stage_cfg, workdir, stage_dir, finished))
+    description = module.describe(cfg, stage_cfg, workdir, stage_dir, finished)
+    sources = {k: source_record(src[0]) for k, src in parse_sources(stage_cfg.get("init_from") or {}, workdir).items()}
+    records = {**sources, **description.init_from, **frozen_sources(stage_dir)}
+    write_stage_meta(stage_dir, name, kind, dataclasses.replace(description, init_from=records))
 
 
 def run_stage(cfg, name: str, workdir: str) -> dict:

@@ -10,7 +10,10 @@ evaluation and optionally a rollout); the loop owns everything else, top to bott
   3. checkpoint: resume from the newest checkpoint that reads (state + data position; a damaged
      newer one is set aside, renamed ``<step>.damaged-<n>``: ``checkpoint/manager.py``), else
      initialise (components of other stages' checkpoints restored straight into their shardings:
-     ``Task.init_sources``; or a host hook, ``Task.initialise``);
+     ``Task.init_sources``; or a host hook, ``Task.initialise``). Frozen components taken whole
+     from a source are left out of the checkpoints unless ``train.self_contained``: recorded in
+     ``<stage_dir>/frozen_sources.json`` at the fresh start and read from the source again at the
+     recorded step on resume (``checkpoint/stage_dir.py``);
   4. the update step: one jitted, donated function (state, batch) -> (state, metrics) that runs
      ``Task.rollout`` (if any) with the current parameters, without gradient, then
      ``Task.inner_steps`` optimizer updates on its batch (a ``lax.scan`` when more than one);
@@ -43,6 +46,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from seedream_jax.checkpoint import init_from
+from seedream_jax.checkpoint import stage_dir as stage_dir_lib
 from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.parallel import sharding as sharding_lib
@@ -87,9 +91,11 @@ class Task:
     init_sources: optional {target component path: (stage_dir, source_path)}
       (``checkpoint.init_from.parse_sources`` of a stage's ``init_from``): on a fresh start those
       components are read from the sources' checkpoints straight into their shardings, and only
-      the other leaves are initialised by ``init_params``.
+      the other leaves are initialised by ``init_params``. Those wholly frozen and read unchanged
+      (``init_from.frozen_targets``) stay at their source (``train.self_contained`` False).
     initialise: optional host hook (trainable, frozen) -> (trainable, frozen) applied to the fresh
       parameters as NumPy (after ``init_sources``); it copies the whole state through the host.
+      With a hook every component is saved in the checkpoints (it may change any of them).
     evaluate: optional (state, step) -> ``Measurements`` (or, the older form, {name: uint8 image
       [H, W, 3]}); called every ``eval_every`` steps and at the end.
     rollout: optional (params, frozen, batch, rng) -> batch, traced into the update step and run
@@ -241,11 +247,48 @@ def state_layout(task: Task, tx: optax.GradientTransformation, use_ema: bool, ro
 
 
 def _replace_leaves(tree, leaves: Mapping[Tuple[str, ...], Any]):
-    """``tree`` (nested dicts) with the leaves at the key tuples of ``leaves`` replaced."""
+    """``tree`` (nested dicts) with the leaves at the key tuples of ``leaves`` replaced (or added)."""
     if not leaves:
         return tree
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
     return flax.traverse_util.unflatten_dict({**flat, **leaves})
+
+
+def _record_frozen_sources(task: Task, abstract, self_contained: bool, stage_dir: str) -> Dict[str, dict]:
+    """At a fresh start: {target: ``stage_dir.source_record(source, path=...)``} of the
+    ``task.init_sources`` the checkpoints leave at their source (``init_from.frozen_targets``;
+    none when ``self_contained`` or with an ``initialise`` hook), written to
+    ``<stage_dir>/frozen_sources.json`` by process 0 (a stale one removed when there are none)."""
+    targets = ({} if self_contained or task.initialise is not None or not task.init_sources else
+               init_from.frozen_targets(abstract.params, abstract.frozen, task.init_sources))
+    records = {target: stage_dir_lib.source_record(src[0], path=src[1]) for target, src in targets.items()}
+    if jax.process_index() == 0:
+        stage_dir_lib.write_frozen_sources(stage_dir, records)
+    for target, r in records.items():
+        logging.info("[%s] %s is stored at its source %s:%s (step %d), not in this stage's checkpoints",
+                     task.name, target, r["source"], r["path"], r["step"])
+    return records
+
+
+def _read_frozen_sources(abstract, records: Mapping[str, dict]) -> Dict[Tuple[str, ...], jax.Array]:
+    """{key tuple in the frozen tree: jax.Array}: the components of ``records`` (``frozen_sources``),
+    each read from its source at the recorded step and weights into its sharding in ``abstract``."""
+    leaves = {}
+    for target, r in records.items():
+        leaves.update(init_from.restore_sharded(abstract.params, abstract.frozen, {target: (r["source"], r["path"])},
+                                                use_ema=r["weights"] == "ema", step=r["step"])["frozen"])
+    return leaves
+
+
+def _saved(state, records: Mapping[str, dict]):
+    """The TrainState (of arrays, or abstract) as checkpointed: without the frozen subtrees stored
+    at their source (the '/'-paths keyed in ``records``), otherwise the same tree."""
+    if not records:
+        return state
+    drop = [tuple(path.strip("/").split("/")) for path in records]
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.frozen), keep_empty_nodes=True)
+    return state.replace(frozen=flax.traverse_util.unflatten_dict(
+        {k: v for k, v in flat.items() if not any(k[:len(d)] == d for d in drop)}))
 
 
 def jit_train_step(task: Task, tx: optax.GradientTransformation, ema_decay: float, state_shardings,
@@ -264,8 +307,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     """Run ``task`` for ``stage_cfg.train.steps`` steps in ``stage_dir``, resuming if a checkpoint exists.
 
     Config fields used: ``stage_cfg.train.{steps, seed, log_every, eval_every, checkpoint_every,
-    keep_checkpoints, ema_decay, async_checkpoint}``, ``stage_cfg.optimizer.*``, and the
-    run-wide ``cfg.mesh.*`` and ``cfg.sharding.rules``.
+    keep_checkpoints, ema_decay, async_checkpoint, self_contained}``, ``stage_cfg.optimizer.*``,
+    and the run-wide ``cfg.mesh.*`` and ``cfg.sharding.rules``. ``self_contained`` counts at the
+    fresh start only: a resume follows the ``frozen_sources.json`` that start wrote.
     """
     t_start = time.time()
     tcfg = stage_cfg.train
@@ -290,8 +334,13 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
     if ckpt.latest_step() is not None:
+        stored = stage_dir_lib.frozen_sources(stage_dir)
         try:
-            state, data_state = ckpt.restore(abstract)  # the newest step that reads; damaged ones set aside
+            for target, record in stored.items():
+                stage_dir_lib.check_source(stage_dir, target, record)
+            # the newest step that reads (damaged ones set aside), then what is stored at its source
+            state, data_state = ckpt.restore(_saved(abstract, stored))
+            state = state.replace(frozen=_replace_leaves(state.frozen, _read_frozen_sources(abstract, stored)))
         except BaseException:
             ckpt.close()
             raise
@@ -303,8 +352,11 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
             raise ValueError(f"[{task.name}] checkpoint step {int(state.step)} in {ckpt.directory} is not a "
                              f"multiple of inner_steps={inner}: it was written with another inner_steps")
     else:
-        restored = (init_from.restore_sharded(abstract.params, abstract.frozen, task.init_sources)
-                    if task.init_sources else {})
+        stored = _record_frozen_sources(task, abstract, bool(tcfg.self_contained), stage_dir)
+        others = {t: src for t, src in (task.init_sources or {}).items() if t not in stored}
+        restored = (init_from.restore_sharded(abstract.params, abstract.frozen, others) if others
+                    else {"params": {}, "frozen": {}})
+        restored["frozen"].update(_read_frozen_sources(abstract, stored))
         state = jax.jit(layout.fresh_state, out_shardings=shardings)(root_rng, restored)
         if task.initialise is not None:
             params, frozen = task.initialise(jax.device_get(state.params), jax.device_get(state.frozen))
@@ -361,14 +413,14 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
                 preempted = True
                 break
             if _due(step, inner, ckpt_every):
-                ckpt.save(step, state, data_state)
+                ckpt.save(step, _saved(state, stored), data_state)
                 last_saved = step
         if metrics is not None:
             last = _fetch_metrics(metrics)
             _check_finite(last, step)
             writer.write_scalars(step, last)
         if step > start_step and last_saved != step:
-            ckpt.save(step, state, data_state, force=True)
+            ckpt.save(step, _saved(state, stored), data_state, force=True)
     bar.close()
     prefetch.shutdown(wait=False, cancel_futures=True)
     ckpt.wait()
