@@ -93,7 +93,8 @@ class SamplerConfig:
 
 
 def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Optional[Any], cfg: SamplerConfig, *,
-                      grad_last_k: int = 0, rng=None, return_trajectory: bool = False, negative=None):
+                      grad_last_k: int = 0, rng=None, return_trajectory: bool = False, negative=None,
+                      remat: bool = True):
     """Integrate ``noise`` [B, ...] from t = 1 to 0; returns (x0 [B, ...], trajectory, logps).
 
     Guidance: ``guided_velocity`` with ``cfg.guidance_scale`` and, when ``negative`` (a
@@ -109,6 +110,9 @@ def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Opti
     rematerialised (``jax.checkpoint``), so the backward pass stores one state per step, not the
     model's activations. K = 0: no gradient at all (x0 is a constant, as for rollouts);
     K = num_steps: through every step, from the noise. The values do not depend on K.
+    ``remat=False`` runs the last K steps without ``jax.checkpoint`` (same values and gradients;
+    the backward pass then keeps every step's activations, K times one step's: the comparison of
+    ``benchmarks/draft_memory.py``).
     Pure and jittable (``cfg`` static, or its ``shift`` traced).
     """
     n, k = cfg.num_steps, int(grad_last_k)
@@ -141,7 +145,7 @@ def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Opti
         x, ys = run(*frozen, 0, n - k, remat=False)
         segments.append(ys)
     if k > 0:
-        x, ys = run(params, x, cond, uncond, negative, n - k, n, remat=True)
+        x, ys = run(params, x, cond, uncond, negative, n - k, n, remat=remat)
         segments.append(ys)
     logps = jnp.concatenate([logp for _, logp in segments], axis=0)
     trajectory = None

@@ -132,7 +132,9 @@ def analytic_flops(cfg, resolution: int, batch: int, params: Dict[str, int], fro
     return out
 
 
-def _memory(compiled) -> Dict[str, int]:
+def compiled_memory(compiled) -> Dict[str, int]:
+    """XLA's buffer assignment of a compiled program in bytes: arguments, outputs, aliased, temp,
+    generated_code and their total (arguments + outputs - aliased + temp + code)."""
     stats = compiled.memory_analysis()
     mem = {"arguments": int(stats.argument_size_in_bytes), "outputs": int(stats.output_size_in_bytes),
            "aliased": int(stats.alias_size_in_bytes), "temp": int(stats.temp_size_in_bytes),
@@ -186,7 +188,7 @@ def plan_pretrain(cfg, *, resolution: int, batch: int, mesh_spec: Dict[str, int]
                 attention_impl=cfg.model.attention_impl, rules=str(cfg.sharding.rules),
                 frozen=tuple(stage.frozen), params=counts, flops_per_device=_flops(compiled),
                 flops_analytic=analytic_flops(cfg, resolution, batch, counts, tuple(stage.frozen), text_cache),
-                memory=_memory(compiled), backend=jax.default_backend(), text_cache=bool(text_cache),
+                memory=compiled_memory(compiled), backend=jax.default_backend(), text_cache=bool(text_cache),
                 blocks=(int(cfg.model.mmdit.num_double_blocks), int(cfg.model.mmdit.num_single_blocks)))
 
 
