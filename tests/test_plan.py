@@ -1,5 +1,6 @@
-"""AOT planner (tools/plan.py): the tiny pretrain step compiled on 8 virtual devices, nothing allocated."""
+"""AOT planner (tools/plan.py): the tiny pretrain and rlhf steps compiled on 8 virtual devices, nothing allocated."""
 import argparse
+import copy
 import os
 import sys
 
@@ -90,3 +91,96 @@ def test_analytic_flops_count_frozen_parts_forward_only():
     assert trained["text"] == 6 * (10 * 48 + 1 * 16)
     assert frozen["text"] == 2 * (10 * 48 + 1 * 16)
     assert np.isclose(trained["mmdit"], frozen["mmdit"])
+
+
+# ---- one rlhf step (plan_rlhf): refl, DRaFT at K = 1 and 4, GRPO with its rollout and reference DiT
+
+def _rlhf_cfg(method: str, k: int = 1):
+    cfg = config_lib.base_config("tiny")
+    cfg.model.llm.num_hidden_layers = cfg.model.byt5.num_layers = 1
+    cfg.model.mmdit.num_double_blocks = cfg.model.mmdit.num_single_blocks = 1
+    cfg.rlhf.method, cfg.rlhf.num_steps, cfg.rlhf.draft.k = method, 4, k
+    cfg.rlhf.refl.window = (1, 2)
+    cfg.rlhf.grpo.group_size = 2  # 2 updates (inner_steps) on 3 of the 4 steps, KL to the reference
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def rlhf_plans():
+    """{name: (cfg, Plan)}: four compiles of about 20 s each."""
+    out = {}
+    for name, method, k in (("refl", "refl", 1), ("draft1", "draft", 1), ("draft4", "draft", 4), ("grpo", "grpo", 1)):
+        cfg = _rlhf_cfg(method, k)
+        out[name] = cfg, plan_lib.plan_rlhf(cfg, resolution=RESOLUTION, batch=BATCH,
+                                            mesh_spec={"data": 2, "fsdp": 4, "tensor": 1})
+    return out
+
+
+def _loops_once(section):
+    """``section`` with every loop of its step run once: what XLA's cost_analysis counts (a loop
+    body once, whatever its trip count)."""
+    s = copy.deepcopy(section)
+    if s.method == "refl":  # one no-gradient step (the fori_loop's body), then the gradient step
+        s.num_steps, s.refl.window = 2, (1, 1)
+    elif s.method == "draft":  # the no-gradient scan's body (when there is one), one step with gradient
+        s.num_steps, s.draft.k = 1 + (s.num_steps > s.draft.k), 1
+    else:  # one rollout step, one update on one step
+        s.num_steps, s.grpo.inner_steps, s.grpo.train_fraction = 1, 1, 1.0
+    return s
+
+
+@pytest.mark.parametrize("name", ["refl", "draft1", "draft4", "grpo"])
+def test_rlhf_step_compiles_and_counts_every_sampler_step(rlhf_plans, name):
+    cfg, plan = rlhf_plans[name]
+    assert plan.rlhf["method"] == cfg.rlhf.method and plan.rlhf["reward"] == "pixel_mean"
+    m = plan.memory
+    assert plan.flops_per_device > 0 and m["temp"] > 0 and m["arguments"] > 0
+    assert m["total"] == m["arguments"] + m["outputs"] - m["aliased"] + m["temp"] + m["generated_code"]
+    assert plan.params["trainable"] == plan.params["mmdit"]  # rlhf.frozen: vae, conditioner
+    a = plan.flops_analytic
+    assert a["total"] == pytest.approx(a["sampling"] + a["trained"] + a["reference"] + a["text"]) and a["trained"] > 0
+    # XLA counts each loop body once: its count is the analytic one of the step with every loop run
+    # once (the VAE decode and the reward, which the analytic count leaves out, are in XLA's)
+    once = plan_lib.rlhf_analytic_flops(cfg, _loops_once(cfg.rlhf), RESOLUTION, BATCH, plan.params)["total"]
+    ratio = plan.flops_per_device * plan.devices / once
+    assert 0.6 < ratio < 1.2, ratio
+    assert a["total"] > 1.1 * once  # every sampler step counted (refl: its mean 1.5 steps before the gradient)
+
+
+def test_rlhf_grpo_holds_the_reference_dit_frozen(rlhf_plans):
+    _, grpo = rlhf_plans["grpo"]
+    _, draft = rlhf_plans["draft1"]
+    p = grpo.params
+    assert p["ref/mmdit"] == p["mmdit"] and "ref/mmdit" not in draft.params
+    frozen = p["llm"] + p["llm_adapter"] + p["byt5"] + p["conditioner_layers"] + p["vae"]
+    assert draft.params["frozen"] == frozen and p["frozen"] == frozen + p["ref/mmdit"]
+    assert p["total"] == p["trainable"] + p["frozen"] == draft.params["total"] + p["ref/mmdit"]
+    # the reference's fp32 copy is in the state, split over fsdp = 4: at least a quarter of it per device
+    assert grpo.memory["arguments"] - draft.memory["arguments"] >= 4 * p["ref/mmdit"] / 4
+    assert grpo.flops_analytic["reference"] > 0 and draft.flops_analytic["reference"] == 0
+    text = plan_cli.format_plan(grpo)
+    for needle in ("rlhf step, method grpo: rollout of 8 prompts x 2 = 16 SDE samples", "KL 0.004 to the frozen "
+                   "reference DiT", "ref/mmdit", "pixel_mean", "each loop body counted once", "TPU v5p"):
+        assert needle in text, (needle, text)
+
+
+def test_rlhf_draft_memory_is_flat_in_k(rlhf_plans):
+    """The window's steps are rematerialised: K = 4 keeps no more than K = 1 (without remat the tiny
+    step's temp grows 3.3x from K = 1 to 4), while its gradient FLOPs grow 4x."""
+    _, one = rlhf_plans["draft1"]
+    _, four = rlhf_plans["draft4"]
+    assert four.memory["total"] <= 1.1 * one.memory["total"], (one.memory, four.memory)
+    assert four.flops_analytic["trained"] == pytest.approx(4 * one.flops_analytic["trained"])
+
+
+def test_rlhf_bad_arguments_fail_clearly(monkeypatch):
+    for var in ("XLA_FLAGS", "JAX_PLATFORMS"):  # main() sets them; restore afterwards
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    with pytest.raises(SystemExit, match="need --stage rlhf"):
+        plan_cli.main(["--size", "tiny", "--devices", "8", "--draft-k", "4"])
+    with pytest.raises(SystemExit, match="plan the pretrain step"):
+        plan_cli.main(["--size", "tiny", "--devices", "8", "--stage", "rlhf", "--text-cache"])
+    cfg = _rlhf_cfg("draft")
+    cfg.rlhf.flow_weight = 0.1
+    with pytest.raises(ValueError, match="without the flow regulariser"):
+        plan_lib.plan_rlhf(cfg, resolution=RESOLUTION, batch=BATCH, mesh_spec={"data": 2, "fsdp": 4, "tensor": 1})

@@ -1,9 +1,9 @@
-"""AOT planner: will the pretrain step fit, and what does it cost, on a given mesh?
+"""AOT planner: will the pretrain (or an rlhf) step fit, and what does it cost, on a given mesh?
 
-Compiles the real pretrain train step (the loop's own step, state layout and shardings) for
-abstract inputs on N virtual CPU devices and prints parameters per component, FLOPs per step
-(XLA's count and the analytic 6·N·T estimate) and per-device memory against accelerator chips.
-Nothing is allocated: a 10B-parameter config plans on a laptop (compiling it takes minutes).
+Compiles the real train step (the loop's own step, state layout and shardings) for abstract
+inputs on N virtual CPU devices and prints parameters per component, FLOPs per step (XLA's count
+and the analytic 6·N·T estimate) and per-device memory against accelerator chips. Nothing is
+allocated: a 10B-parameter config plans on a laptop (compiling it takes minutes).
 
     python tools/plan.py                                       # full size, 64 devices, 1024 px
     python tools/plan.py --resolution 512 --batch 256 --mesh data=1,fsdp=64,tensor=1
@@ -11,6 +11,8 @@ Nothing is allocated: a 10B-parameter config plans on a laptop (compiling it tak
     python tools/plan.py --dtype bfloat16 --remat dots --frozen vae conditioner/text_encoder/llm
     python tools/plan.py --config configs/full_v5p64.py --text-cache --depths 1,2 --check-depth 3
     python tools/plan.py --table                               # the full size on v5p and H100/H200 pods
+    python tools/plan.py --config configs/full_v5p64.py --stage rlhf --method draft --draft-k 4 \
+        --resolution 512 --batch 32 --depths 1,2               # one rlhf update (refl | draft | grpo)
 
 --depths A,B compiles the MMDiT at A and B depth units (the full size's 10 double + 20 single
 blocks are 10 units of 1 + 2) and extrapolates memory and FLOPs linearly to the config's depth;
@@ -18,6 +20,14 @@ blocks are 10 units of 1 + 2) and extrapolates memory and FLOPs linearly to the 
 size at 512 and 1024 px for TPU v5p-64 / v5p-128 and 1, 4, 16 nodes of 8 H100 / H200 (one row per
 pod: per-device memory, XLA FLOPs per step, the step time implied at --mfu of the chip's peak bf16
 FLOP/s, the verdict) and compares with MaxDiffusion's published Flux-dev step.
+
+--stage rlhf plans one step of the rlhf stage (``cfg.rlhf``; --method, --num-steps, --draft-k and
+--group-size override its method, sampler steps, DRaFT's K and GRPO's group size): refl or draft
+is one update, grpo one rollout of group-size samples per prompt and its inner_steps updates;
+--batch counts prompts, --resolution sets rlhf.height and width (default the section's). The
+frozen reference DiT of grpo's KL is in the state; the learned rewards are replaced by a
+weightless pixel score (``stages/plan.PLAN_REWARD``). XLA counts each loop body once, so its
+FLOPs for an rlhf step count the sampler's steps as one: the analytic line counts them all.
 
 XLA:CPU removes the optimisation barriers JAX puts around rematerialised code, so its CSE pass
 merges the recomputation back into the forward pass, and its default scheduler starts work as
@@ -58,13 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual CPU devices (sets XLA_FLAGS before JAX starts; default 64, or the config's mesh)")
     p.add_argument("--mesh", type=parse_mesh, default=None,
                    help="mesh axes, e.g. data=1,fsdp=64,tensor=1 (default: fsdp over all devices)")
-    p.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 1024, or the config's)")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: 4 per device, or the config's)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="image side in pixels (default 1024, or the config's; rlhf: rlhf.height)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="global batch (default: 4 per device, or the config's; rlhf: prompts, 1 per device)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="compute dtype (model.dtype)")
     p.add_argument("--remat", default=None, help='model.remat_policy: none | full | dots | "double=dots,single=full"')
     p.add_argument("--attention", default=None, help="model.attention_impl: xla | cudnn | splash (TPU only)")
     p.add_argument("--rules", default=None, help="sharding rules preset: fsdp | data_parallel")
-    p.add_argument("--frozen", nargs="*", default=None, help="pretrain.frozen path prefixes (default: vae)")
+    p.add_argument("--frozen", nargs="*", default=None,
+                   help="<stage>.frozen path prefixes (default: pretrain vae; rlhf vae conditioner)")
+    p.add_argument("--stage", default="pretrain", choices=("pretrain", "rlhf"), help="the step to plan")
+    p.add_argument("--method", default=None, choices=("refl", "draft", "grpo"), help="rlhf.method")
+    p.add_argument("--num-steps", type=int, default=None, help="rlhf.num_steps (sampler steps)")
+    p.add_argument("--draft-k", type=int, default=None, help="rlhf.draft.k (DRaFT: gradient through the last K steps)")
+    p.add_argument("--group-size", type=int, default=None, help="rlhf.grpo.group_size (samples per prompt)")
     p.add_argument("--config", default=None, help="a config file (configs/*.py): its model, sharding, pretrain.frozen, "
                    "mesh, pretrain.train.batch_size and data.image_size (flags given here override them)")
     p.add_argument("--text-cache", action="store_true",
@@ -105,10 +123,15 @@ def _count(n: int) -> str:
 def format_plan(plan) -> str:
     """The printed report of a ``seedream_jax.stages.plan.Plan``."""
     from seedream_jax.stages.plan import CHIP_MEMORY
-    lines = [f"pretrain step: {plan.resolution}x{plan.resolution} px, global batch {plan.batch}, dtype {plan.dtype}, "
-             f"remat {plan.remat_policy}, attention {plan.attention_impl or 'xla'}, rules {plan.rules}, "
-             f"frozen {list(plan.frozen)}, text {'from the text cache' if plan.text_cache else 'encoded in the step'}",
-             f"mesh: {plan.mesh} = {plan.devices} devices (compiled for {plan.backend})", ""]
+    size = f"{plan.resolution}x{plan.resolution} px"
+    settings = (f"dtype {plan.dtype}, remat {plan.remat_policy}, attention {plan.attention_impl or 'xla'}, "
+                f"rules {plan.rules}, frozen {list(plan.frozen)}")
+    if plan.rlhf:
+        lines = format_rlhf(plan) + [f"{size}, {settings}"]
+    else:
+        lines = [f"pretrain step: {size}, global batch {plan.batch}, {settings}, "
+                 f"text {'from the text cache' if plan.text_cache else 'encoded in the step'}"]
+    lines += [f"mesh: {plan.mesh} = {plan.devices} devices (compiled for {plan.backend})", ""]
     if plan.extrapolation:
         lines += format_extrapolation(plan) + [""]
     lines += ["parameters"]
@@ -116,12 +139,19 @@ def format_plan(plan) -> str:
         lines.append(f"  {name:20s} {_count(n):>10s}")
     xla_total = plan.flops_per_device * plan.devices
     a = plan.flops_analytic
-    lines += ["", "FLOPs per step (global batch)",
-              f"  XLA cost_analysis    {xla_total:10.3e}  ({plan.flops_per_device:.3e} per device x {plan.devices})",
-              f"  analytic             {a['total']:10.3e}  (6·N·T: mmdit {a['mmdit']:.2e} + attention "
-              f"{a['attention']:.2e} + text encoders {a['text']:.2e}; frozen parts 2·N·T)",
-              f"  XLA / analytic       {xla_total / a['total']:10.2f}", "",
-              "memory per device (XLA memory_analysis)"]
+    xla = f"  XLA cost_analysis    {xla_total:10.3e}  ({plan.flops_per_device:.3e} per device x {plan.devices})"
+    if plan.rlhf:
+        lines += ["", "FLOPs per step (global batch)",
+                  f"  analytic             {a['total']:10.3e}  (every sampler step counted; DiT 2·N·T + attention per "
+                  f"image forward, x3 with gradient: sampling {a['sampling']:.2e} + trained {a['trained']:.2e} + "
+                  f"reference {a['reference']:.2e} + text encoders {a['text']:.2e}; VAE decode and reward not counted)",
+                  xla + ": each loop body counted once (the sampler's steps as one step), so not the step's total"]
+    else:
+        lines += ["", "FLOPs per step (global batch)", xla,
+                  f"  analytic             {a['total']:10.3e}  (6·N·T: mmdit {a['mmdit']:.2e} + attention "
+                  f"{a['attention']:.2e} + text encoders {a['text']:.2e}; frozen parts 2·N·T)",
+                  f"  XLA / analytic       {xla_total / a['total']:10.2f}"]
+    lines += ["", "memory per device (XLA memory_analysis)"]
     m = plan.memory
     for key in ("arguments", "outputs", "aliased", "temp", "generated_code", "total"):
         label = {"aliased": "aliased (donated)", "total": "total = args + out - aliased + temp + code"}.get(key, key)
@@ -136,6 +166,24 @@ def format_plan(plan) -> str:
                   "TPU/GPU program, but XLA:CPU fuses, lays out and schedules differently, so 'temp' (and the total) "
                   "is an estimate of the accelerator's; plan with margin."]
     return "\n".join(lines)
+
+
+def format_rlhf(plan) -> list:
+    """The first lines of an rlhf plan's report: what one step of its method runs."""
+    r = plan.rlhf
+    sampler = f"{r['num_steps']} {r['solver']} steps, CFG {r['guidance_scale']:g}"
+    if r["method"] == "grpo":
+        kl = f"KL {r['kl_weight']:g} to the frozen reference DiT" if r["kl_weight"] > 0 else "no KL"
+        what = (f"rollout of {plan.batch} prompts x {r['group_size']} = {plan.batch * r['group_size']} SDE samples "
+                f"({sampler}, eta {r['eta']:g}), then {r['updates']} updates on {r['train_steps']} of the steps, {kl}")
+    elif r["method"] == "draft":
+        what = f"{plan.batch} prompts, ODE sampler ({sampler}), gradient through the last {r['k']} (remat), 1 update"
+    else:
+        first, last = r["window"]
+        what = (f"{plan.batch} prompts, ODE sampler ({sampler}) to a step drawn in {first}..{last}, one x0 "
+                "prediction with gradient, 1 update")
+    return [f"rlhf step, method {r['method']}: {what}",
+            f"reward: {r['reward']} (a weightless differentiable stand-in for rlhf.rewards {r['rewards_replaced']})"]
 
 
 HEADROOM = 0.10  # a plan 'fits' a chip with at least this share of its memory left
@@ -224,11 +272,11 @@ def _set_xla_flags(devices: int, remat_flags: bool):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def _plan(cfg, args, **kwargs):
-    from seedream_jax.stages.plan import plan_extrapolated, plan_pretrain
+def _plan(cfg, args, stage: str = "pretrain", **kwargs):
+    from seedream_jax.stages.plan import PLANNERS, plan_extrapolated
     if args.depths:
-        return plan_extrapolated(cfg, fit_depths=args.depths, check_depth=args.check_depth, **kwargs)
-    return plan_pretrain(cfg, **kwargs)
+        return plan_extrapolated(cfg, fit_depths=args.depths, check_depth=args.check_depth, stage=stage, **kwargs)
+    return PLANNERS[stage](cfg, **kwargs)
 
 
 def full_table_config():
@@ -303,6 +351,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_depth and not args.depths:
         raise SystemExit("--check-depth needs --depths")
+    rlhf = args.stage == "rlhf"
+    if rlhf and (args.table or args.text_cache):
+        raise SystemExit("--table and --text-cache plan the pretrain step (the rlhf step encodes its prompts)")
+    if not rlhf and any(v is not None for v in (args.method, args.num_steps, args.draft_k, args.group_size)):
+        raise SystemExit("--method, --num-steps, --draft-k and --group-size need --stage rlhf")
     if args.table:
         if not args.depths:
             args.depths, args.check_depth = (1, 2), args.check_depth or 3
@@ -328,18 +381,31 @@ def main(argv=None) -> int:
     if args.rules is not None:
         cfg.sharding.rules = args.rules
     if args.frozen is not None:
-        cfg.pretrain.frozen = tuple(args.frozen)
+        cfg[args.stage].frozen = tuple(args.frozen)
+    for key, value in (("method", args.method), ("num_steps", args.num_steps)):
+        if value is not None:
+            cfg.rlhf[key] = value
+    if args.draft_k is not None:
+        cfg.rlhf.draft.k = args.draft_k
+    if args.group_size is not None:
+        cfg.rlhf.grpo.group_size = args.group_size
     note = ""
     if cfg.model.attention_impl in ("splash", "cudnn") and jax.default_backend() == "cpu":
         note = (f"\nnote: attention_impl {cfg.model.attention_impl!r} needs its accelerator; planned with XLA's "
                 "attention, which materialises the T x T scores the fused kernel never stores (more memory)")
         cfg.model.attention_impl = None
-    resolution = args.resolution or (int(cfg.data.image_size) if args.config else 1024)
-    batch = args.batch or (int(cfg.pretrain.train.batch_size) if args.config else 4 * n_devices)
+    if rlhf:
+        resolution = args.resolution or int(cfg.rlhf.height)
+        batch = args.batch or (int(cfg.rlhf.train.batch_size) if args.config else n_devices)
+        kwargs = {}
+    else:
+        resolution = args.resolution or (int(cfg.data.image_size) if args.config else 1024)
+        batch = args.batch or (int(cfg.pretrain.train.batch_size) if args.config else 4 * n_devices)
+        kwargs = {"text_cache": args.text_cache}
     t0 = time.time()
     try:
-        plan = _plan(cfg, args, resolution=resolution, batch=batch, mesh_spec=mesh, devices=devices,
-                     text_cache=args.text_cache)
+        plan = _plan(cfg, args, args.stage, resolution=resolution, batch=batch, mesh_spec=mesh, devices=devices,
+                     **kwargs)
     except ValueError as e:
         raise SystemExit(f"plan: {e}") from None
     print(format_plan(plan) + note)

@@ -23,6 +23,7 @@ the loop's non-finite guard). Methods (``training/rlhf_losses.py``):
 ``flow_weight`` > 0 adds the flow-matching loss of the pretrain stage (``pretrain.model_functions``)
 on the stage's image data (``rlhf.data``, else ``cfg.data``) as a regulariser.
 """
+import dataclasses
 import os
 
 import jax
@@ -77,29 +78,39 @@ def load_rewards(stage_cfg, workdir: str, table: in_graph.PromptTable) -> list:
     return out
 
 
-def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
-    """The Task of ``rlhf.method`` (see the module docstring)."""
+def prompt_arrays(pipe, graph_rewards, prompts) -> dict:
+    """The host arrays of a batch of ``prompts`` (B strings): their token arrays [B, L], the empty
+    prompt's under ``UNCOND`` + key, and every reward's prepared inputs (``in_graph.prepare_all``)."""
+    tokens = tokenize_prompts(prompts, pipe.tokenizer, pipe.conditioner_cfg)
+    empty = tokenize_prompts([""] * len(prompts), pipe.tokenizer, pipe.conditioner_cfg)
+    return {**tokens, **{UNCOND + k: v for k, v in empty.items()}, **in_graph.prepare_all(graph_rewards, prompts)}
+
+
+def model_task(stage_cfg, pipe, graph_rewards) -> loop.Task:
+    """The Task of ``rlhf.method`` (see the module docstring) from the stage's settings, its pipeline
+    and its rewards alone: no data, init sources or evaluation (``build_task`` adds those from the
+    workdir; ``stages/plan.py`` compiles this Task abstractly).
+
+    init_params: the pipeline's components for images of ``rlhf.height`` x ``rlhf.width``, split by
+    ``rlhf.frozen``, plus for grpo with a KL the frozen reference DiT ``frozen['ref']['mmdit']``.
+    The batch: ``prompt_arrays`` of B prompts (with ``flow_weight`` > 0 also the regulariser's
+    image batch under ``FLOW`` + key). ``graph_rewards``: the ``GraphReward`` of each name of
+    ``rlhf.rewards``.
+    """
     s = stage_cfg
     if s.method not in METHODS:
         raise ValueError(f"rlhf.method must be one of {METHODS}, got {s.method!r}")
     grpo, g = s.method == "grpo", s.grpo
-    pipe = stage_pipeline(source_stage(s, workdir), attention_impl=cfg.model.attention_impl)
     height, width = int(s.height), int(s.width)
     latent_shape = pipe.latent_shape(height, width)
     n_steps = int(s.num_steps)
     sampler_cfg = sampler_lib.SamplerConfig(num_steps=n_steps, solver=str(s.solver) if not grpo else "euler",
                                             guidance_scale=float(s.guidance_scale),
                                             eta=float(g.eta) if grpo else 0.0, shift=pipe.mu(height, width))
-    table = in_graph.PromptTable()
-    graph_rewards = load_rewards(s, workdir, table)
     weights = {name: float(w) for name, w in s.rewards.items()}
-    sources = parse_sources(s.init_from, workdir)
     use_ref = grpo and float(g.kl_weight) > 0
-    init_sources = {**sources, **({f"{REFERENCE}/mmdit": sources["mmdit"]} if use_ref else {})}
     base_init, flow_loss = pretrain.model_functions(pipe, s, height, width)
     flow_weight = float(s.flow_weight)
-    images = (pretrain.image_data(cfg, workdir, s, pipe, sources["vae"][0] if "vae" in sources else None)
-              if flow_weight > 0 else None)
     token_keys = list(tokenize_prompts(["a"], pipe.tokenizer, pipe.conditioner_cfg))
     lo, hi = (int(v) for v in s.refl.window)
     if s.method == "refl" and not 0 <= lo <= hi < n_steps:
@@ -107,15 +118,6 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
                          f"num_steps={n_steps}")
     group = int(g.group_size) if grpo else 1
     train_count = max(1, int(float(g.train_fraction) * n_steps))
-
-    def make_arrays(prompts):
-        tokens = tokenize_prompts(prompts, pipe.tokenizer, pipe.conditioner_cfg)
-        empty = tokenize_prompts([""] * len(prompts), pipe.tokenizer, pipe.conditioner_cfg)
-        return {**tokens, **{UNCOND + k: v for k, v in empty.items()}, **in_graph.prepare_all(graph_rewards, prompts)}
-
-    rows = prompt_data.prompt_rows(s.prompts, workdir, int(s.train.batch_size), pipe.tokenizer,
-                                   pipe.conditioner_cfg.llm_max_length)
-    data = prompt_data.PromptBatches(rows, make_arrays, images, FLOW)
 
     def init_params(rng):
         trainable, frozen = base_init(rng)
@@ -183,19 +185,40 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
             loss, metrics["flow_loss"] = loss + flow_weight * fm, fm
         return loss, metrics
 
+    return loop.Task(name="rlhf", init_params=init_params, loss_fn=loss_fn, data=None,
+                     rollout=rollout if grpo else None, inner_steps=int(g.inner_steps) if grpo else 1)
+
+
+def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
+    """The Task of ``model_task`` for the source stage's pipeline and the loaded rewards, with its
+    prompts (and the flow regulariser's images), init sources and evaluation."""
+    s = stage_cfg
+    if s.method not in METHODS:
+        raise ValueError(f"rlhf.method must be one of {METHODS}, got {s.method!r}")
+    pipe = stage_pipeline(source_stage(s, workdir), attention_impl=cfg.model.attention_impl)
+    height, width = int(s.height), int(s.width)
+    graph_rewards = load_rewards(s, workdir, in_graph.PromptTable())
+    task = model_task(s, pipe, graph_rewards)
+    sources = parse_sources(s.init_from, workdir)
+    use_ref = s.method == "grpo" and float(s.grpo.kl_weight) > 0
+    init_sources = {**sources, **({f"{REFERENCE}/mmdit": sources["mmdit"]} if use_ref else {})}
+    images = (pretrain.image_data(cfg, workdir, s, pipe, sources["vae"][0] if "vae" in sources else None)
+              if float(s.flow_weight) > 0 else None)
+    rows = prompt_data.prompt_rows(s.prompts, workdir, int(s.train.batch_size), pipe.tokenizer,
+                                   pipe.conditioner_cfg.llm_max_length)
+    data = prompt_data.PromptBatches(rows, lambda prompts: prompt_arrays(pipe, graph_rewards, prompts), images, FLOW)
     prompts = list(s.eval_prompts)
 
     def evaluate(state, step):
         p = merge_params(state.ema_params or state.params, state.frozen)
         pics = pipe(p, prompts, height=height, width=width, num_steps=int(s.eval_steps), solver=str(s.solver),
                     guidance_scale=float(s.guidance_scale))
-        scalars = {f"eval/reward/{n}": float(np.mean(np.asarray(rewards_api.score(n, pics, prompts)))) for n in weights}
+        scalars = {f"eval/reward/{n}": float(np.mean(np.asarray(rewards_api.score(n, pics, prompts))))
+                   for n in s.rewards}
         return loop.Measurements(scalars=scalars, images={"samples": image_grid(list(pics), prompts,
                                                                                columns=min(4, len(prompts)), scale=2)})
 
-    return loop.Task(name="rlhf", init_params=init_params, loss_fn=loss_fn, data=data, init_sources=init_sources,
-                     evaluate=evaluate if prompts else None, rollout=rollout if grpo else None,
-                     inner_steps=int(g.inner_steps) if grpo else 1)
+    return dataclasses.replace(task, data=data, init_sources=init_sources, evaluate=evaluate if prompts else None)
 
 
 def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
