@@ -23,7 +23,8 @@ Variants on the command line or in a copy of this file:
     YNNPACK elementwise fusion (``dot,eltwise``) crashed XLA:CPU (segmentation fault) at their
     second update.
 
-Measured on the 3000-step base of configs/tiny_long.py (benchmarks/RESULTS.md (e)): this GRPO
+Measured on a 3000-step base (configs/tiny_long.py as it was then: 2,000 scenes, 3000 DiT steps;
+benchmarks/RESULTS.md (e)): this GRPO
 with the exact-pass objective reward is too sparse there (3 of 12 rollouts had a passing image;
 no gain); ReFL with the aesthetic reward raised shape, position and relation and showed reward
 hacking (background stripes).
