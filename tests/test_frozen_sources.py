@@ -18,8 +18,8 @@ from ml_collections import ConfigDict
 from seedream_jax import config_lib
 from seedream_jax.checkpoint import init_from
 from seedream_jax.checkpoint.manager import restore_raw_state
-from seedream_jax.checkpoint.stage_dir import (FROZEN_SOURCES_FILE, STAGE_FILE, StageDescription, open_stage,
-                                               stage_checksum)
+from seedream_jax.checkpoint.source_records import FROZEN_SOURCES_FILE, STAGE_FILE, stage_checksum
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.stages.runner import run_stage
 from seedream_jax.training import loop
 from test_loop import _preempt_when_drawing

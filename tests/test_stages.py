@@ -9,7 +9,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from seedream_jax import config_lib
-from seedream_jax.checkpoint.stage_dir import STAGE_FILE, open_stage, select_weights
+from seedream_jax.checkpoint.source_records import STAGE_FILE
+from seedream_jax.checkpoint.stage_dir import open_stage, select_weights
 from seedream_jax.models import components
 from seedream_jax.models.conditioner import ConditionerConfig
 from seedream_jax.stages import builtin_kinds, load_kind, stage_kind

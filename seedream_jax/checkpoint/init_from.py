@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 from seedream_jax.checkpoint.manager import CheckpointReadError, restore_raw_state, restore_subset
-from seedream_jax.checkpoint.stage_dir import check_source, frozen_sources, weights_key
+from seedream_jax.checkpoint.source_records import check_source, frozen_sources, weights_key
 from seedream_jax.models.partition import merge_params
 
 Source = Tuple[str, str]  # (stage directory, component path[, keep_init patterns[, pad_init patterns]])

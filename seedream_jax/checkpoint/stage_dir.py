@@ -27,100 +27,13 @@ from typing import Any, Dict, Mapping, Optional
 
 import flax
 
+from seedream_jax.checkpoint.init_from import load_component
 from seedream_jax.checkpoint.manager import restore_raw_state
+from seedream_jax.checkpoint.source_records import (check_source, file_sha256, frozen_sources, meta_path, weights_key,
+                                                    write_json)
 from seedream_jax.models import components
 
-STAGE_FILE = "stage.json"
-FROZEN_SOURCES_FILE = "frozen_sources.json"
 FORMAT = 1
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def stage_checksum(stage_dir: str) -> str:
-    """The checksum recorded for a stage used as a source: SHA-256 of its ``stage.json``."""
-    return file_sha256(_meta_path(stage_dir))
-
-
-def _meta_path(stage_dir: str) -> str:
-    return os.path.join(os.path.abspath(stage_dir), STAGE_FILE)
-
-
-def _write_json(path: str, obj) -> None:
-    """``obj`` as indented JSON at ``path``, atomically (a temporary file renamed over it)."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-    os.replace(path + ".tmp", path)
-
-
-def weights_key(state: Mapping[str, Any], use_ema: bool = True) -> str:
-    """The saved tree a reader's parameters come from: 'ema_params' when ``use_ema`` and the
-    state (a restored TrainState dict, or its metadata) keeps an EMA, else 'params'."""
-    return "ema_params" if use_ema and state.get("ema_params") else "params"
-
-
-def source_record(source_dir: str, *, step: Optional[int] = None, path: Optional[str] = None) -> Dict[str, Any]:
-    """The ``init_from`` entry for a component taken from ``source_dir``: {"source", "step" (``step``,
-    default its latest checkpoint's), "checksum", "stored": "checkpoint"}. With ``path`` (the
-    component's path in the source) the entry of a component stored at its source: "stored":
-    "source" plus "path" and "weights" ('ema' where that checkpoint keeps an EMA, else 'raw': what
-    ``checkpoint.init_from`` reads)."""
-    source_dir = os.path.abspath(source_dir)
-    meta, step = restore_raw_state(source_dir, step, metadata_only=True)
-    checksum = stage_checksum(source_dir) if os.path.exists(_meta_path(source_dir)) else None
-    record = {"source": source_dir, "step": step, "checksum": checksum, "stored": "checkpoint"}
-    if path is not None:
-        record.update(stored="source", path=path.strip("/"),
-                      weights="ema" if weights_key(meta) == "ema_params" else "raw")
-    return record
-
-
-def write_frozen_sources(stage_dir: str, records: Mapping[str, dict]) -> None:
-    """Write ``<stage_dir>/frozen_sources.json`` ({component: ``source_record(..., path=...)``});
-    with no records, remove a stale one."""
-    path = os.path.join(os.path.abspath(stage_dir), FROZEN_SOURCES_FILE)
-    if records:
-        _write_json(path, dict(records))
-    elif os.path.exists(path):
-        os.remove(path)
-
-
-def frozen_sources(stage_dir: str) -> Dict[str, dict]:
-    """{component path: record} of the components ``stage_dir``'s checkpoints leave at their
-    source (``<stage_dir>/frozen_sources.json``; {} when it has none). Unchecked: see ``check_source``."""
-    path = os.path.join(os.path.abspath(stage_dir), FROZEN_SOURCES_FILE)
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def check_source(stage_dir: str, component: str, record: Mapping[str, Any]) -> None:
-    """Fail, naming the stage, the component, its source and step, when a component ``stage_dir``
-    reads from its source (a ``stored: "source"`` record) can no longer be read as it was: the
-    source's ``stage.json`` is missing or changed (checksum) or the recorded checkpoint step is gone."""
-    source, step = record["source"], record.get("step")
-    if record.get("checksum"):
-        if not os.path.exists(_meta_path(source)):
-            raise FileNotFoundError(f"stage {stage_dir}: component {component!r} is read from {source} (step "
-                                    f"{step}), whose {STAGE_FILE} is missing")
-        if stage_checksum(source) != record["checksum"]:
-            raise ValueError(f"stage {stage_dir}: component {component!r} comes from {source}, whose {STAGE_FILE} "
-                             f"checksum no longer matches the recorded one (it was retrained or replaced since "
-                             f"step {step} was read); rerun this stage or restore the source")
-    checkpoints = os.path.join(source, "checkpoints")
-    if step is not None and not os.path.isdir(os.path.join(checkpoints, str(step))):
-        have = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(checkpoints) else []
-        raise FileNotFoundError(f"stage {stage_dir}: component {component!r} is read from {source} at step {step}, "
-                                f"which is gone (steps there: {have}; keep_checkpoints deletes old steps); "
-                                "restore that checkpoint or rerun this stage")
 
 
 @dataclasses.dataclass
@@ -129,7 +42,7 @@ class StageDescription:
 
     components: {name: (Flax module class, config dataclass)}. schedule: the resolution time-shift
     parameters sampling must use (``schedules.resolution_shift`` keywords), or None. tokenizer:
-    ``stage_dir.tokenizer_record(...)`` or None. init_from: {component: ``stage_dir.source_record``}
+    ``stage_dir.tokenizer_record(...)`` or None. init_from: {component: ``source_records.source_record``}
     (the stage runner adds one per source of the stage's ``init_from`` config and those of
     ``frozen_sources``, so a kind names only other sources here).
     settings: JSON-able values the stage's users need besides the model configs (e.g. the prompt
@@ -150,7 +63,7 @@ def write_stage_meta(stage_dir: str, name: str, kind: str, description: StageDes
             "schedule": d.schedule, "tokenizer": d.tokenizer, "init_from": dict(d.init_from),
             "settings": dict(d.settings)}
     os.makedirs(stage_dir, exist_ok=True)
-    _write_json(_meta_path(stage_dir), meta)
+    write_json(meta_path(stage_dir), meta)
     return meta
 
 
@@ -180,7 +93,6 @@ class Stage:
         checkpoint keeps them (``weights='ema'``), else the raw ones, merged with the frozen
         parameters, plus the components stored at their source (``frozen_sources``), each read
         from there at the recorded step (and, if that stage stores it at its source, from there)."""
-        from seedream_jax.checkpoint.init_from import load_component
         from seedream_jax.models.partition import merge_params
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
@@ -246,7 +158,7 @@ def open_stage(stage_dir: str, step: Optional[int] = None) -> Stage:
     checkpoint (``step``, default the latest) is checked without reading its arrays: a damaged
     one raises ``CheckpointReadError`` naming the step and the file (``checkpoint/manager.py``)."""
     stage_dir = os.path.abspath(stage_dir)
-    path = _meta_path(stage_dir)
+    path = meta_path(stage_dir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: {stage_dir} is not a finished stage directory "
                                 "(stage.json is written when a stage ends; rerun the stage's command)")

@@ -73,7 +73,7 @@ REWARD_KINDS = tuple(SPECS)
 def stage_kind(stage_dir: str) -> Optional[str]:
     """The ``kind`` in ``stage_dir/stage.json`` (read without touching the checkpoint); None without a
     readable one (``open_stage`` then says what is wrong)."""
-    from seedream_jax.checkpoint.stage_dir import STAGE_FILE
+    from seedream_jax.checkpoint.source_records import STAGE_FILE
     try:
         with open(os.path.join(stage_dir, STAGE_FILE), encoding="utf-8") as f:
             return json.load(f).get("kind")

@@ -34,7 +34,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage, source_record
+from seedream_jax.checkpoint.source_records import source_record
+from seedream_jax.checkpoint.stage_dir import StageDescription, open_stage
 from seedream_jax.data import degradations, synthetic, world_pairs
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.models.partition import merge_params, split_params

@@ -28,7 +28,8 @@ import numpy as np
 
 from seedream_jax import rewards as rewards_api
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import open_stage, stage_checksum
+from seedream_jax.checkpoint.source_records import stage_checksum
+from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data import rewrite_pairs
 from seedream_jax.data.batches import IndexedBatches
 from seedream_jax.eval import prompt_content

@@ -13,7 +13,8 @@ import dataclasses
 import os
 
 from seedream_jax.checkpoint.init_from import parse_sources
-from seedream_jax.checkpoint.stage_dir import frozen_sources, source_record, write_stage_meta
+from seedream_jax.checkpoint.source_records import frozen_sources, source_record
+from seedream_jax.checkpoint.stage_dir import write_stage_meta
 from seedream_jax.stages import load_kind, stage_kind, stage_section
 from seedream_jax.training import loop
 

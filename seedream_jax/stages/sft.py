@@ -40,7 +40,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from PIL import Image
 
-from seedream_jax.checkpoint.stage_dir import stage_checksum
+from seedream_jax.checkpoint.source_records import stage_checksum
 from seedream_jax.data import augment, captions as captions_lib, curation
 from seedream_jax.data import sources as data_sources
 from seedream_jax.data import style_tags as style_tags_lib

@@ -46,7 +46,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from seedream_jax.checkpoint import init_from
-from seedream_jax.checkpoint import stage_dir as stage_dir_lib
+from seedream_jax.checkpoint import source_records
 from seedream_jax.checkpoint.manager import Checkpointer
 from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.parallel import sharding as sharding_lib
@@ -255,15 +255,15 @@ def _replace_leaves(tree, leaves: Mapping[Tuple[str, ...], Any]):
 
 
 def _record_frozen_sources(task: Task, abstract, self_contained: bool, stage_dir: str) -> Dict[str, dict]:
-    """At a fresh start: {target: ``stage_dir.source_record(source, path=...)``} of the
+    """At a fresh start: {target: ``source_records.source_record(source, path=...)``} of the
     ``task.init_sources`` the checkpoints leave at their source (``init_from.frozen_targets``;
     none when ``self_contained`` or with an ``initialise`` hook), written to
     ``<stage_dir>/frozen_sources.json`` by process 0 (a stale one removed when there are none)."""
     targets = ({} if self_contained or task.initialise is not None or not task.init_sources else
                init_from.frozen_targets(abstract.params, abstract.frozen, task.init_sources))
-    records = {target: stage_dir_lib.source_record(src[0], path=src[1]) for target, src in targets.items()}
+    records = {target: source_records.source_record(src[0], path=src[1]) for target, src in targets.items()}
     if jax.process_index() == 0:
-        stage_dir_lib.write_frozen_sources(stage_dir, records)
+        source_records.write_frozen_sources(stage_dir, records)
     for target, r in records.items():
         logging.info("[%s] %s is stored at its source %s:%s (step %d), not in this stage's checkpoints",
                      task.name, target, r["source"], r["path"], r["step"])
@@ -334,10 +334,10 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     ckpt = Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=int(tcfg.keep_checkpoints),
                         async_save=bool(tcfg.async_checkpoint))
     if ckpt.latest_step() is not None:
-        stored = stage_dir_lib.frozen_sources(stage_dir)
+        stored = source_records.frozen_sources(stage_dir)
         try:
             for target, record in stored.items():
-                stage_dir_lib.check_source(stage_dir, target, record)
+                source_records.check_source(stage_dir, target, record)
             # the newest step that reads (damaged ones set aside), then what is stored at its source
             state, data_state = ckpt.restore(_saved(abstract, stored))
             state = state.replace(frozen=_replace_leaves(state.frozen, _read_frozen_sources(abstract, stored)))
