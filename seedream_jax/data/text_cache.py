@@ -25,7 +25,7 @@ naming what differs, so a stale cache is never trained on.
 """
 import io
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np

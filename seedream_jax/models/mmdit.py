@@ -190,7 +190,7 @@ class DoubleStreamBlock(nn.Module):
     @nn.compact
     def __call__(self, img, txt, temb, cos, sin, key_mask, style=None):
         cfg = self.config
-        dt, d, hd = layers.compute_dtype(cfg.dtype), cfg.hidden_size, cfg.head_dim
+        dt, d = layers.compute_dtype(cfg.dtype), cfg.hidden_size
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = Modulation(d, 6, dt, name="norm1")(temb)
         c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = Modulation(
             d, 6, dt, name="norm1_context")(temb)
