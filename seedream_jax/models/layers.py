@@ -45,15 +45,29 @@ def dense(features: int, in_axis: Optional[str], out_axis: Optional[str], *, use
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _gathered_conv_general_dilated(kernel_axes: tuple):
+    """``lax.conv_general_dilated`` with the kernel (rhs) first constrained to
+    ``sharding.gathered_axes(kernel_axes)``, as ``_gathered_dot_general`` does for Dense. Left to
+    itself, XLA may convolve with the kernel's output channels split over 'fsdp' and the input
+    replicated, so every chip runs the whole global batch (the VAE decode at full size)."""
+    def conv_general_dilated(lhs, rhs, *args, **kwargs):
+        rhs = nn.with_logical_constraint(rhs, sharding.gathered_axes(kernel_axes))
+        return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    return conv_general_dilated
+
+
 def conv(features: int, kernel_size: Sequence[int], *, strides: int = 1, padding: Any = "SAME",
          use_bias: bool = True, dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Conv:
-    """An NHWC convolution with kernel [kh, kw, in, out] annotated (None, None, conv_in, conv_out)."""
+    """An NHWC convolution with kernel [kh, kw, in, out] annotated (None, None, conv_in, conv_out):
+    split by the rules at rest and gathered over the FSDP axis at use, as in ``dense``."""
+    kernel_axes = (None, None, axes.CONV_IN, axes.CONV_OUT)
     return nn.Conv(
         features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias,
         dtype=dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                 (None, None, axes.CONV_IN, axes.CONV_OUT)),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), kernel_axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.CONV_OUT,)),
+        conv_general_dilated=_gathered_conv_general_dilated(kernel_axes),
     )
 
 
