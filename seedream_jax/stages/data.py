@@ -1,6 +1,8 @@
 """Stage kind ``data``: build the synthetic bilingual world in ``data.dir``.
 
-A ``data`` stage whose section has its own data section in the ArrayRecord format
+A ``data`` stage with its own data section (``<stage>.data``) builds that section's world (its
+size, seed and scene mix) in that section's ``dir`` instead: the single-object world of the layout
+curriculum (``configs/tiny_layout.py``). One in the ArrayRecord format
 (``<stage>.data = data_section(format='arrayrecord', path=...)``) writes the extended world there
 instead (``data/synthetic_records.py``: PNG records with scene specs, a style drawn with
 ``<stage>.style_probability``, default 0.5): the styled data of the continued-training stage
@@ -30,7 +32,8 @@ def run(cfg, stage_cfg, workdir: str, name: str = "data") -> dict:
         manifest = synthetic_records.write_record_world(world, out_dir)
         return {"data_dir": out_dir, "num_records": int(manifest.get("num_records", world.world.num_images)),
                 "styled": manifest.get("summary", {}).get("counts", {}).get("styled")}
-    out_dir = resolve(workdir, cfg.data.dir)
-    synthetic.write_dataset(world_config(cfg), out_dir)
+    data_cfg = cfg.data if own is None else own
+    out_dir = resolve(workdir, data_cfg.dir)
+    synthetic.write_dataset(world_config(cfg, data_cfg), out_dir)
     images, records = synthetic.load_dataset(out_dir)
     return {"data_dir": out_dir, "num_images": len(records), "image_shape": tuple(images.shape[1:])}
