@@ -284,7 +284,8 @@ def rlhf_section(**overrides) -> ConfigDict:
     rewards: {name: weight} of the reward API (``seedream_jax/rewards``); reward_stages: {name:
     stage dir} of the learned ones to load (the loader follows the stage's kind: reward ->
     alignment, aesthetic, glyph_align -> text rendering); names without a stage must already be
-    registered (``objective`` is). Each reward is logged every step as ``reward/<name>``.
+    registered (``objective`` and ``objective_graded`` are). Each reward is logged every step as
+    ``reward/<name>``.
     Sampler: num_steps, solver, guidance_scale (the rollouts' and the reward samples'; fewer than
     the sample stage's steps is Flow-GRPO's denoising reduction), height, width. reward_loss:
     'relu' (relu(reward_margin - r) * reward_weight) or 'neg' (-r * reward_weight), for refl and

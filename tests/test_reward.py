@@ -1,5 +1,6 @@
 """Alignment reward: world preference pairs, the two-tower model's fit, the reward API, the reward stage."""
 import collections
+import dataclasses
 import json
 import os
 import subprocess
@@ -212,3 +213,131 @@ def test_the_reward_stage_runs_through_main_and_its_model_loads_into_the_api(tmp
     image = S.render_scene(S.Scene("beige", [S.ShapeObject("circle", "red", "large", "center")]), 64)[None]
     assert rewards.score("test_stage_alignment", image, ["a large red circle"]).shape == (1,)
     assert scorer.config.image_channels == (8,)
+
+
+# The graded objective reward (rewards/objective.py, ``objective_graded``): partial credit per claimed
+# object attribute and per claim. Every test below asserts a value strictly between 0 and 1 or a strict
+# order between failing images, so the binary ``objective`` score (0.0 for all of them) fails each one.
+_O = S.ShapeObject
+_THREE = S.Scene("beige", [_O("circle", "red", "large", "top-left"), _O("square", "blue", "small", "bottom-right"),
+                           _O("star", "yellow", "large", "center")])
+_TWO = S.Scene("dark gray", [_O("triangle", "green", "large", "left"), _O("circle", "white", "small", "right")])
+
+
+def _variant(scene, colour=None, shape=None, move=None, drop=False, extra=None):
+    """A copy of ``scene`` with object 0 recoloured / moved, object 1 reshaped, object 0 dropped, or
+    ``extra`` added."""
+    objects = [dataclasses.replace(o) for o in scene.objects]
+    if colour:
+        objects[0].colour = colour
+    if shape:
+        objects[1].shape = shape
+    if move:
+        objects[0].position = move
+    if drop:
+        objects = objects[1:]
+    return dataclasses.replace(scene, objects=objects + ([extra] if extra else []))
+
+
+def _graded_table(scene):
+    """{name: uint8 image}: the truth, one attribute wrong (colour, moved, missing, extra), two wrong
+    (colour and shape), and a blank canvas of the scene's background."""
+    images = {"truth": scene,
+              "colour": _variant(scene, colour="purple"),
+              "moved": _variant(scene, move="bottom-left"),
+              "missing": _variant(scene, drop=True),
+              "extra": _variant(scene, extra=_O("square", "cyan", "small", "top-right")),
+              "two": _variant(scene, colour="purple", shape="triangle")}
+    images = {k: S.render_scene(v, 64) for k, v in images.items()}
+    images["blank"] = np.full((64, 64, 3), S.BACKGROUNDS[scene.background][0], np.uint8)
+    return images
+
+
+def _graded(images: dict, prompt: str) -> dict:
+    got = rewards.score("objective_graded", np.stack(list(images.values())), [prompt] * len(images))
+    assert got.dtype == np.float32 and got.shape == (len(images),)
+    return dict(zip(images, got.tolist()))
+
+
+def test_the_graded_objective_reward_is_one_for_the_truth_and_the_formula_for_one_wrong_attribute():
+    images = _graded_table(_THREE)
+    # (N * O + claims holding) / (N + claims); N = 3 objects; O = assignment hits / (A * max(N, D))
+    want = {"short": dict(truth=1.0, colour=8 / 9, moved=1.0, missing=6 / 9, extra=9 / 12, two=7 / 9, blank=0.0),
+            "long": dict(truth=1.0, colour=(3 * 11 / 12 + 1) / 4, moved=(3 * 11 / 12 + 1) / 4,  # + background
+                         missing=(3 * 8 / 12 + 1) / 4, extra=(3 * 12 / 16 + 1) / 4, two=(3 * 10 / 12 + 1) / 4,
+                         blank=1 / 4)}
+    for lang in ("en", "zh"):
+        for kind in ("short", "long"):
+            prompt = S.captions(_THREE)[lang][kind]
+            got = _graded(images, prompt)
+            assert got["truth"] == 1.0, (lang, kind)
+            np.testing.assert_allclose([got[k] for k in want[kind]], list(want[kind].values()), rtol=1e-6,
+                                       err_msg=f"{lang} {kind}: {got}")
+            wrong = ("colour", "missing", "extra") + (("moved",) if kind == "long" else ())
+            assert all(0.0 < got[k] < got["truth"] for k in wrong), (lang, kind, got)
+    assert rewards.score("objective", np.stack([images["truth"], images["colour"]]),
+                         [S.captions(_THREE)["en"]["long"]] * 2).tolist() == [1.0, 0.0]
+
+
+def test_the_graded_objective_reward_ranks_blank_below_one_wrong_and_two_wrong_below_one():
+    for scene in (_THREE, _TWO):
+        images = _graded_table(scene)
+        for lang in ("en", "zh"):
+            for kind in ("short", "long"):
+                got = _graded(images, S.captions(scene)[lang][kind])
+                one_wrong = [got[k] for k in ("colour", "missing", "extra") + (("moved",) if kind == "long" else ())]
+                assert got["blank"] < min(one_wrong), (scene.background, lang, kind, got)
+                assert got["two"] < got["colour"], (scene.background, lang, kind, got)
+                assert got["truth"] == 1.0 > max(one_wrong), (scene.background, lang, kind, got)
+    # the two-object long caption states a relation; recolouring the first object also breaks it
+    got = _graded(_graded_table(_TWO), S.captions(_TWO)["en"]["long"])
+    assert got["colour"] == pytest.approx((2 * 7 / 8 + 1 + 0) / 4) and got["blank"] == pytest.approx(1 / 4)
+
+
+def test_the_graded_objective_reward_is_one_exactly_where_the_binary_one_is():
+    pairs = [W.make_pair(2, "train", i) for i in range(60) if i % 6 != 5]  # no text kind: OCR is slow
+    pairs = [p for p in pairs if p.scene.text is None][:12]
+    assert {p.kind for p in pairs} == {"colour", "shape", "count", "position", "relation"}
+    for p in pairs:
+        truth, wrong = p.images(64)
+        for lang in ("en", "zh"):
+            prompt = S.captions(p.scene)[lang][p.caption_type]
+            graded = rewards.score("objective_graded", np.stack([truth, wrong]), [prompt, prompt])
+            binary = rewards.score("objective", np.stack([truth, wrong]), [prompt, prompt])
+            assert binary.tolist() == [1.0, 0.0] and graded[0] == 1.0 and 0.0 < graded[1] < 1.0, (p.kind, prompt, graded)
+
+
+def test_the_graded_objective_reward_weighs_the_word_scores_0_off_the_world_and_runs_on_the_host():
+    from seedream_jax.data.ocr import TextBox
+    from seedream_jax.rewards import in_graph, objective
+
+    scene = dataclasses.replace(_TWO, objects=[_O("triangle", "green", "large", "top-left"),
+                                               _O("circle", "white", "small", "top-right")],
+                                text=S.TextItem("MOON", "en", "yellow", "large", "horizontal", "bottom", "dejavu-sans-bold"))
+    scene.validate()
+    image = S.render_scene(scene, 64)
+    y0, x0, y1, x1 = S.text_box(scene, 64)
+    quad = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+
+    def reads(word):  # a stand-in OCR (the real one is slow): one line reading ``word`` over the glyphs
+        return lambda img: [TextBox(word, 1.0, quad)]
+    short, long = S.captions(scene)["en"]["short"], S.captions(scene)["en"]["long"]
+    assert objective.parse_caption(long).relation is not None
+    for prompt, others in ((short, 1), (long, 3)):  # text; background, relation, text
+        right, wrong = (objective.objective_graded_score(image[None], [prompt], reads(w))[0] for w in ("MOON", "NOON"))
+        assert right == 1.0 and wrong == pytest.approx((2 + others - 1) / (2 + others)), prompt
+        assert objective.objective_score(image[None], [prompt], reads("NOON")).tolist() == [0.0]
+    # a prompt that is not a world caption scores 0; float pixels in [-1, 1] score as their uint8 originals
+    truth, colour = _graded_table(_THREE)["truth"], _graded_table(_THREE)["colour"]
+    pixels = np.stack([truth, colour, truth]).astype(np.float32) / 127.5 - 1
+    prompt = S.captions(_THREE)["en"]["short"]
+    got = rewards.score("objective_graded", pixels, [prompt, prompt, "a photo of a cat"])
+    np.testing.assert_allclose(got, [1.0, 8 / 9, 0.0], rtol=1e-6)
+    with pytest.raises(TypeError, match="not differentiable"):
+        jax.grad(lambda x: rewards.score("objective_graded", x, [prompt]).sum())(jnp.asarray(pixels[:1]))
+    # the rlhf stage takes it by name (rlhf.rewards = {'objective_graded': w}): a host callback in the step
+    assert not rewards.get("objective_graded").differentiable
+    table = in_graph.PromptTable()
+    reward = in_graph.graph_reward("objective_graded", table)
+    batch = reward.prepare([prompt, prompt])
+    np.testing.assert_allclose(jax.jit(reward.score)(jnp.asarray(pixels[:2]), batch), [1.0, 8 / 9], rtol=1e-6)

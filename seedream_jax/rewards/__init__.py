@@ -4,6 +4,12 @@ Registered at import:
   ``objective``  the closed-world check (``rewards/objective.py``): 1.0 where the image shows exactly
                  what its world caption says (objects, counts, cells, relation, quoted text by OCR),
                  else 0.0; NumPy, not differentiable (for GRPO).
+  ``objective_graded``  its partial-credit variant (``objective.graded``): per claimed object the
+                 share of its colour, shape, size (and cell, long caption) that its detection in a
+                 one-to-one assignment has, extra detections diluting that, plus background,
+                 relation and text as in ``objective``, each object and claim weighing 1; 1.0 exactly
+                 where ``objective`` is 1.0, 0.0 for a prompt that is not a world caption; NumPy, not
+                 differentiable (for GRPO, whose group advantages vanish when no rollout passes).
 Registered by loading a reward stage:
   ``load_alignment(stage_dir, name='alignment')``: the learned image-text alignment model
                  (``rewards/alignment.py``): cosine per (image, prompt), jitted, batched and
@@ -111,3 +117,5 @@ def load_stage(stage_dir: str, name: str, weights: str = "ema", replace: bool = 
 
 register("objective", objective.objective_score, differentiable=False,
          description="closed-world check of a world caption: 1 if every claim holds, else 0")
+register("objective_graded", objective.objective_graded_score, differentiable=False,
+         description="closed-world check of a world caption with partial credit per object attribute and claim")

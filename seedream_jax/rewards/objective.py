@@ -18,12 +18,36 @@ The score is 1.0 when every claim holds, else 0.0: the eval's per-image correctn
 the prompt's attributes at once. Glyphs segment like coloured shapes, so with a quoted word the
 detections in its band (long caption) or in the OCR boxes that read it (short) are set aside.
 Not differentiable; made for policy-gradient (GRPO) rewards and for checking a learned reward.
+
+The graded score (``graded``, ``objective_graded_score``; reward ``objective_graded``) gives partial
+credit, so that a group of GRPO rollouts none of which passes still has different rewards. With the
+same detections and the same background, relation and text claims as ``check`` (one path,
+``_examine``):
+
+  claimed objects  the caption's N objects, each count expanded (N = sum of ``Claims.objects``):
+                   (colour, shape, size), and for a long caption (colour, shape, size, cell); A = 3
+                   or 4 attributes
+  hits(c, d)       how many of the A attributes of claimed object c detection d has
+  O                max over one-to-one assignments of claimed objects to detections (Hungarian,
+                   ``scipy.optimize.linear_sum_assignment``) of sum hits / (A * max(N, D)), D the
+                   number of detections: a missing object scores 0 of its A, and every detection
+                   beyond N enlarges the denominator (drawing everything everywhere is not rewarded);
+                   O = 0 when nothing is detected
+  K                the other claims ``check`` makes: background and relation (long caption), text
+                   (a quoted word), each 1 when it holds, else 0, as in ``check``
+
+  graded = (N * O + sum of K) / (N + |K|)       each claimed object and each other claim weigh 1
+
+It lies in [0, 1] and is 1.0 exactly when ``check`` passes everything (O = 1 only when D = N and
+the assignment matches every attribute: the detected multiset is the claimed one). An image with
+no object scores |K holding| / (N + |K|) (0 for a short caption without a word).
 """
 import collections
 import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import optimize
 
 from seedream_jax.data import synthetic
 from seedream_jax.eval import objects as objects_lib
@@ -99,9 +123,9 @@ def _named(found, who) -> Optional[objects_lib.DetectedObject]:
     return max(matching, key=lambda o: o.area) if matching else None
 
 
-def check(image: np.ndarray, claims: Claims, detect_text: Optional[Callable] = None) -> dict:
-    """{claim: bool} of uint8 ``image`` [H, W, 3] against ``claims``; ``detect_text`` (image ->
-    ``data.ocr.TextBox`` list, default ``data.ocr.detect_text``) runs only when a word is claimed."""
+def _examine(image: np.ndarray, claims: Claims, detect_text: Optional[Callable]
+             ) -> Tuple[List[objects_lib.DetectedObject], dict]:
+    """(the detections the object claims are held to: glyphs set aside, ``check``'s {claim: bool})."""
     found = objects_lib.detect_objects(image)
     out = {}
     if claims.text is not None:
@@ -131,7 +155,36 @@ def check(image: np.ndarray, claims: Claims, detect_text: Optional[Callable] = N
         a, b = _named(found, first), _named(found, second)
         axis = 1 if how == "left" else 0
         out["relation"] = a is not None and b is not None and a.centroid[axis] < b.centroid[axis]
-    return out
+    return found, out
+
+
+def check(image: np.ndarray, claims: Claims, detect_text: Optional[Callable] = None) -> dict:
+    """{claim: bool} of uint8 ``image`` [H, W, 3] against ``claims``; ``detect_text`` (image ->
+    ``data.ocr.TextBox`` list, default ``data.ocr.detect_text``) runs only when a word is claimed."""
+    return _examine(image, claims, detect_text)[1]
+
+
+def object_credit(found: Sequence[objects_lib.DetectedObject], claims: Claims) -> float:
+    """O of the module docstring: the best one-to-one assignment's attribute hits between the claimed
+    objects (with cells for a long caption) and the detections ``found``, over A * max(N, D)."""
+    with_cells = claims.cells is not None
+    wanted = list((claims.cells if with_cells else claims.objects).elements())
+    got = [(o.colour, o.shape, o.size) + ((o.position,) if with_cells else ()) for o in found]
+    if not wanted or not got:
+        return float(len(wanted) == len(got))
+    hits = np.array([[sum(a == b for a, b in zip(w, g)) for g in got] for w in wanted], np.int64)
+    rows, cols = optimize.linear_sum_assignment(hits, maximize=True)
+    return int(hits[rows, cols].sum()) / (len(wanted[0]) * max(len(wanted), len(got)))
+
+
+def graded(image: np.ndarray, claims: Claims, detect_text: Optional[Callable] = None) -> float:
+    """The graded score in [0, 1] of uint8 ``image`` [H, W, 3] against ``claims`` (module docstring):
+    (N * O + the other claims of ``check`` that hold) / (N + their number); 1.0 exactly when
+    ``check`` passes everything."""
+    found, held = _examine(image, claims, detect_text)
+    n = sum(claims.objects.values())
+    others = [held[k] for k in ("background", "relation", "text") if k in held]
+    return (n * object_credit(found, claims) + sum(others)) / (n + len(others))
 
 
 def to_uint8(images) -> np.ndarray:
@@ -152,15 +205,36 @@ def passes(image: np.ndarray, prompt: str, detect_text: Optional[Callable] = Non
     return all(check(image, claims, detect_text).values())
 
 
-def objective_score(images, prompts: Sequence[str], detect_text: Optional[Callable] = None) -> np.ndarray:
-    """float32 [B]: 1.0 where image b shows everything prompt b claims (``check``), else 0.0.
-
-    images: uint8 [B, H, W, 3], or float in [-1, 1]; not differentiable (a traced array fails)."""
+def _concrete_uint8(images) -> np.ndarray:
+    """``to_uint8`` of concrete images; a traced array (inside jax.grad / jax.jit) fails."""
     import jax
 
     if isinstance(images, jax.core.Tracer):
         raise TypeError("the objective reward is not differentiable: call it on concrete images, outside "
                         "jax.grad / jax.jit")
-    pixels = to_uint8(images)
+    return to_uint8(images)
+
+
+def objective_score(images, prompts: Sequence[str], detect_text: Optional[Callable] = None) -> np.ndarray:
+    """float32 [B]: 1.0 where image b shows everything prompt b claims (``check``), else 0.0.
+
+    images: uint8 [B, H, W, 3], or float in [-1, 1]; not differentiable (a traced array fails)."""
+    pixels = _concrete_uint8(images)
     return np.array([float(all(check(img, parse_caption(p), detect_text).values()))
                      for img, p in zip(pixels, prompts)], np.float32)
+
+
+def objective_graded_score(images, prompts: Sequence[str], detect_text: Optional[Callable] = None) -> np.ndarray:
+    """float32 [B]: the graded score (``graded``, module docstring) of image b against prompt b; 0.0
+    where prompt b is not a world caption (e.g. a broken rewrite).
+
+    images: uint8 [B, H, W, 3], or float in [-1, 1]; not differentiable (a traced array fails)."""
+    pixels = _concrete_uint8(images)
+    out = np.zeros(len(prompts), np.float32)
+    for b, (img, p) in enumerate(zip(pixels, prompts)):
+        try:
+            claims = parse_caption(p)
+        except ValueError:
+            continue
+        out[b] = graded(img, claims, detect_text)
+    return out
