@@ -44,3 +44,16 @@ def test_layout_curriculum_feeds_single_object_long_captions_and_hands_its_dit_o
     after = open_stage(os.path.join(workdir, "pretrain")).params("raw")["mmdit"]
     leaf = lambda tree: np.asarray(tree["proj_out"]["kernel"])
     assert leaf(before).any() and not np.array_equal(leaf(before), leaf(after))  # it trained on from there
+
+
+def test_tiny_long_runs_the_curriculum_inside_its_ten_thousand_dit_steps():
+    import tiny_long
+
+    cfg = tiny_long.get_config()
+    stages = list(cfg.stages)
+    assert stages.index("data_layout") < stages.index("pretrain_layout") < stages.index("pretrain") < stages.index("eval")
+    assert cfg.pretrain_layout.train.steps + cfg.pretrain.train.steps == 10000
+    assert cfg.data_layout.data.num_images == cfg.pretrain_layout.data.num_images == tiny_long.LAYOUT_SCENES
+    assert cfg.data.num_images == 20000  # the ordinary world stays large; the layout world is its own
+    assert cfg.data_layout.data.dir == "data/layout" != cfg.data.dir
+    assert dict(cfg.pretrain.init_from) == dict(vae="vae", mmdit="pretrain_layout", conditioner="pretrain_layout")
