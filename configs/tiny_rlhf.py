@@ -27,7 +27,11 @@ Measured on a 3000-step base (configs/tiny_long.py as it was then: 2,000 scenes,
 benchmarks/RESULTS.md (e)): this GRPO
 with the exact-pass objective reward is too sparse there (3 of 12 rollouts had a passing image;
 no gain); ReFL with the aesthetic reward raised shape, position and relation and showed reward
-hacking (background stripes).
+hacking (background stripes). On bases that place objects (configs/tiny_layout.py's and
+configs/tiny_long.py's; RESULTS (e4), (e5)): GRPO with the exact-pass or the graded objective
+reward (``rlhf.rewards={'objective_graded': 1.0}``) moved no category beyond one seed's noise but
+colour (-8 points after 120 updates on tiny_long), and ReFL with the learned alignment reward
+(300 updates, lr 5e-4) raised that reward while the objective eval fell (reward hacking).
 """
 import os
 import sys
