@@ -328,7 +328,8 @@ def test_the_graded_objective_reward_weighs_the_word_scores_0_off_the_world_and_
         assert right == 1.0 and wrong == pytest.approx((2 + others - 1) / (2 + others)), prompt
         assert objective.objective_score(image[None], [prompt], reads("NOON")).tolist() == [0.0]
     # a prompt that is not a world caption scores 0; float pixels in [-1, 1] score as their uint8 originals
-    truth, colour = _graded_table(_THREE)["truth"], _graded_table(_THREE)["colour"]
+    rendered = _graded_table(_THREE)
+    truth, colour = rendered["truth"], rendered["colour"]
     pixels = np.stack([truth, colour, truth]).astype(np.float32) / 127.5 - 1
     prompt = S.captions(_THREE)["en"]["short"]
     got = rewards.score("objective_graded", pixels, [prompt, prompt, "a photo of a cat"])
