@@ -4,7 +4,9 @@
     python tools/plan.py --config configs/full_h100x8.py --text-cache --depths 1,2 --check-depth 3   # the plan
 
 More nodes: ``python -m launch.slurm`` with ``--config.mesh.fsdp=<gpus>`` and
-``--config.pretrain.train.batch_size=<4 x gpus>`` (the table in benchmarks/RESULTS.md plans 4 and 16 nodes).
+``--config.pretrain.train.batch_size=<4 x gpus>`` (the table in benchmarks/RESULTS.md plans 4 and 16 nodes);
+the other stages' batches are configs/full_v5p64.py's multiples of 32, which split over 8, 16 or 32
+GPUs (more: ``config_lib.split_batches_over``, or each ``--config.<stage>.train.batch_size``).
 
 configs/full_v5p64.py's run with the node's mesh, batch and attention kernel. What makes the
 10.4B-parameter full size fit (benchmarks/RESULTS.md (g)): only the 2.8B MMDiT trains. The VAE and the whole conditioner (the 7B LLM, its adapter,

@@ -38,4 +38,6 @@ def get_config():
     c.pretrain.init_from.update(dict(conditioner="conditioner"))
     c.pretrain.train.batch_size = PER_CHIP_BATCH * CHIPS  # 128: divisible by fsdp (32) and by 8 hosts
     c.pretrain.train.checkpoint_every = 500
-    return c
+    # every other stage (rlhf, ct, sft, refiner, ...) at one or more examples per chip: rlhf's 8
+    # prompts per step become 32
+    return config_lib.split_batches_over(c, CHIPS)

@@ -428,6 +428,18 @@ def base_config(size: str = "tiny") -> ConfigDict:
     return c
 
 
+def split_batches_over(c: ConfigDict, devices: int) -> ConfigDict:
+    """``c`` with every stage section's ``train.batch_size`` rounded up to a multiple of ``devices``
+    (the mesh's 'data' x 'fsdp', what a global batch is split over): the tiny-scale defaults of the
+    post-training sections (rlhf and refiner 8, ct, sft, pe_pref and vae 16) do not split over 32
+    chips, and the loop refuses a batch that does not split."""
+    for section in c.values():
+        train = section.get("train") if isinstance(section, ConfigDict) else None
+        if isinstance(train, ConfigDict) and "batch_size" in train:
+            train.batch_size = -(-int(train.batch_size) // devices) * devices
+    return c
+
+
 def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     """Set ``key.path=value`` items on ``cfg`` in place (values parsed as Python literals, else
     strings); an unknown key raises KeyError naming it. Returns ``cfg``."""

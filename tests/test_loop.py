@@ -141,6 +141,15 @@ def test_nan_guard_names_step_and_metric(tmp_path):
         loop.train(task, cfg, stage, str(tmp_path / "nan"))
 
 
+def test_a_batch_that_does_not_split_over_the_mesh_fails_naming_the_stage(tmp_path):
+    cfg, stage = toy_stage_config(2)
+    cfg.mesh.update(dict(data=2, fsdp=4, tensor=1))
+    stage.train.batch_size = 12
+    with pytest.raises(ValueError, match=r"\[toy\] batch field 'x' \(train.batch_size=12\): a global batch of 12 "
+                                         r"does not split over the 8 devices .*data=2 x fsdp=4.*multiple of 8"):
+        loop.train(toy_task(batch_size=12), cfg, stage, str(tmp_path / "uneven"))
+
+
 def test_init_from_another_stage_gets_exactly_its_weights(uninterrupted, tmp_path):
     from seedream_jax.checkpoint.init_from import apply_init_from
 

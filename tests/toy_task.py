@@ -17,7 +17,7 @@ class ToyModel(nn.Module):
         return layers.dense(1, "mlp", "embed", name="fc2")(x)
 
 
-def toy_task(seed: int = 0) -> Task:
+def toy_task(seed: int = 0, batch_size: int = 32) -> Task:
     rng = np.random.default_rng(123)
     xs = rng.normal(size=(512, 8)).astype(np.float32)
     ys = np.sin(xs.sum(-1, keepdims=True)).astype(np.float32)
@@ -37,7 +37,7 @@ def toy_task(seed: int = 0) -> Task:
         return loss, {"mse": loss}
 
     return Task(name="toy", init_params=init_params, loss_fn=loss_fn,
-                data=IndexedBatches(512, 32, seed, make_batch))
+                data=IndexedBatches(512, batch_size, seed, make_batch))
 
 
 def rollout_task(seed: int = 0) -> Task:

@@ -71,7 +71,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int = 1, padding
         dtype=dtype, param_dtype=jnp.float32, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), kernel_axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-        conv_general_dilated=_gathered_conv_general_dilated(kernel_axes),
+        conv_general_dilated_cls=functools.partial(_gathered_conv_general_dilated, kernel_axes),
     )
 
 

@@ -50,5 +50,15 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def check_batch_splits(mesh: Mesh, global_batch: int, what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``global_batch`` rows split evenly over the mesh's
+    batch axes ('data' x 'fsdp'): an uneven split has no batch sharding to place it with."""
+    devices = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if global_batch % devices:
+        raise ValueError(f"{what}: a global batch of {global_batch} does not split over the {devices} devices "
+                         f"of the mesh's batch axes (data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
+                         f"make it a multiple of {devices}")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())

@@ -373,6 +373,9 @@ def train(task: Task, cfg: ConfigDict, stage_cfg: ConfigDict, stage_dir: str) ->
     def put(batch: Batch):
         nonlocal batch_shardings
         if batch_shardings is None:
+            for k, v in batch.items():
+                mesh_lib.check_batch_splits(mesh, np.shape(v)[0] * jax.process_count(),
+                                            f"[{task.name}] batch field {k!r} (train.batch_size={tcfg.batch_size})")
             batch_shardings = {k: mesh_lib.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
         return {k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(v))
                 for k, v in batch.items()}
