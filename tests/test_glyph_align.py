@@ -177,3 +177,21 @@ def test_the_glyph_stage_runs_through_main_and_pretrain_can_start_its_byt5_from_
     assert isinstance(scorer, TextRenderingScorer)
     image = S.render_scene(G.make_example(0, "heldout", 0).scene, 64)[None]
     assert rewards.score("test_text_rendering", image, ['the text "HELLO"']).shape == (1,)
+
+
+def test_tiny_glyph_trains_two_arms_that_differ_only_in_the_byt5_init():
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import tiny_glyph
+
+    cfg = tiny_glyph.get_config()
+    stages = list(cfg.stages)
+    assert stages.index("data_text") < stages.index("glyph_align") < stages.index("pretrain_random")
+    assert stages.index("pretrain_aligned") < stages.index("eval_aligned")
+    assert cfg.data_text.data.world.text_probability == 1.0 and cfg.data_text.data.dir == "data/text"
+    random, aligned = cfg.pretrain_random.to_dict(), cfg.pretrain_aligned.to_dict()
+    assert aligned.pop("init_from") == {"vae": "vae", "conditioner/byt5": "glyph_align:glyph/byt5"}
+    assert random.pop("init_from") == {"vae": "vae"}
+    assert random == aligned and random["data"] == cfg.data_text.data.to_dict()
+    assert random["train"]["steps"] == tiny_glyph.TEXT_STEPS
+    assert (cfg.eval_random.checkpoint, cfg.eval_aligned.checkpoint) == ("pretrain_random", "pretrain_aligned")
+    assert cfg.glyph_align.model.byt5.to_dict() == cfg.model.byt5.to_dict()

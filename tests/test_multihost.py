@@ -27,14 +27,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(out_dir: str):
+def _run_two_processes(script: str, *args: str):
+    """Run ``script`` (in tests/) as processes 0 and 1 of a two-process JAX run on loopback, with
+    ``args`` before the coordinator, process count and process id; each process's RESULT json."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     for var in ("SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE", "SEEDREAM_COORDINATOR_ADDRESS"):
         env.pop(var, None)
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), out_dir, str(STEPS),
-                               address, "2", str(pid)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, script), *args, address, "2", str(pid)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env) for pid in range(2)]
     outputs = []
     try:
@@ -57,7 +59,7 @@ def _run_two_processes(out_dir: str):
 def test_two_processes_train_checkpoint_restore_and_match_one_process(tmp_path, capsys):
     import multihost_worker
 
-    results = _run_two_processes(str(tmp_path / "multi"))
+    results = _run_two_processes("multihost_worker.py", str(tmp_path / "multi"), str(STEPS))
     for pid, r in enumerate(results):
         assert (r["process_index"], r["process_count"]) == (pid, 2)
         assert (r["global_devices"], r["local_devices"]) == (8, 4)
@@ -106,3 +108,17 @@ def test_resolve_rejects_incomplete_settings():
         distributed.resolve({"mode": "multi"}, environ={})
     with pytest.raises(ValueError, match="SEEDREAM_NUM_PROCESSES=''"):
         distributed.resolve({"mode": "auto"}, environ={"SEEDREAM_COORDINATOR_ADDRESS": "h:1"})
+
+
+def test_a_host_callback_reward_scores_each_processs_own_rows_and_prompts():
+    """A host-callback reward (e.g. the objective scorer in GRPO) inside one jitted program over two
+    processes: each process's callbacks see only its devices' rows (2 per device), and every row is
+    scored with its own prompt, whichever process made it."""
+    import host_reward_worker
+
+    results = _run_two_processes("host_reward_worker.py")
+    want = host_reward_worker.expected_scores()
+    for pid, r in enumerate(results):
+        assert r["process_index"] == pid
+        np.testing.assert_allclose(r["scores"], want, rtol=1e-6)
+        assert r["calls"] == [2, 2, 2, 2]

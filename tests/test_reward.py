@@ -338,7 +338,6 @@ def test_the_graded_objective_reward_weighs_the_word_scores_0_off_the_world_and_
         jax.grad(lambda x: rewards.score("objective_graded", x, [prompt]).sum())(jnp.asarray(pixels[:1]))
     # the rlhf stage takes it by name (rlhf.rewards = {'objective_graded': w}): a host callback in the step
     assert not rewards.get("objective_graded").differentiable
-    table = in_graph.PromptTable()
-    reward = in_graph.graph_reward("objective_graded", table)
+    reward = in_graph.graph_reward("objective_graded")
     batch = reward.prepare([prompt, prompt])
     np.testing.assert_allclose(jax.jit(reward.score)(jnp.asarray(pixels[:2]), batch), [1.0, 8 / 9], rtol=1e-6)

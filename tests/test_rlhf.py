@@ -15,6 +15,7 @@ from conftest import micro_config, write_random_pretrain_stage
 from seedream_jax import config_lib, rewards
 from seedream_jax.checkpoint.manager import restore_raw_state
 from seedream_jax.data import prompt_data, synthetic as S
+from seedream_jax.parallel import mesh as mesh_lib
 from seedream_jax.rewards import in_graph
 from seedream_jax.sampling import sampler as sampler_lib
 from seedream_jax.sampling import schedules, solvers
@@ -296,13 +297,13 @@ def test_prompts_are_every_world_caption_and_bad_ones_are_skipped_and_counted(tm
 
 
 def test_rewards_run_in_the_graph_or_on_the_host_and_sum_with_weights():
-    table = in_graph.PromptTable()
-    red, host = in_graph.graph_reward("redness", table), in_graph.graph_reward("redness_host", table)
+    red, host = in_graph.graph_reward("redness"), in_graph.graph_reward("redness_host")
     assert red.differentiable and not host.differentiable
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(4, 8, 8, 3)), jnp.float32)
-    prompts = ["a", "b", "a", "c"]
+    prompts = ["a", "b", "a", "两个蓝色正方形"]
     batch = in_graph.prepare_all([red, host], prompts)
-    assert list(batch) == ["reward_in/redness_host/prompt_id"] and table.texts(batch["reward_in/redness_host/prompt_id"]) == prompts
+    assert list(batch) == ["reward_in/redness_host/prompt_bytes"]
+    assert in_graph.decode_prompts(batch["reward_in/redness_host/prompt_bytes"]) == prompts
     total, per = jax.jit(lambda x, b: in_graph.score_all([red, host], {"redness": 2.0, "redness_host": -1.0}, x, b))(
         images, batch)
     # jitted vs eager means over 192 values in [-1, 1]: equal up to float32 summation order
@@ -311,6 +312,32 @@ def test_rewards_run_in_the_graph_or_on_the_host_and_sum_with_weights():
     np.testing.assert_allclose(total, redness(images), rtol=1e-5)
     grad = jax.grad(lambda x: jnp.sum(in_graph.score_all([red], {"redness": 1.0}, x, {})[0]))(images)
     assert float(jnp.abs(grad[..., 0]).min()) > 0
+
+
+def test_a_host_reward_under_a_mesh_scores_each_devices_rows_with_their_own_prompts():
+    """Under an 8-device mesh the host callback runs once per device on that device's rows, reading
+    the prompts from the batch (multi-host safe: no process-local lookup table)."""
+    calls = []
+
+    def prompt_bytes(images, prompts):
+        calls.append(len(prompts))
+        return np.array([len(p.encode("utf-8")) + float(np.mean(im)) for im, p in zip(images, prompts)])
+
+    rewards.register("t_prompt_bytes", prompt_bytes, differentiable=False, replace=True)
+    reward = in_graph.graph_reward("t_prompt_bytes")
+    prompts = [f"{i} red circles" if i % 2 else "一" * i for i in range(16)]
+    images = np.random.default_rng(0).uniform(-1, 1, size=(16, 4, 4, 3)).astype(np.float32)
+    batch = in_graph.prepare_all([reward], prompts)
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    with jax.set_mesh(mesh):
+        put = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+        _, per = jax.jit(lambda x, b: in_graph.score_all([reward], {reward.name: 1.0}, x, b))(
+            jax.device_put(images, mesh_lib.batch_sharding(mesh, 4)), put)
+    np.testing.assert_allclose(per[reward.name], [len(p.encode("utf-8")) + im.mean() for im, p in zip(images, prompts)],
+                               rtol=1e-6)
+    assert calls == [2] * 8
+    with pytest.raises(ValueError, match="does not fit a host reward's 2048-byte prompt field"):
+        in_graph.encode_prompts(["x" * 2049])
 
 
 def _scorer(kind):
@@ -341,7 +368,7 @@ def test_a_learned_scorer_in_the_graph_equals_the_reward_api(kind):
     """The in-graph form of a learned scorer (host ``prepare``, traced ``score``) gives the reward
     API's values and is marked differentiable."""
     rewards.register(f"t_{kind}", _scorer(kind), differentiable=True, replace=True)
-    reward = in_graph.graph_reward(f"t_{kind}", in_graph.PromptTable())
+    reward = in_graph.graph_reward(f"t_{kind}")
     prompts = ['a red circle and the text "HELLO"', "两个蓝色正方形"]
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 3)), jnp.float32)
     batch = {k: jnp.asarray(v) for k, v in in_graph.prepare_all([reward], prompts).items()}
@@ -421,9 +448,13 @@ def test_lr_zero_keeps_the_policy_bit_identical_to_the_reference_and_sample_read
     from seedream_jax.checkpoint.stage_dir import frozen_sources, open_stage
     from seedream_jax.models.partition import merge_params
     from seedream_jax.stages.sample import load_pipeline
+    # redness also as a host callback (weight 0): run per device of the loop's 8-device mesh
     cfg, summary = _run(workdir, "rlhf_lr0", {"method": "grpo", "optimizer.lr": 0.0, "train.ema_decay": 0.9,
-                                              "grpo.group_size": 2})
+                                              "grpo.group_size": 2,
+                                              "rewards": ConfigDict({"redness": 1.0, "redness_host": 0.0})})
     assert summary["steps"] == 4 and not summary["preempted"]
+    assert summary["final_metrics"]["reward/redness_host"] == pytest.approx(summary["final_metrics"]["reward/redness"],
+                                                                            abs=1e-6)
     curves_png = os.path.join(workdir, "rlhf_lr0", "reward_curves.png")
     assert summary["reward_curves"] == curves_png and os.path.getsize(curves_png) > 0
     metrics = summary["final_metrics"]

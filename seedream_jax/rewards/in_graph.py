@@ -10,24 +10,28 @@ The learned scorers (``alignment``, ``aesthetic``, ``text_rendering``: ``Alignme
 ``AestheticScorer``, ``TextRenderingScorer``) and any reward object with ``prepare`` and
 ``score_prepared`` methods (e.g. ``PixelReward``) run in the graph and are differentiable with
 respect to the pixels. Every other reward (the closed-world ``objective``, a user's NumPy
-function) runs on the host through ``jax.pure_callback`` with the prompts looked up by id
-(``PromptTable``): values only, for policy-gradient methods (GRPO), never differentiated. The
-callback sees the whole batch on one device, so it is for single-process runs.
+function) runs on the host through ``jax.pure_callback``: values only, for policy-gradient methods
+(GRPO), never differentiated. Its prompts travel in the batch as UTF-8 bytes (``encode_prompts``,
+uint8 [B, ``PROMPT_BYTES``]), so any process can read any row; under a mesh (``jax.set_mesh``) the
+callback runs per device through ``jax.shard_map`` over the batch axes, each process scoring the
+rows its own devices hold (multi-host safe: no process needs another's images or prompts).
 
 ``prepare_all`` / ``score_all`` do this for a weighted set of rewards, batch keys
 ``reward_in/<name>/<key>``.
 """
 import dataclasses
-import threading
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from seedream_jax import rewards as rewards_api
+from seedream_jax.parallel import mesh as mesh_lib
 
 PREFIX = "reward_in/"  # batch keys of the prepared reward inputs
+PROMPT_BYTES = 2048  # UTF-8 bytes of each prompt a host-callback reward receives (zero-padded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,26 +63,33 @@ class PixelReward:
         return self.fn(images.astype(jnp.float32) / 127.5 - 1.0 if images.dtype == jnp.uint8 else images)
 
 
-class PromptTable:
-    """Prompt <-> int id, for host callbacks that need the strings; append-only and thread-safe
-    (the loop makes batches on a prefetch thread)."""
+def encode_prompts(prompts: Sequence[str], width: int = PROMPT_BYTES) -> np.ndarray:
+    """uint8 [B, width]: each prompt's UTF-8 bytes, zero-padded; a longer prompt (or one holding a
+    NUL character) raises ValueError."""
+    out = np.zeros((len(prompts), width), np.uint8)
+    for i, p in enumerate(prompts):
+        data = p.encode("utf-8")
+        nul = b"\0" in data
+        if len(data) > width or nul:
+            raise ValueError(f"prompt {i} ({len(data)} UTF-8 bytes{', with a NUL' if nul else ''}) does not fit "
+                             f"a host reward's {width}-byte prompt field: {p[:60]!r}")
+        out[i, :len(data)] = np.frombuffer(data, np.uint8)
+    return out
 
-    def __init__(self):
-        self._ids: Dict[str, int] = {}
-        self._texts: List[str] = []
-        self._lock = threading.Lock()
 
-    def ids(self, prompts: Sequence[str]) -> np.ndarray:
-        """int32 [B] ids of ``prompts`` (new prompts are added)."""
-        with self._lock:
-            for p in prompts:
-                if p not in self._ids:
-                    self._ids[p] = len(self._texts)
-                    self._texts.append(p)
-            return np.array([self._ids[p] for p in prompts], np.int32)
+def decode_prompts(encoded) -> List[str]:
+    """The prompts of ``encode_prompts``'s [B, width] array."""
+    return [bytes(row).rstrip(b"\0").decode("utf-8") for row in np.asarray(encoded, np.uint8)]
 
-    def texts(self, ids) -> List[str]:
-        return [self._texts[int(i)] for i in np.asarray(ids).reshape(-1)]
+
+def _per_device(fn: Callable) -> Callable:
+    """``fn(images, prompt_bytes) -> [B]`` run on each device's rows of the current mesh's batch axes
+    (``jax.shard_map``), or as is without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn
+    spec = PartitionSpec(tuple(a for a in mesh_lib.BATCH_AXES if a in mesh.axis_names))
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
 
 
 def _scorer_parts(fn):
@@ -109,26 +120,29 @@ def _scorer_parts(fn):
     return None
 
 
-def graph_reward(name: str, table: PromptTable) -> GraphReward:
+def graph_reward(name: str) -> GraphReward:
     """The registered reward ``name`` (``rewards.get``) in its in-graph form, or as a host callback
-    over ``table``'s prompt ids when it has none."""
+    (per device under a mesh) when it has none."""
     reward = rewards_api.get(name)
     parts = _scorer_parts(reward.fn)
     if parts is not None:
         prepare, score = parts
         return GraphReward(name, reward.differentiable, prepare, lambda images, p: score(images, p).astype(jnp.float32))
 
-    def host(images, ids):
-        out = np.asarray(reward.fn(np.asarray(images), table.texts(ids)), np.float32)
+    def host(images, prompt_bytes):
+        out = np.asarray(reward.fn(np.asarray(images), decode_prompts(prompt_bytes)), np.float32)
         if out.shape != (len(images),):
             raise ValueError(f"reward {name!r} returned shape {out.shape} for {len(images)} images")
         return out
 
+    def callback(images, prompt_bytes):
+        return jax.pure_callback(host, jax.ShapeDtypeStruct((images.shape[0],), jnp.float32), images, prompt_bytes)
+
     def score(images, p):
         images = jax.lax.stop_gradient(images.astype(jnp.float32))
-        return jax.pure_callback(host, jax.ShapeDtypeStruct((images.shape[0],), jnp.float32), images, p["prompt_id"])
+        return _per_device(callback)(images, p["prompt_bytes"])
 
-    return GraphReward(name, False, lambda prompts: {"prompt_id": table.ids(prompts)}, score)
+    return GraphReward(name, False, lambda prompts: {"prompt_bytes": encode_prompts(prompts)}, score)
 
 
 def prepare_all(graph_rewards: Sequence[GraphReward], prompts: Sequence[str]) -> Dict[str, np.ndarray]:

@@ -57,7 +57,7 @@ def source_stage(stage_cfg, workdir: str):
     return open_stage(sources["mmdit"][0])
 
 
-def load_rewards(stage_cfg, workdir: str, table: in_graph.PromptTable) -> list:
+def load_rewards(stage_cfg, workdir: str) -> list:
     """The ``GraphReward`` of each name of ``rlhf.rewards``, its model loaded from ``reward_stages``
     when named there; refl and draft accept only rewards differentiable in the graph."""
     s = stage_cfg
@@ -69,7 +69,7 @@ def load_rewards(stage_cfg, workdir: str, table: in_graph.PromptTable) -> list:
                 rewards_api.load_stage(common.resolve(workdir, stage), name=name)
             except ValueError as e:
                 raise ValueError(f"rlhf.reward_stages.{name}: {e}") from e
-    out = [in_graph.graph_reward(name, table) for name in s.rewards]
+    out = [in_graph.graph_reward(name) for name in s.rewards]
     if s.method != "grpo":
         bad = [r.name for r in out if not r.differentiable]
         if bad:
@@ -197,7 +197,7 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
         raise ValueError(f"rlhf.method must be one of {METHODS}, got {s.method!r}")
     pipe = stage_pipeline(source_stage(s, workdir), attention_impl=cfg.model.attention_impl)
     height, width = int(s.height), int(s.width)
-    graph_rewards = load_rewards(s, workdir, in_graph.PromptTable())
+    graph_rewards = load_rewards(s, workdir)
     task = model_task(s, pipe, graph_rewards)
     sources = parse_sources(s.init_from, workdir)
     use_ref = s.method == "grpo" and float(s.grpo.kl_weight) > 0
