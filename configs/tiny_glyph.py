@@ -7,7 +7,7 @@ python -m seedream_jax.main --config configs/tiny_glyph.py --workdir runs/tiny_g
 
 Stages: data, tokenizer and VAE as in configs/tiny.py (the ordinary world), data_text (2,000
 scenes of one object and one rendered word, English or Chinese, in ``data/text``), glyph_align
-(``GLYPH_STEPS`` steps), then for each arm a DiT of ``TEXT_STEPS`` steps on data_text and the
+(3000 steps, the section's default), then for each arm a DiT of ``TEXT_STEPS`` steps on data_text and the
 objective eval: pretrain_random / eval_random and pretrain_aligned / eval_aligned (reports under
 ``eval/<stage>_step<N>/``; the text categories' Ra, Rh and exact per language are the comparison).
 Everything but the ByT5's init (models, seeds, data order, optimiser) is the same in both arms.
@@ -25,7 +25,6 @@ import tiny  # noqa: E402  (configs/tiny.py, whatever the working directory)
 
 from seedream_jax import config_lib  # noqa: E402
 
-GLYPH_STEPS = 3000
 TEXT_STEPS = 3000
 ARMS = {"random": {}, "aligned": {"conditioner/byt5": "glyph_align:glyph/byt5"}}
 
@@ -36,7 +35,6 @@ def get_config():
                  group_probability=0.0)
     text_world = config_lib.data_section(**dict(c.data.to_dict(), dir="data/text", world=ConfigDict(world)))
     c.data_text = ConfigDict(dict(kind="data", data=text_world))
-    c.glyph_align.train.steps = GLYPH_STEPS
     c.stages = ("data", "tokenizer", "vae", "data_text", "glyph_align")
     for arm, byt5_init in ARMS.items():
         stage = ConfigDict(dict(c.pretrain.to_dict(), kind="pretrain", data=text_world))

@@ -255,7 +255,7 @@ def glyph_align_section(byt5: ConfigDict, **overrides) -> ConfigDict:
     """
     section = ConfigDict(dict(
         kind="glyph_align",
-        train=train_section(steps=1500, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
+        train=train_section(steps=3000, batch_size=32, log_every=50, checkpoint_every=500, ema_decay=0.99),
         optimizer=optimizer_section(lr=2e-3, warmup_steps=50, weight_decay=0.01),
         model=ConfigDict(dict(byt5=ConfigDict(byt5.to_dict()), image_size=MODEL_SIZES["tiny"]["resolution"],
                               image_channels=(32, 64), groups=8, roi_size=(3, 12), embed_dim=128, max_length=64,
