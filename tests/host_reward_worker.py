@@ -29,9 +29,22 @@ def batch_rows():
     return prompts, images
 
 
-def expected_scores():
-    prompts, images = batch_rows()
-    return [len(p.encode("utf-8")) + float(im.mean()) for p, im in zip(prompts, images)]
+def prompt_bytes_score(images, prompts) -> np.ndarray:
+    """The test reward [B]: each prompt's UTF-8 length plus its image's mean pixel."""
+    return np.array([len(p.encode("utf-8")) + float(np.mean(im)) for im, p in zip(images, prompts)])
+
+
+def counting_host_reward(name: str) -> list:
+    """Register ``prompt_bytes_score`` as the host reward ``name``; returns the list that each call
+    appends its row count to."""
+    calls = []
+
+    def reward(images, prompts):
+        calls.append(len(prompts))
+        return prompt_bytes_score(images, prompts)
+
+    rewards.register(name, reward, differentiable=False, replace=True)
+    return calls
 
 
 def main(coordinator: str, num_processes: int, process_id: int):
@@ -39,13 +52,7 @@ def main(coordinator: str, num_processes: int, process_id: int):
     cfg.distributed.update(dict(coordinator_address=coordinator, num_processes=num_processes,
                                 process_id=process_id, initialization_timeout=60))
     distributed.initialize(cfg)
-    calls = []
-
-    def prompt_bytes(images, prompts):
-        calls.append(len(prompts))
-        return np.array([len(p.encode("utf-8")) + float(np.mean(im)) for im, p in zip(images, prompts)])
-
-    rewards.register("prompt_bytes", prompt_bytes, differentiable=False, replace=True)
+    calls = counting_host_reward("prompt_bytes")
     reward = in_graph.graph_reward("prompt_bytes")
     prompts, images = batch_rows()
     local = slice(process_id * ROWS // num_processes, (process_id + 1) * ROWS // num_processes)

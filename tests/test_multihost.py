@@ -117,7 +117,8 @@ def test_a_host_callback_reward_scores_each_processs_own_rows_and_prompts():
     import host_reward_worker
 
     results = _run_two_processes("host_reward_worker.py")
-    want = host_reward_worker.expected_scores()
+    prompts, images = host_reward_worker.batch_rows()
+    want = host_reward_worker.prompt_bytes_score(images, prompts)
     for pid, r in enumerate(results):
         assert r["process_index"] == pid
         np.testing.assert_allclose(r["scores"], want, rtol=1e-6)

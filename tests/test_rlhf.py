@@ -317,24 +317,18 @@ def test_rewards_run_in_the_graph_or_on_the_host_and_sum_with_weights():
 def test_a_host_reward_under_a_mesh_scores_each_devices_rows_with_their_own_prompts():
     """Under an 8-device mesh the host callback runs once per device on that device's rows, reading
     the prompts from the batch (multi-host safe: no process-local lookup table)."""
-    calls = []
+    from host_reward_worker import batch_rows, counting_host_reward, prompt_bytes_score
 
-    def prompt_bytes(images, prompts):
-        calls.append(len(prompts))
-        return np.array([len(p.encode("utf-8")) + float(np.mean(im)) for im, p in zip(images, prompts)])
-
-    rewards.register("t_prompt_bytes", prompt_bytes, differentiable=False, replace=True)
+    calls = counting_host_reward("t_prompt_bytes")
     reward = in_graph.graph_reward("t_prompt_bytes")
-    prompts = [f"{i} red circles" if i % 2 else "一" * i for i in range(16)]
-    images = np.random.default_rng(0).uniform(-1, 1, size=(16, 4, 4, 3)).astype(np.float32)
+    prompts, images = batch_rows()
     batch = in_graph.prepare_all([reward], prompts)
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
     with jax.set_mesh(mesh):
         put = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
         _, per = jax.jit(lambda x, b: in_graph.score_all([reward], {reward.name: 1.0}, x, b))(
             jax.device_put(images, mesh_lib.batch_sharding(mesh, 4)), put)
-    np.testing.assert_allclose(per[reward.name], [len(p.encode("utf-8")) + im.mean() for im, p in zip(images, prompts)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(per[reward.name], prompt_bytes_score(images, prompts), rtol=1e-6)
     assert calls == [2] * 8
     with pytest.raises(ValueError, match="does not fit a host reward's 2048-byte prompt field"):
         in_graph.encode_prompts(["x" * 2049])
