@@ -84,7 +84,8 @@ def decode_prompts(encoded) -> List[str]:
 
 def _per_device(fn: Callable) -> Callable:
     """``fn(images, prompt_bytes) -> [B]`` run on each device's rows of the current mesh's batch axes
-    (``jax.shard_map``), or as is without a mesh."""
+    (``jax.shard_map``), or as is without a mesh. The devices of one 'tensor' group hold the same
+    rows, and each of them scores them (the same values)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn
