@@ -12,9 +12,9 @@ mix from there (pretrain). The larger world costs the pretrain stage about 3 min
 (the frozen VAE encodes every scene once) and keeps 7000 steps at batch 16 to under 6 passes over
 the data.
 
-Measured end to end on a 2-core CPU (benchmarks/RESULTS.md (d8)): 43m35s; colour 1.000 and
-position 1.000 in both languages on seen and held-out specs, shape 0.333, count 0.375, relation
-0.219, binding, groups and text 0. The same 10,000 steps on the ordinary mix alone ((d6)): colour
+Measured end to end on a 2-core CPU (benchmarks/RESULTS.md (d8)): 36m30s (43m35s on an earlier
+day, the same figures); colour 1.000 and position 1.000 in both languages on seen and held-out
+specs, shape 0.333, count 0.375, relation 0.219, binding, groups and text 0. The same 10,000 steps on the ordinary mix alone ((d6)): colour
 1.00, position 0.06, the rest within one seed's noise of these.
 """
 import os
