@@ -3,7 +3,9 @@
 The processes join through ``seedream_jax.parallel.distributed.initialize`` (coordinator on
 127.0.0.1), shard the toy model's first kernel across both of them, write one Orbax checkpoint
 together and restore it exactly; the result equals a single-process run on 8 devices fed the
-same global batches (fp32 tolerance: the cross-process reductions add in another order).
+same global batches (fp32 tolerance: the cross-process reductions add in another order). A second
+pair of processes scores a host-callback reward in one jitted program over both
+(``tests/host_reward_worker.py``).
 """
 import json
 import os
