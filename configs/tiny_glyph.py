@@ -31,9 +31,8 @@ ARMS = {"random": {}, "aligned": {"conditioner/byt5": "glyph_align:glyph/byt5"}}
 
 def get_config():
     c = tiny.get_config()
-    world = dict(c.data.world.to_dict(), object_count_weights=(1.0, 0.0, 0.0, 0.0), text_probability=1.0,
-                 group_probability=0.0)
-    text_world = config_lib.data_section(**dict(c.data.to_dict(), dir="data/text", world=ConfigDict(world)))
+    text_world = config_lib.world_variant(c.data, "data/text", dict(object_count_weights=(1.0, 0.0, 0.0, 0.0),
+                                                                   text_probability=1.0, group_probability=0.0))
     c.data_text = ConfigDict(dict(kind="data", data=text_world))
     c.stages = ("data", "tokenizer", "vae", "data_text", "glyph_align")
     for arm, byt5_init in ARMS.items():

@@ -37,11 +37,9 @@ def add_layout_curriculum(c: ConfigDict, steps: int = LAYOUT_STEPS, num_images: 
     """``c`` with data_layout (``num_images`` single-object scenes; default: as many as ``c.data``)
     and pretrain_layout (``steps`` DiT steps on them) before its pretrain stage, which then starts
     from pretrain_layout's DiT and conditioner."""
-    world = dict(c.data.world.to_dict(), object_count_weights=(1.0, 0.0, 0.0, 0.0), text_probability=0.0,
-                 group_probability=0.0)
-    layout = config_lib.data_section(**dict(c.data.to_dict(), dir="data/layout", world=ConfigDict(world),
-                                            num_images=num_images or c.data.num_images,
-                                            caption_type_probs=(0.0, 1.0)))
+    layout = config_lib.world_variant(c.data, "data/layout", dict(object_count_weights=(1.0, 0.0, 0.0, 0.0),
+                                                                text_probability=0.0, group_probability=0.0),
+                                      num_images=num_images or c.data.num_images, caption_type_probs=(0.0, 1.0))
     c.data_layout = ConfigDict(dict(kind="data", data=layout))
     c.pretrain_layout = ConfigDict(dict(c.pretrain.to_dict(), kind="pretrain", data=layout))
     c.pretrain_layout.train.steps = steps

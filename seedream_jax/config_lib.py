@@ -170,6 +170,14 @@ def data_section(**overrides) -> ConfigDict:
     return _updated("data_section", section, overrides)
 
 
+def world_variant(data: ConfigDict, dir: str, world: dict, **fields) -> ConfigDict:
+    """A data section like ``data`` (``data_section``'s keys) that writes to ``dir``, with the
+    synthetic world's settings in ``world`` and the section's ``fields`` replaced: a curriculum's
+    own world (single objects, every scene with a word, ...)."""
+    merged = dict(data.world.to_dict(), **world)
+    return data_section(**dict(data.to_dict(), dir=dir, world=ConfigDict(merged), **fields))
+
+
 def _updated(name: str, section: ConfigDict, overrides: dict) -> ConfigDict:
     """``section`` with ``overrides`` set; a key it does not have raises KeyError naming ``name``."""
     unknown = sorted(set(overrides) - set(section.keys()))
