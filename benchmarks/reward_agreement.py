@@ -8,6 +8,15 @@ rank the objectively right images above the wrong ones is not worth optimising).
 
     python benchmarks/reward_agreement.py --reward runs/tiny/reward \
         --eval-dir runs/tiny/eval/pretrain_step900 --eval-dir runs/tiny/eval_vae/vae_step800
+
+With ``--generated-from`` (a pretrain stage) and ``--config`` (the run's config, whose world gives
+the captions) it also draws that model's samples of held-out world captions (``--captions`` x 4,
+``stages/ranked_samples.py``, the reward stage's defaults) and prints the reward's accuracy on their
+pairs and its Spearman correlation with the graded objective check, as the reward stage's
+``generated`` table does:
+
+    python benchmarks/reward_agreement.py --reward runs/tiny_long/reward --eval-dir runs/tiny_long/eval/pretrain_step7000 \
+        --config configs/tiny_long.py --generated-from runs/tiny_long/pretrain
 """
 import argparse
 import json
@@ -18,22 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two 1-D sequences (average ranks for ties); nan if either is constant."""
-    def ranks(x):
-        x = np.asarray(x, np.float64)
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for value in np.unique(x):  # ties share their mean rank
-            r[x == value] = r[x == value].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def eval_images(eval_dir: str):
@@ -53,9 +46,14 @@ def main(argv=None) -> int:
     parser.add_argument("--reward", required=True, help="a reward stage directory (the alignment model)")
     parser.add_argument("--eval-dir", action="append", required=True, help="an eval output directory (repeatable)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--generated-from", help="a pretrain stage directory: also rank its samples of held-out captions")
+    parser.add_argument("--config", help="with --generated-from: the run's config file (its data.world)")
+    parser.add_argument("--captions", type=int, default=128, help="with --generated-from: held-out captions")
     args = parser.parse_args(argv)
+    if args.generated_from and not args.config:
+        parser.error("--generated-from needs --config (the run's world gives the captions)")
     from seedream_jax import rewards
-    from seedream_jax.rewards.common import batched
+    from seedream_jax.rewards.common import batched, spearman
 
     scorer = rewards.load_alignment(args.reward)
     rows, union = [], ([], [])
@@ -72,7 +70,19 @@ def main(argv=None) -> int:
     print("| images | n | mean correctness | share with any credit | Spearman |\n|---|---|---|---|---|")
     for name, n, mean, share, rho in rows:
         print(f"| {name} | {n} | {mean:.3f} | {share:.3f} | {rho:.3f} |")
+    if args.generated_from:
+        print("\n" + generated_table(args, scorer))
     return 0
+
+
+def generated_table(args, scorer) -> str:
+    """The reward stage's ``generated`` table of ``scorer`` on ``--generated-from``'s held-out samples."""
+    from seedream_jax import config_lib
+    from seedream_jax.stages import reward as reward_stage
+    cfg = config_lib.load_run_config(args.config)
+    section = config_lib.reward_section()
+    section.ranked.generated.update(source=os.path.abspath(args.generated_from), heldout_captions=args.captions)
+    return reward_stage.generated_markdown(reward_stage.generated_agreement(cfg, section, "", scorer))
 
 
 if __name__ == "__main__":

@@ -200,8 +200,17 @@ def reward_section(**overrides) -> ConfigDict:
     ``kind_weights`` (count and position are learnt first, so they get less),
     ``heldout_per_kind`` held-out pairs per perturbation kind measured at the end, ``eval_per_kind``
     per periodic evaluation (``train.eval_every``). frozen: path prefixes not trained (e.g.
-    'alignment/text/llm'). speed_batch: images per call when timing the scorer. Unknown keys raise
-    KeyError.
+    'alignment/text/llm'). speed_batch: images per call when timing the scorer. ranked: pairs of two
+    images for one caption, one preferred (``stages/reward.py``), round(``fraction`` * batch_size)
+    of them per batch (a number that must split over the mesh's batch axes like the batch), loss
+    weight ``weight``; from a user's pair dataset (``path``, ``tools/ingest.py`` of a preference
+    file) or from a generator (``generated``, ``stages/ranked_samples.py``; off while ``source`` is
+    ""): ``source`` a pretrain-kind stage (a name in the workdir or a path) whose EMA model draws
+    ``per_caption`` images for each of ``captions`` train captions of the run's world
+    (``num_steps`` sampler steps, ``guidance_scale``, ``batch_size`` images per call, noise from
+    ``seed``), every two images of a caption whose graded objective scores differ by more than
+    ``min_gap`` make a pair, and ``heldout_captions`` held-out captions' samples are measured at the
+    end. Unknown keys raise KeyError.
     """
     section = ConfigDict(dict(
         kind="reward",
@@ -214,6 +223,9 @@ def reward_section(**overrides) -> ConfigDict:
         pairs=ConfigDict(dict(seed=0, train_scenes=100_000, heldout_per_kind=200, eval_per_kind=20,
                               languages=("en", "zh"), kind_weights=(2, 3, 1, 1, 2, 3))),
         contrastive_weight=1.0, ranking_weight=1.0,
+        ranked=ConfigDict(dict(fraction=0.5, weight=1.0, path="", generated=ConfigDict(dict(
+            source="", captions=512, per_caption=4, min_gap=0.0, heldout_captions=64, num_steps=20,
+            guidance_scale=4.0, batch_size=32, seed=0)))),
         frozen=(), init_from=ConfigDict(), speed_batch=64))
     return _updated("reward_section", section, overrides)
 

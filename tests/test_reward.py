@@ -1,5 +1,6 @@
 """Alignment reward: world preference pairs, the two-tower model's fit, the reward API, the reward stage."""
 import collections
+import copy
 import dataclasses
 import json
 import os
@@ -12,14 +13,16 @@ import numpy as np
 import optax
 import pytest
 
-from seedream_jax import rewards
+from seedream_jax import config_lib, rewards
 from seedream_jax.checkpoint.stage_dir import open_stage
 from seedream_jax.data import heldout, synthetic as S, world_pairs as W
 from seedream_jax.data.tokenizer import TextTokenizer, train_sentencepiece
 from seedream_jax.models.rewards import AlignmentReward, AlignmentRewardConfig
 from seedream_jax.models.text_encoder import Qwen2Config
+from seedream_jax.rewards import objective
 from seedream_jax.rewards.alignment import AlignmentScorer
-from seedream_jax.stages.reward import batch_loss, pair_batch
+from seedream_jax.stages import ranked_samples
+from seedream_jax.stages.reward import batch_loss, pair_batch, ranked_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = AlignmentRewardConfig(
@@ -341,3 +344,172 @@ def test_the_graded_objective_reward_weighs_the_word_scores_0_off_the_world_and_
     reward = in_graph.graph_reward("objective_graded")
     batch = reward.prepare([prompt, prompt])
     np.testing.assert_allclose(jax.jit(reward.score)(jnp.asarray(pixels[:2]), batch), [1.0, 8 / 9], rtol=1e-6)
+
+
+# Pairs of a generator's own images ranked by the graded objective check (stages/ranked_samples.py).
+
+def test_ranked_pairs_prefer_the_higher_score_of_one_captions_images_and_skip_ties():
+    scores = np.array([[0.5, 1.0, 0.5], [0.2, 0.2, 0.2], [0.0, 0.3, 0.6]], np.float32)
+    better, worse, caption = ranked_samples.ranked_pairs(scores)
+    assert list(zip(better, worse, caption)) == [(1, 0, 0), (1, 2, 0), (7, 6, 2), (8, 6, 2), (8, 7, 2)]
+    better, worse, caption = ranked_samples.ranked_pairs(scores, min_gap=0.35)
+    assert list(zip(better, worse)) == [(1, 0), (1, 2), (8, 6)]
+
+
+def test_world_prompts_alternate_languages_and_keep_the_splits_apart():
+    mix = S.SyntheticWorldConfig(max_objects=2, object_count_weights=(2.0, 1.0), text_probability=0.0)
+    train = ranked_samples.world_prompts(mix, 0, "train", 40)
+    held = ranked_samples.world_prompts(mix, 0, "heldout", 40)
+    assert train == ranked_samples.world_prompts(mix, 0, "train", 40)  # a pure function of the seed
+
+    def heldout_pairs(prompt):
+        return {o[:2] for o in objective.parse_caption(prompt).objects} & {(c, s) for c, s in heldout.HELDOUT_COLOUR_SHAPES}
+    assert all(heldout_pairs(p) for p in held) and not any(heldout_pairs(p) for p in train)
+    assert all(p.isascii() for p in train[::2]) and not any(p.isascii() for p in train[1::2])
+
+
+def test_draw_samples_each_caption_several_times_and_ranks_them_by_the_objective_check(tmp_path, monkeypatch):
+    circle = S.render_scene(S.Scene("beige", [S.ShapeObject("circle", "red", "large", "center")]), 32)
+    blank = S.render_scene(S.Scene("beige", []), 32)
+
+    def fake_pipe(params, prompts, *, height, width, seed, **sampler):
+        assert (height, width) == (32, 32) and sampler == {"num_steps": 3, "guidance_scale": 2.0}
+        return np.stack([circle if k % 2 == 0 else blank for k in range(len(prompts))])
+    monkeypatch.setattr("seedream_jax.stages.sample.load_pipeline", lambda *a, **k: (fake_pipe, None))
+    monkeypatch.setattr(ranked_samples, "open_stage", lambda path: type("S", (), dict(directory=path, step=7))())
+    g = config_lib.reward_section().ranked.generated
+    g.update(source="pretrain", per_caption=4, num_steps=3, guidance_scale=2.0, batch_size=4)
+    mix = S.SyntheticWorldConfig(max_objects=1, object_count_weights=(1.0,), text_probability=0.0)
+    samples = ranked_samples.draw(config_lib.base_config("tiny"), g, str(tmp_path), mix, "train", 6, 32)
+    assert samples.images.shape == (24, 32, 32, 3) and len(samples.prompts) == 6 and samples.per_caption == 4
+    assert np.array_equal(samples.scores, rewards.score("objective_graded", samples.images,
+                                                        [p for p in samples.prompts for _ in range(4)]))
+    assert len(samples.better) > 0 and np.all(samples.scores[samples.better] > samples.scores[samples.worse])
+    assert np.all(samples.better // 4 == samples.caption) and np.all(samples.worse // 4 == samples.caption)
+
+
+def _generated_pairs(tokenizer, n=8):
+    """``RankedSamples`` of n captions, each with two images: its true rendering preferred over a
+    colour-perturbed scene's; and the captions' tokens."""
+    pairs = [W.make_pair(4, "train", i, kind="colour") for i in range(n)]
+    images = np.stack([im for p in pairs for im in p.images(32)])
+    samples = ranked_samples.RankedSamples(images, [p.captions("en")[0] for p in pairs],
+                                           np.tile(np.array([1.0, 0.5], np.float32), n),
+                                           np.arange(0, 2 * n, 2, dtype=np.int32), np.arange(1, 2 * n, 2, dtype=np.int32),
+                                           np.arange(n, dtype=np.int32))
+    return samples, tokenizer(samples.prompts, TINY.max_length)
+
+
+def test_the_generated_pairs_loss_is_bradley_terry_of_the_preferred_image_and_a_fit_learns_it(tokenizer):
+    samples, tokens = _generated_pairs(tokenizer)
+    world = [W.make_pair(5, "train", i) for i in range(4)]
+    batch = pair_batch(world, ["en", "zh"] * 2, tokenizer, TINY)
+    batch.update(ranked_batch(samples.images[samples.better], samples.images[samples.worse], *tokens))
+    model = AlignmentReward(TINY)
+    params = jax.jit(model.init)(jax.random.PRNGKey(2), jnp.zeros((1, 32, 32, 3)), batch["ids_pos"][:1],
+                                 batch["mask_pos"][:1])["params"]
+    _, metrics = batch_loss(model, params, batch, contrastive_weight=1.0, ranking_weight=1.0, ranked_weight=1.0)
+    scorer = AlignmentScorer(model, params, tokenizer)
+    cos_b = np.asarray(scorer(batch["ranked_better"], samples.prompts))
+    cos_w = np.asarray(scorer(batch["ranked_worse"], samples.prompts))
+    scale = float(model.apply({"params": params}, method=AlignmentReward.scale))
+    np.testing.assert_allclose(float(metrics["bt_ranked"]), np.mean(np.logaddexp(0, scale * (cos_w - cos_b))),
+                               rtol=1e-5)
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(p, opt):
+        (value, m), grad = jax.value_and_grad(lambda q: batch_loss(
+            model, q, batch, contrastive_weight=0.0, ranking_weight=0.0, ranked_weight=1.0), has_aux=True)(p)
+        updates, opt = tx.update(grad, opt, p)
+        return optax.apply_updates(p, updates), opt, value, m
+
+    opt = tx.init(params)
+    for _ in range(30):
+        params, opt, value, m = step(params, opt)
+    assert float(value) < 0.1 * float(metrics["bt_ranked"]) and float(m["ranked_pair_accuracy"]) == 1.0
+    without = {k: v for k, v in batch.items() if not k.startswith("ranked_")}
+    assert "bt_ranked" not in batch_loss(model, params, without, contrastive_weight=1.0, ranking_weight=1.0)[1]
+
+
+def _small_reward_config(steps=2):
+    """data, tokenizer and a tiny reward stage of ``steps`` steps at batch 8, with 8 ranked pairs per
+    batch (they split over the tests' 8 devices)."""
+    cfg = config_lib.base_config("tiny")
+    cfg.stages = ("data", "tokenizer", "reward")
+    cfg.data.num_images = 64
+    r = cfg.reward
+    r.train.update(steps=steps, batch_size=8, checkpoint_every=2, log_every=1)
+    r.model.update(image_size=32, image_channels=(8,), groups=4, embed_dim=32)
+    r.model.llm.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1)
+    r.pairs.update(heldout_per_kind=2)
+    r.ranked.fraction = 1.0
+    r.speed_batch = 4
+    return cfg
+
+
+def test_the_reward_stage_trains_on_generated_pairs_and_reports_their_held_out_agreement(tmp_path, monkeypatch,
+                                                                                       tokenizer):
+    from seedream_jax.main import run_stages
+    from seedream_jax.stages import reward as stage
+
+    drawn = []
+
+    def fake_draw(cfg, generated, workdir, mix, split, count, image_size):
+        drawn.append((split, count, image_size))
+        return _generated_pairs(tokenizer, count)[0]
+    monkeypatch.setattr(stage.ranked_samples, "draw", fake_draw)
+    cfg = _small_reward_config()
+    cfg.reward.ranked.generated.update(source="pretrain", captions=6, heldout_captions=5)
+    summary = run_stages(cfg, str(tmp_path))["reward"]
+    assert drawn == [("train", 6, 32), ("heldout", 5, 32)]
+    assert summary["final_metrics"]["bt_ranked"] > 0 and "ranked_pair_accuracy" in summary["final_metrics"]
+    g = summary["generated"]
+    assert (g["images"], g["pairs"], g["mean_objective"]) == (10, 5, 0.75) and 0 <= g["pair_accuracy"] <= 1
+    assert "Spearman with the graded objective" in (tmp_path / "reward" / "heldout_accuracy.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def user_pairs(tmp_path_factory):
+    """A user's pair dataset: 12 world pairs written as a preference file and ingested (tools/ingest.py)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import ingest as ingest_tool
+    import make_synthetic
+    root = tmp_path_factory.mktemp("user_pairs")
+    make_synthetic.main(["--format", "pairs", "--out", str(root / "pairs"), "--num_pairs", "12", "--image_size", "64"])
+    assert ingest_tool.main(["--input", str(root / "pairs"), "--out", str(root / "ds"), "--workers", "1",
+                             "--no_progress"]) == 0
+    return str(root / "ds")
+
+
+def test_ranked_pairs_from_a_users_dataset_join_the_world_pairs_and_resume_exactly(tmp_path, user_pairs, tokenizer):
+    from seedream_jax.data.batches import IndexedBatches, JoinedBatches
+    from seedream_jax.main import run_stages
+    from seedream_jax.stages import reward as stage
+
+    cfg = _small_reward_config()
+    cfg.reward.ranked.path = user_pairs
+    both = copy.deepcopy(cfg.reward)
+    both.ranked.generated.source = "pretrain"
+    with pytest.raises(ValueError, match="not both"):
+        stage.build_task(cfg, both, str(tmp_path))
+    summary = run_stages(cfg, str(tmp_path))["reward"]
+    assert summary["final_metrics"]["bt_ranked"] > 0 and "generated" not in summary
+
+    def joined():
+        world = IndexedBatches(100, 8, 0, lambda idx, rng: {"world": np.asarray(idx)})
+        return JoinedBatches(world, stage.ranked_source(cfg.reward, str(tmp_path), tokenizer, TINY))
+    source = joined()
+    next(source)
+    state = json.loads(json.dumps(source.get_state()))
+    expected = [next(source) for _ in range(3)]  # 12 pairs, 8 per batch: crosses an epoch
+    fresh = joined()
+    fresh.set_state(state)
+    for want, got in zip(expected, [next(fresh) for _ in range(3)]):
+        assert set(want) == {"world", "ranked_better", "ranked_worse", "ranked_ids", "ranked_mask"}
+        assert want["ranked_better"].shape == (8, 32, 32, 3)
+        for key in want:
+            np.testing.assert_array_equal(want[key], got[key])
+    with pytest.raises(ValueError, match="share the keys"):
+        next(JoinedBatches(joined(), stage.ranked_source(cfg.reward, str(tmp_path), tokenizer, TINY)))

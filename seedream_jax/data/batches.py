@@ -76,3 +76,29 @@ class MappedBatches:
 
     def set_state(self, state: dict) -> None:
         self.source.set_state(state)
+
+
+class JoinedBatches:
+    """Each batch of ``main`` with the next batch of ``extra`` merged into it (their keys must differ):
+    two data streams in one step, e.g. world pairs and a user's pair dataset. Resumes exactly:
+    the state holds both positions."""
+
+    def __init__(self, main, extra):
+        self.main, self.extra = main, extra
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        batch, more = next(self.main), next(self.extra)
+        clash = sorted(set(batch) & set(more))
+        if clash:
+            raise ValueError(f"joined batches share the keys {clash}")
+        return {**batch, **more}
+
+    def get_state(self) -> dict:
+        return {"main": self.main.get_state(), "extra": self.extra.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.main.set_state(state["main"])
+        self.extra.set_state(state["extra"])

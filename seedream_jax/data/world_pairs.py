@@ -191,6 +191,28 @@ def with_heldout_group(scene: Scene, rng) -> Optional[Scene]:
                          for o in scene.objects])
 
 
+def split_scene(rng: np.random.Generator, mix: synthetic.SyntheticWorldConfig, split: str) -> Scene:
+    """A scene of ``mix`` for ``split``, drawn with ``rng``: a train scene (``sample_scene``, never a
+    held-out colour-shape pair), or a held-out one (a train scene with one group turned into a
+    held-out pair by ``with_heldout_group``; scenes where none fits are redrawn)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    for _ in range(_MAX_TRIES):
+        scene = synthetic.sample_scene(rng, mix)
+        if split == "train":
+            return scene
+        scene = with_heldout_group(scene, rng)
+        if scene is not None:
+            return scene
+    raise RuntimeError(f"no held-out scene found in {_MAX_TRIES} tries")
+
+
+def alternating_caption(scene: Scene, index: int, rng: np.random.Generator) -> str:
+    """Caption ``index`` of a stream of world prompts: English for even ``index``, Chinese for odd,
+    the short or the long caption at random (``rng``)."""
+    return synthetic.captions(scene)[LANGUAGES[index % 2]][("short", "long")[int(rng.integers(2))]]
+
+
 def kind_cycle(weights, kinds: Sequence[str] = KINDS) -> List[str]:
     """``kinds`` repeated by their integer ``weights`` (in that order): pair i of a training
     stream is of kind ``cycle[i % len(cycle)]``."""

@@ -47,3 +47,19 @@ def stage_model(stage_dir: str, component: str, weights: str = "ema"):
     stage = open_stage(stage_dir)
     model, _ = stage.component(component)
     return stage, model, jax.tree_util.tree_map(jnp.asarray, stage.params(weights)[component])
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two 1-D sequences (average ranks for ties); nan if either is constant."""
+    def ranks(x):
+        x = np.asarray(x, np.float64)
+        order = np.argsort(x, kind="mergesort")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):  # ties share their mean rank
+            r[x == value] = r[x == value].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -49,7 +49,6 @@ from seedream_jax.training.reward_losses import bradley_terry
 GENERATED = "generated"  # the kind of a rendering-over-generated-image pair
 # Generator streams of the scenes: default_rng([seed, stream, index]).
 _STREAMS = {("train", False): 0, ("heldout", False): 1, ("train", True): 2, ("heldout", True): 3}
-_MAX_TRIES = 100
 
 
 def model_config(stage_cfg) -> AestheticRewardConfig:
@@ -69,16 +68,9 @@ def scene_at(mix: synthetic.SyntheticWorldConfig, seed: int, split: str, index: 
              generated: bool = False) -> Tuple[synthetic.Scene, np.random.Generator]:
     """Scene ``index`` of ``split`` ('train' or 'heldout'; ``generated``: of the generated pairs'
     streams) and its generator, positioned after the scene, to draw the degradation with. A
-    held-out scene has a group of a held-out colour-shape pair."""
+    held-out scene has a group of a held-out colour-shape pair (``world_pairs.split_scene``)."""
     rng = np.random.default_rng([seed, _STREAMS[(split, generated)], index])
-    for _ in range(_MAX_TRIES):
-        scene = synthetic.sample_scene(rng, mix)
-        if split == "train":
-            return scene, rng
-        scene = world_pairs.with_heldout_group(scene, rng)
-        if scene is not None:
-            return scene, rng
-    raise RuntimeError(f"no held-out scene found for index {index} in {_MAX_TRIES} tries")
+    return world_pairs.split_scene(rng, mix, split), rng
 
 
 def degraded_pair(mix, seed: int, split: str, index: int, kind: str, size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -125,7 +117,7 @@ def generated_pairs(cfg, stage_cfg, workdir: str, split: str, count: int) -> Tup
     for i in range(count):
         scene, rng = scene_at(mix, int(s.pairs.seed), split, i, generated=True)
         scenes.append(scene)
-        prompts.append(synthetic.captions(scene)[("en", "zh")[i % 2]][("short", "long")[int(rng.integers(2))]])
+        prompts.append(world_pairs.alternating_caption(scene, i, rng))
     batch = int(s.generated_batch_size)
     images = []
     for start in tqdm(range(0, count, batch), desc=f"aesthetic: sampling {split} images", unit="batch",

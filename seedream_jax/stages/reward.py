@@ -12,9 +12,22 @@ Loss (``training/reward_losses.py``): InfoNCE over the batch's true and perturbe
 (a caption is a positive of every image it is true of) plus Bradley-Terry on the caption pairs and on
 the image pairs.
 
+Optional ranked pairs (``reward.ranked``): two images for one caption, one preferred, as a rater
+labels a generator's samples. Either a user's pair dataset (``ranked.path``: ``tools/ingest.py`` of a
+preference file, ``data/preference.py``, read by the ``image_pairs`` source at ``model.image_size``,
+centred, unflipped) or a generator's own samples ranked by the graded objective check
+(``ranked.generated.source``, a pretrain-kind stage: ``stages/ranked_samples.py`` draws
+``generated.per_caption`` images for each of ``generated.captions`` world captions when the stage
+starts, again on resume, a pure function of the source and the settings; pair ``idx[k] % P`` for the
+batch's first indices ``idx[k]``). Each batch of B world pairs then also holds round(B *
+``ranked.fraction``) ranked pairs, with the loss ``ranked.weight`` * Bradley-Terry of the preferred
+image over the other for their caption. Resume is exact with either.
+
 ``finish`` measures the held-out pairs (scenes with a held-out colour-shape pair, never trained on):
 pairwise accuracy per perturbation kind x language, caption pairs and image pairs apart, written to
-the summary and to ``<stage_dir>/heldout_accuracy.md``, with the scorer's images per second.
+the summary and to ``<stage_dir>/heldout_accuracy.md``, with the scorer's images per second; with
+generated ranked pairs also ``generated.heldout_captions`` held-out captions' samples: the reward's
+accuracy on their pairs and its Spearman correlation with the graded objective score over their images.
 """
 import logging
 import os
@@ -25,17 +38,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax import config_lib
+from seedream_jax.data import sources
 from seedream_jax.checkpoint.init_from import parse_sources
 from seedream_jax.checkpoint.stage_dir import StageDescription, tokenizer_record
 from seedream_jax.data import synthetic, world_pairs
-from seedream_jax.data.batches import IndexedBatches
+from seedream_jax.data.batches import IndexedBatches, JoinedBatches
 from seedream_jax.models.partition import merge_params, split_params
 from seedream_jax.models.rewards import AlignmentReward, AlignmentRewardConfig
 from seedream_jax.models.text_encoder import Qwen2Config
 from seedream_jax.rewards.alignment import COMPONENT, AlignmentScorer, accuracy_markdown, pairwise_accuracy
-from seedream_jax.stages import common
+from seedream_jax.rewards.common import batched, spearman
+from seedream_jax.stages import common, ranked_samples
 from seedream_jax.training import loop
-from seedream_jax.training.reward_losses import alignment_loss, caption_positives
+from seedream_jax.training.reward_losses import alignment_loss, bradley_terry, caption_positives
 
 
 def model_config(cfg, stage_cfg) -> AlignmentRewardConfig:
@@ -55,6 +70,11 @@ def _tokenizer(cfg, workdir: str, config: AlignmentRewardConfig):
         raise ValueError(f"tokenizer {cfg.tokenizer.path} has {tok.vocab_size} tokens but reward.model.llm.vocab_size "
                          f"is {config.llm.vocab_size}")
     return tok
+
+
+def _world(cfg, stage_cfg) -> synthetic.SyntheticWorldConfig:
+    """The scene mix of the generated pairs' captions: the run's ``data.world`` (or the stage's own)."""
+    return synthetic.SyntheticWorldConfig(**common.stage_data_cfg(cfg, stage_cfg).world.to_dict())
 
 
 def caption_id(text: str) -> int:
@@ -85,32 +105,88 @@ def pair_batch(pairs, languages, tokenizer, config: AlignmentRewardConfig) -> di
             "truth_neg": np.array([truth(p.negative) for p in pairs], np.int32)}
 
 
-def batch_loss(model, params, batch, *, contrastive_weight: float, ranking_weight: float):
-    """(loss, metrics) of ``model`` with ``params`` (the ``alignment`` component) on a ``pair_batch``."""
-    images = jnp.concatenate([batch["image_pos"], batch["image_neg"]]).astype(jnp.float32) / 127.5 - 1.0
-    ids = jnp.concatenate([batch["ids_pos"], batch["ids_neg"]])
-    mask = jnp.concatenate([batch["mask_pos"], batch["mask_neg"]])
-    image_emb, text_emb, scale = model.apply({"params": params}, images, ids, mask)
+def ranked_batch(better, worse, ids, mask) -> dict:
+    """The batch fields of P ranked pairs: ``ranked_better``/``ranked_worse`` uint8 [P, S, S, 3] (the
+    preferred image first) and their caption's tokens ``ranked_ids``/``ranked_mask`` [P, L]."""
+    return {"ranked_better": np.asarray(better), "ranked_worse": np.asarray(worse), "ranked_ids": np.asarray(ids),
+            "ranked_mask": np.asarray(mask)}
+
+
+def batch_loss(model, params, batch, *, contrastive_weight: float, ranking_weight: float,
+               ranked_weight: float = 0.0):
+    """(loss, metrics) of ``model`` with ``params`` (the ``alignment`` component) on a ``pair_batch``,
+    plus ``ranked_weight`` * Bradley-Terry on its ranked pairs when it has them (``ranked_batch``:
+    the preferred image's score over the other's for their caption; metrics ``bt_ranked``,
+    ``ranked_pair_accuracy``)."""
+    b = batch["ids_pos"].shape[0]
+    ranked = "ranked_better" in batch
+    parts = [batch["image_pos"], batch["image_neg"]]
+    ids, mask = [batch["ids_pos"], batch["ids_neg"]], [batch["mask_pos"], batch["mask_neg"]]
+    if ranked:
+        parts += [batch["ranked_better"], batch["ranked_worse"]]
+        ids, mask = ids + [batch["ranked_ids"]] * 2, mask + [batch["ranked_mask"]] * 2
+    images = jnp.concatenate(parts).astype(jnp.float32) / 127.5 - 1.0
+    image_emb, text_emb, scale = model.apply({"params": params}, images, jnp.concatenate(ids), jnp.concatenate(mask))
     positives = caption_positives(jnp.concatenate([batch["truth_pos"], batch["truth_neg"]]),
                                   jnp.concatenate([batch["caption_pos"], batch["caption_neg"]]))
-    b = batch["ids_pos"].shape[0]
-    return alignment_loss(image_emb[:b], image_emb[b:], text_emb[:b], text_emb[b:], scale, positives,
-                          contrastive_weight=contrastive_weight, ranking_weight=ranking_weight)
+    loss, metrics = alignment_loss(image_emb[:b], image_emb[b:2 * b], text_emb[:b], text_emb[b:2 * b], scale,
+                                   positives, contrastive_weight=contrastive_weight, ranking_weight=ranking_weight)
+    if ranked:
+        p = batch["ranked_ids"].shape[0]
+        caption = text_emb[2 * b:2 * b + p]
+        better = scale * jnp.sum(image_emb[2 * b:2 * b + p] * caption, -1)
+        worse = scale * jnp.sum(image_emb[2 * b + p:] * caption, -1)
+        metrics["bt_ranked"] = bradley_terry(better, worse)
+        metrics["ranked_pair_accuracy"] = jnp.mean((better > worse).astype(jnp.float32))
+        loss = loss + ranked_weight * metrics["bt_ranked"]
+    return loss, metrics
+
+
+def ranked_source(stage_cfg, workdir: str, tokenizer, config: AlignmentRewardConfig):
+    """The ``image_pairs`` source of ``ranked.path`` yielding ``ranked_batch`` fields,
+    round(batch_size * ``ranked.fraction``) pairs per global batch."""
+    s = stage_cfg
+    data_cfg = config_lib.data_section(format="image_pairs", path=str(s.ranked.path), image_size=config.image_size,
+                                       random_crop=False, flip_prob=0.0, seed=int(s.pairs.seed))
+
+    def tokenised(batch):
+        ids, mask = tokenizer(batch["prompt"], config.max_length)
+        return ranked_batch(batch["chosen"], batch["rejected"], ids, mask)
+    count = max(1, round(int(s.train.batch_size) * float(s.ranked.fraction)))
+    return sources.open_source(data_cfg, workdir, count, yields="image_pairs", batch_fn=tokenised)
 
 
 def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
-    """The alignment reward Task: world pairs, the two-tower model, InfoNCE + Bradley-Terry."""
+    """The alignment reward Task: world pairs (and ranked pairs), the two-tower model, InfoNCE +
+    Bradley-Terry."""
     s = stage_cfg
+    r, g = s.ranked, s.ranked.generated
+    if r.path and g.source:
+        raise ValueError("reward.ranked: give a pair dataset (path) or a generator (generated.source), not both")
     config = model_config(cfg, s)
     model = AlignmentReward(config)
     tokenizer = _tokenizer(cfg, workdir, config)
     seed, languages = int(s.pairs.seed), tuple(s.pairs.languages)
     cycle = world_pairs.kind_cycle(s.pairs.kind_weights)
 
+    samples = (ranked_samples.draw(cfg, g, workdir, _world(cfg, s), "train", int(g.captions), config.image_size)
+               if g.source else None)
+    if samples is not None:
+        if not len(samples.better):
+            raise ValueError(f"reward.ranked.generated: the {len(samples.scores)} images {g.source} drew for "
+                             f"{g.captions} captions make no pair (every caption's images score alike)")
+        prompt_ids, prompt_mask = tokenizer(samples.prompts, config.max_length)
+
     def make_batch(idx, rng):
         pairs = [world_pairs.make_pair(seed, "train", int(i), kind=cycle[int(i) % len(cycle)]) for i in idx]
         langs = [languages[int(k)] for k in rng.integers(len(languages), size=len(pairs))]
-        return pair_batch(pairs, langs, tokenizer, config)
+        batch = pair_batch(pairs, langs, tokenizer, config)
+        if samples is not None:
+            chosen = np.asarray(idx[:max(1, round(len(idx) * float(r.fraction)))], np.int64) % len(samples.better)
+            caption = samples.caption[chosen]
+            batch.update(ranked_batch(samples.images[samples.better[chosen]], samples.images[samples.worse[chosen]],
+                                      prompt_ids[caption], prompt_mask[caption]))
+        return batch
 
     def init_params(rng):
         size, length = config.image_size, config.max_length
@@ -120,7 +196,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
 
     def loss_fn(params, frozen, batch, rng):
         return batch_loss(model, merge_params(params, frozen)[COMPONENT], batch,
-                          contrastive_weight=float(s.contrastive_weight), ranking_weight=float(s.ranking_weight))
+                          contrastive_weight=float(s.contrastive_weight), ranking_weight=float(s.ranking_weight),
+                          ranked_weight=float(r.weight))
 
     evaluate = None
     if int(s.train.eval_every) > 0:
@@ -133,9 +210,11 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
         evaluate = heldout_eval
 
     data = IndexedBatches(int(s.pairs.train_scenes), int(s.train.batch_size), seed, make_batch)
-    sources = parse_sources(s.init_from, workdir)
+    if r.path:
+        data = JoinedBatches(data, ranked_source(s, workdir, tokenizer, config))
+    init_sources = parse_sources(s.init_from, workdir)
     return loop.Task(name="reward", init_params=init_params, loss_fn=loss_fn, data=data,
-                     init_sources=sources or None, evaluate=evaluate)
+                     init_sources=init_sources or None, evaluate=evaluate)
 
 
 def _scorer(model, state, tokenizer) -> AlignmentScorer:
@@ -161,13 +240,43 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
     n = int(s.speed_batch)
     images = np.stack([p.images(config.image_size)[0] for p in pairs[:n]])
     speed = scorer.images_per_second(images, [p.captions("en")[0] for p in pairs[:n]])
+    out = {"heldout_accuracy": accuracy, "heldout_pairs_per_kind": int(s.pairs.heldout_per_kind),
+           "truncated_heldout_captions": truncated, "scorer_images_per_second": round(speed, 1)}
+    lines = [f"Held-out pairwise accuracy ({int(s.pairs.heldout_per_kind)} pairs per kind, step {result.step})",
+             table, f"scorer: {speed:.1f} images/s at {config.image_size} px (batch {len(images)})"]
+    if s.ranked.generated.source:
+        out["generated"] = generated_agreement(cfg, s, workdir, scorer)
+        lines.append(generated_markdown(out["generated"]))
     with open(os.path.join(stage_dir, "heldout_accuracy.md"), "w", encoding="utf-8") as f:
-        f.write(f"Held-out pairwise accuracy ({int(s.pairs.heldout_per_kind)} pairs per kind, step {result.step})\n\n"
-                f"{table}\n\nscorer: {speed:.1f} images/s at {config.image_size} px (batch {len(images)})\n")
-    print(f"reward: held-out pairwise accuracy, {int(s.pairs.heldout_per_kind)} pairs per kind\n{table}\n"
-          f"reward: scorer {speed:.1f} images/s at {config.image_size} px", flush=True)
-    return {"heldout_accuracy": accuracy, "heldout_pairs_per_kind": int(s.pairs.heldout_per_kind),
-            "truncated_heldout_captions": truncated, "scorer_images_per_second": round(speed, 1)}
+        f.write("\n\n".join(lines) + "\n")
+    print("reward: " + "\n\n".join(lines), flush=True)
+    return out
+
+
+def generated_agreement(cfg, stage_cfg, workdir: str, scorer: AlignmentScorer) -> dict:
+    """The reward on ``ranked.generated.heldout_captions`` held-out captions' samples
+    (``ranked_samples``): {'source', 'images', 'pairs', 'pair_accuracy' (the preferred image scored
+    higher), 'spearman' (reward against the graded objective score over every image), 'mean_objective'}."""
+    g = stage_cfg.ranked.generated
+    samples = ranked_samples.draw(cfg, g, workdir, _world(cfg, stage_cfg), "heldout", int(g.heldout_captions),
+                                  scorer.config.image_size)
+    prompts = [p for p in samples.prompts for _ in range(samples.per_caption)]
+    reward = np.asarray(batched(lambda idx: scorer(samples.images[idx], [prompts[i] for i in idx]),
+                                np.arange(len(prompts)), 256))
+    accuracy = float(np.mean(reward[samples.better] > reward[samples.worse])) if len(samples.better) else float("nan")
+    return {"source": common.resolve(workdir, str(g.source)), "images": len(prompts), "pairs": len(samples.better),
+            "pair_accuracy": accuracy, "spearman": spearman(reward, samples.scores),
+            "mean_objective": float(samples.scores.mean())}
+
+
+def generated_markdown(agreement: dict) -> str:
+    """One table of ``generated_agreement``."""
+    a = agreement
+    return ("Generated images of held-out captions (the generator " + a["source"] + ")\n\n"
+            "| images | pairs | mean graded objective | pair accuracy | Spearman with the graded objective |\n"
+            "|---|---|---|---|---|\n"
+            f"| {a['images']} | {a['pairs']} | {a['mean_objective']:.3f} | {a['pair_accuracy']:.3f} | "
+            f"{a['spearman']:.3f} |")
 
 
 def describe(cfg, stage_cfg, workdir: str, stage_dir: str, finished=None):
