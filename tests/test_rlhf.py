@@ -271,6 +271,8 @@ def test_config_sections_presets_and_the_tiny_rlhf_config():
     assert cfg.stages == ("rlhf", "sample", "eval") and cfg.rlhf.init_from.mmdit == "pretrain"
     assert cfg.sample.checkpoint == cfg.eval.checkpoint == "rlhf"
     assert cfg.rlhf.train.steps % cfg.rlhf.grpo.inner_steps == 0
+    assert dict(cfg.rlhf.rewards) == {"objective_graded": 1.0} and cfg.rlhf.prompts.caption_types == ("short",)
+    assert 0 <= cfg.rlhf.refl.window[0] <= cfg.rlhf.refl.window[1] < cfg.rlhf.num_steps  # the ReFL variant runs
 
 
 # ---------------------------------------------------------------- prompts and rewards
