@@ -1,4 +1,5 @@
-"""What the learned reward scorers share: pixel conversion, batched evaluation, timing."""
+"""What the learned reward scorers share: pixel conversion, batched evaluation, timing, and the rank
+agreement (Spearman) of a reward with a check."""
 import time
 from typing import Callable
 

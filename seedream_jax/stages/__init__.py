@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ml_collections import ConfigDict
 
-_HELPERS = {"common", "plan", "record_data", "runner"}  # modules of this package that are not stage kinds
+_HELPERS = {"common", "plan", "ranked_samples", "record_data", "runner"}  # modules of this package that are not stage kinds
 
 
 def builtin_kinds() -> list:
