@@ -363,7 +363,8 @@ def test_world_prompts_alternate_languages_and_keep_the_splits_apart():
     assert train == ranked_samples.world_prompts(mix, 0, "train", 40)  # a pure function of the seed
 
     def heldout_pairs(prompt):
-        return {o[:2] for o in objective.parse_caption(prompt).objects} & {(c, s) for c, s in heldout.HELDOUT_COLOUR_SHAPES}
+        claimed = {o[:2] for o in objective.parse_caption(prompt).objects}
+        return claimed & {(c, s) for c, s in heldout.HELDOUT_COLOUR_SHAPES}
     assert all(heldout_pairs(p) for p in held) and not any(heldout_pairs(p) for p in train)
     assert all(p.isascii() for p in train[::2]) and not any(p.isascii() for p in train[1::2])
 
@@ -395,7 +396,8 @@ def _generated_pairs(tokenizer, n=8):
     images = np.stack([im for p in pairs for im in p.images(32)])
     samples = ranked_samples.RankedSamples(images, [p.captions("en")[0] for p in pairs],
                                            np.tile(np.array([1.0, 0.5], np.float32), n),
-                                           np.arange(0, 2 * n, 2, dtype=np.int32), np.arange(1, 2 * n, 2, dtype=np.int32),
+                                           np.arange(0, 2 * n, 2, dtype=np.int32),
+                                           np.arange(1, 2 * n, 2, dtype=np.int32),
                                            np.arange(n, dtype=np.int32))
     return samples, tokenizer(samples.prompts, TINY.max_length)
 

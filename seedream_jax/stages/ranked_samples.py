@@ -1,7 +1,7 @@
 """The generator's own images ranked by the objective check: preference pairs for the alignment reward.
 
-A trained image model (the EMA weights of a pretrain-kind stage, ``reward.ranked.generated.source``) draws
-``per_caption`` images for each of ``captions`` world captions; the closed world's graded objective
+A trained image model (the EMA weights of a pretrain-kind stage, ``reward.ranked.generated.source``)
+draws ``per_caption`` images for each of ``captions`` world captions; the closed world's graded objective
 score (``rewards/objective.py``, reward ``objective_graded``) scores each image against its
 caption, and every two images of one caption whose scores differ by more than ``min_gap`` make a
 pair, the higher-scoring image preferred. These are the labels a human rater gives a generator's

@@ -38,10 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seedream_jax import config_lib
-from seedream_jax.data import sources
 from seedream_jax.checkpoint.init_from import parse_sources
 from seedream_jax.checkpoint.stage_dir import StageDescription, tokenizer_record
-from seedream_jax.data import synthetic, world_pairs
+from seedream_jax.data import sources, synthetic, world_pairs
 from seedream_jax.data.batches import IndexedBatches, JoinedBatches
 from seedream_jax.models.partition import merge_params, split_params
 from seedream_jax.models.rewards import AlignmentReward, AlignmentRewardConfig
