@@ -59,11 +59,6 @@ def model_config(stage_cfg) -> AestheticRewardConfig:
         groups=int(m.groups), embed_dim=int(m.embed_dim), dtype=str(m.dtype)))
 
 
-def world(cfg, stage_cfg) -> synthetic.SyntheticWorldConfig:
-    """The scene mix: ``world`` of the stage's data section (``<stage>.data``, else ``cfg.data``)."""
-    return synthetic.SyntheticWorldConfig(**common.stage_data_cfg(cfg, stage_cfg).world.to_dict())
-
-
 def scene_at(mix: synthetic.SyntheticWorldConfig, seed: int, split: str, index: int,
              generated: bool = False) -> Tuple[synthetic.Scene, np.random.Generator]:
     """Scene ``index`` of ``split`` ('train' or 'heldout'; ``generated``: of the generated pairs'
@@ -105,7 +100,7 @@ def generated_pairs(cfg, stage_cfg, workdir: str, split: str, count: int) -> Tup
     size = int(s.model.image_size)
     gen_size = int(s.generated_size) or size
     source = open_stage(common.resolve(workdir, s.generated_from))
-    mix = world(cfg, s)
+    mix = common.world_mix(cfg, s)
     key = (source.directory, source.step, split, count, size, gen_size, mix, int(s.pairs.seed),
            int(s.generated_num_steps), float(s.generated_guidance_scale), int(s.generated_batch_size))
     if key in _GENERATED_CACHE:
@@ -158,7 +153,7 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     s = stage_cfg
     config = model_config(s)
     model = AestheticReward(config)
-    mix, seed, size = world(cfg, s), int(s.pairs.seed), config.image_size
+    mix, seed, size = common.world_mix(cfg, s), int(s.pairs.seed), config.image_size
     cycle = _cycle(s)
     generated = generated_pairs(cfg, s, workdir, "train", int(s.generated_count)) if s.generated_from else None
 
@@ -209,7 +204,8 @@ def finish(cfg, stage_cfg, workdir: str, stage_dir: str, result) -> dict:
     config = model_config(s)
     scorer = _scorer(AestheticReward(config), result.state)
     per_kind = int(s.pairs.heldout_per_kind)
-    clean, degraded, kinds = heldout_pairs(world(cfg, s), int(s.pairs.seed), per_kind, config.image_size)
+    mix = common.world_mix(cfg, s)
+    clean, degraded, kinds = heldout_pairs(mix, int(s.pairs.seed), per_kind, config.image_size)
     if s.generated_from:
         rendered, generated = generated_pairs(cfg, s, workdir, "heldout", per_kind)
         clean, degraded = np.concatenate([clean, rendered]), np.concatenate([degraded, generated])

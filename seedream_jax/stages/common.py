@@ -7,6 +7,8 @@ import time
 import numpy as np
 from ml_collections import ConfigDict
 
+from seedream_jax.data import synthetic
+
 
 def resolve(workdir: str, path: str) -> str:
     """A config path: absolute as given, relative ones inside ``workdir``."""
@@ -52,6 +54,12 @@ def stage_data_cfg(cfg: ConfigDict, stage_cfg: ConfigDict) -> ConfigDict:
         raise TypeError(f"a stage's data section must be a ConfigDict (config_lib.data_section(...)), "
                         f"got {type(stage_cfg.data).__name__}")
     return stage_cfg.data
+
+
+def world_mix(cfg: ConfigDict, stage_cfg: ConfigDict):
+    """The synthetic world's scene mix (``synthetic.SyntheticWorldConfig``) of the stage's data
+    section (``stage_data_cfg``): what the reward stages draw their scenes and captions from."""
+    return synthetic.SyntheticWorldConfig(**stage_data_cfg(cfg, stage_cfg).world.to_dict())
 
 
 def load_tokenizer(cfg: ConfigDict, workdir: str):

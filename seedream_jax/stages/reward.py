@@ -71,11 +71,6 @@ def _tokenizer(cfg, workdir: str, config: AlignmentRewardConfig):
     return tok
 
 
-def _world(cfg, stage_cfg) -> synthetic.SyntheticWorldConfig:
-    """The scene mix of the generated pairs' captions: the run's ``data.world`` (or the stage's own)."""
-    return synthetic.SyntheticWorldConfig(**common.stage_data_cfg(cfg, stage_cfg).world.to_dict())
-
-
 def caption_id(text: str) -> int:
     """A 31-bit id of a caption (CRC-32): equal captions, equal ids."""
     return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
@@ -168,8 +163,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     seed, languages = int(s.pairs.seed), tuple(s.pairs.languages)
     cycle = world_pairs.kind_cycle(s.pairs.kind_weights)
 
-    samples = (ranked_samples.draw(cfg, g, workdir, _world(cfg, s), "train", int(g.captions), config.image_size)
-               if g.source else None)
+    samples = (ranked_samples.draw(cfg, g, workdir, common.world_mix(cfg, s), "train", int(g.captions),
+                                   config.image_size) if g.source else None)
     if samples is not None:
         if not len(samples.better):
             raise ValueError(f"reward.ranked.generated: the {len(samples.scores)} images {g.source} drew for "
@@ -257,7 +252,7 @@ def generated_agreement(cfg, stage_cfg, workdir: str, scorer: AlignmentScorer) -
     (``ranked_samples``): {'source', 'images', 'pairs', 'pair_accuracy' (the preferred image scored
     higher), 'spearman' (reward against the graded objective score over every image), 'mean_objective'}."""
     g = stage_cfg.ranked.generated
-    samples = ranked_samples.draw(cfg, g, workdir, _world(cfg, stage_cfg), "heldout", int(g.heldout_captions),
+    samples = ranked_samples.draw(cfg, g, workdir, common.world_mix(cfg, stage_cfg), "heldout", int(g.heldout_captions),
                                   scorer.config.image_size)
     prompts = [p for p in samples.prompts for _ in range(samples.per_caption)]
     reward = np.asarray(batched(lambda idx: scorer(samples.images[idx], [prompts[i] for i in idx]),
