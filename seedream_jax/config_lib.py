@@ -300,7 +300,10 @@ def rlhf_section(**overrides) -> ConfigDict:
     projection). prompts: a data section yielding prompts: format 'synthetic' takes every caption
     (``prompts.caption_languages`` x ``prompts.caption_types``) of the world in ``prompts.dir``,
     format 'prompts' a list or a text/JSONL file; prompts over the LLM's token limit are skipped
-    and counted. train.batch_size: prompts per step (GRPO samples group_size images of each).
+    and counted. prompt_kind_repeats: the world's prompt mix, times each scene's captions are
+    listed by its number of distinct (colour, shape) object kinds (entry k-1 for k kinds, the last
+    entry for more; 0 drops them; () lists each once), e.g. (1, 3) triples the two-object binding
+    and group scenes. train.batch_size: prompts per step (GRPO samples group_size images of each).
     rewards: {name: weight} of the reward API (``seedream_jax/rewards``); reward_stages: {name:
     stage dir} of the learned ones to load (the loader follows the stage's kind: reward ->
     alignment, aesthetic, glyph_align -> text rendering); names without a stage must already be
@@ -320,7 +323,7 @@ def rlhf_section(**overrides) -> ConfigDict:
         optimizer=optimizer_section(lr=2e-5, warmup_steps=10, weight_decay=0.0),
         init_from=ConfigDict(dict(conditioner="pretrain", mmdit="pretrain", vae="pretrain")),
         frozen=("vae", "conditioner"),
-        prompts=data_section(format="synthetic", cfg_drop_prob=0.0),
+        prompts=data_section(format="synthetic", cfg_drop_prob=0.0), prompt_kind_repeats=(),
         rewards=ConfigDict(dict(alignment=1.0)),
         reward_stages=ConfigDict(dict(alignment="reward")),
         num_steps=20, solver="euler", guidance_scale=4.0,

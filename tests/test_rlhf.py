@@ -298,6 +298,26 @@ def test_prompts_are_every_world_caption_and_bad_ones_are_skipped_and_counted(tm
     assert rows.skipped == {"invalid JSON": 1, "missing or empty 'prompt'": 1, prompt_data.OVER_LIMIT: 1}
 
 
+def test_kind_repeats_weight_the_world_prompts_by_their_scenes_object_kinds(tmp_path):
+    world = S.SyntheticWorldConfig(num_images=40, image_size=16, seed=3)
+    S.write_dataset(world, str(tmp_path / "data" / "synthetic"))
+    d = config_lib.data_section(format="synthetic", caption_types=("short",), caption_languages=("en",))
+    scenes = [S.scene_at(world, i) for i in range(40)]
+    kinds = [len({(o.colour, o.shape) for o in sc.objects}) for sc in scenes]
+    assert {1, 2} <= set(kinds)
+    short = [S.captions(sc)["en"]["short"] for sc in scenes]
+    rows = [r["prompt"] for r in prompt_data.world_caption_rows(d, str(tmp_path), (1, 3, 0))]
+    assert rows == [c for c, k in zip(short, kinds) for _ in range({1: 1, 2: 3}.get(k, 0))]
+    assert [r["prompt"] for r in prompt_data.world_caption_rows(d, str(tmp_path), (0, 1))] == \
+        [c for c, k in zip(short, kinds) if k >= 2]
+    with pytest.raises(ValueError, match="non-negative"):
+        prompt_data.world_caption_rows(d, str(tmp_path), (1, -1))
+    tok = lambda texts, n: (np.zeros((len(texts), n), np.int32), np.ones((len(texts), n), bool))
+    with pytest.raises(ValueError, match="scene specs"):
+        prompt_data.prompt_rows(config_lib.data_section(format="prompts", prompts=("a",)), str(tmp_path), 1, tok, 5,
+                                (1, 2))
+
+
 def test_rewards_run_in_the_graph_or_on_the_host_and_sum_with_weights():
     red, host = in_graph.graph_reward("redness"), in_graph.graph_reward("redness_host")
     assert red.differentiable and not host.differentiable

@@ -205,7 +205,7 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     images = (pretrain.image_data(cfg, workdir, s, pipe, sources["vae"][0] if "vae" in sources else None)
               if float(s.flow_weight) > 0 else None)
     rows = prompt_data.prompt_rows(s.prompts, workdir, int(s.train.batch_size), pipe.tokenizer,
-                                   pipe.conditioner_cfg.llm_max_length)
+                                   pipe.conditioner_cfg.llm_max_length, tuple(s.prompt_kind_repeats))
     data = prompt_data.PromptBatches(rows, lambda prompts: prompt_arrays(pipe, graph_rewards, prompts), images, FLOW)
     prompts = list(s.eval_prompts)
 
