@@ -150,7 +150,9 @@ def data_section(**overrides) -> ConfigDict:
     file ``path``), "pairs" (text preference pairs, JSONL ``path``), "image_pairs" (image preference
     pairs ingested by ``tools/ingest.py`` into a record dataset at ``path``, ``data/preference.py``)
     or "text" (prompt -> rewrite pairs: ``path`` 'world' for the synthetic world's first ``num_images``
-    train pairs, ``data/rewrite_pairs.py``, or a JSONL file of {"prompt", "rewrite"} rows).
+    train pairs, ``data/rewrite_pairs.py``, of which a share ``rewrite_style_probability`` has a
+    styled scene rewritten to its style caption, the others to their long layout caption; or a
+    JSONL file of {"prompt", "rewrite"} rows).
     An override of a key the section does not have raises KeyError naming it.
     """
     section = ConfigDict(dict(
@@ -166,7 +168,8 @@ def data_section(**overrides) -> ConfigDict:
         format="synthetic", path="", cache_dir="", text_cache_dir="",
         bucket_multiple=32, bucket_max_ratio=3.0, random_crop=True, flip_prob=0.0,
         num_workers=0,                   # Grain reader threads decoding records (0 = inline)
-        prompts=()))                     # format "prompts": the prompt list (else read from ``path``)
+        prompts=(),                      # format "prompts": the prompt list (else read from ``path``)
+        rewrite_style_probability=0.5))  # format "text", path "world": share of pairs rewritten to a style
     return _updated("data_section", section, overrides)
 
 

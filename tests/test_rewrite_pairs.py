@@ -78,6 +78,21 @@ def test_world_pairs_from_a_data_section():
     assert next(fresh) == next(src)
 
 
+def test_rewrite_style_probability_sets_the_share_of_style_rewrites():
+    """0 gives layout rewrites only (a base trained without style captions), 1 style rewrites only."""
+    def targets(probability):
+        d = config_lib.data_section(format="text", path="world", num_images=24, rewrite_style_probability=probability)
+        rows = rewrite_pairs.world_rows(d)
+        return [prompt_content.parse(r["rewrite"], r["language"]).style is not None for r in rows], rows
+
+    default, default_rows = targets(0.5)
+    assert 0 < sum(default) < len(default)
+    assert default_rows == rewrite_pairs.world_rows(config_lib.data_section(format="text", path="world", num_images=24))
+    layout, layout_rows = targets(0.0)
+    assert not any(layout) and all(r["rewrite"] != r["prompt"] for r in layout_rows)
+    assert all(targets(1.0)[0])
+
+
 def test_a_users_jsonl_bad_rows_skipped_and_counted(tmp_path):
     good = [{"prompt": "一只猫", "rewrite": "一只橘色的猫坐在窗台上"},
             {"prompt": "a cat", "rewrite": "a ginger cat on a windowsill", "language": "en"},

@@ -5,9 +5,9 @@ user prompts, and short prompts written from the long captions of training image
 world supplies both exactly, in English and Chinese (prompt and rewrite in the same language):
 
   rewrite  start from a short prompt: a fresh scene (``synthetic.sample_scene``, with a style drawn
-           with ``style_probability``), as a user would ask for it; its rewrite is the scene's long
-           caption (background, cells, the word's layout, the relation), or its style caption
-           where it has a style.
+           with ``style_probability``, a data section's ``rewrite_style_probability``), as a user
+           would ask for it; its rewrite is the scene's long caption (background, cells, the
+           word's layout, the relation), or its style caption where it has a style.
   caption  start from a long training caption: scene ``k`` of the styled record world the image
            model trains on (``synthetic_records.extended_scene``); the prompt written from it is
            its short caption.
@@ -133,8 +133,10 @@ def eval_prompts(seed: int, split: str, language: str, count: int) -> List[str]:
 
 def world_rows(data_cfg) -> List[Dict[str, str]]:
     """The ``FIELDS`` rows of ``data.num_images`` world pairs, with ``data.seed``, the scene mix
-    ``data.world`` and the languages ``data.caption_languages``: row i is pair i of the ``heldout``
-    split when i % ``HELDOUT_EVERY`` is the last residue, else pair i of ``train``.
+    ``data.world``, the languages ``data.caption_languages`` and a style on a share
+    ``data.rewrite_style_probability`` of the scenes (their rewrite is the style caption): row i
+    is pair i of the ``heldout`` split when i % ``HELDOUT_EVERY`` is the last residue, else pair i
+    of ``train``.
 
     The rewriter is a text model and must rewrite every prompt the world can state, including the
     (colour, shape) pairs the image data holds out: trained on ``train`` pairs alone it learns that
@@ -144,8 +146,10 @@ def world_rows(data_cfg) -> List[Dict[str, str]]:
     seed = int(data_cfg.seed)
     world = synthetic.SyntheticWorldConfig(seed=seed, **data_cfg.world.to_dict())
     languages = tuple(data_cfg.caption_languages)
+    style_probability = float(data_cfg.rewrite_style_probability)
     return [make_pair(seed, "heldout" if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train", i, world=world,
-                      languages=languages).row() for i in range(int(data_cfg.num_images))]
+                      languages=languages, style_probability=style_probability).row()
+            for i in range(int(data_cfg.num_images))]
 
 
 def _check_language(row: dict) -> Tuple[Optional[dict], Optional[str]]:
