@@ -4,10 +4,10 @@ limit, made into arrays for a compiled step, optionally beside a stream of train
 ``prompt_rows`` opens the rows: data format 'synthetic' takes every caption of the world in
 ``data.dir`` (``records.jsonl``; each record's ``caption_languages`` x ``caption_types``, both
 languages and every caption type by default; ``kind_repeats`` lists a scene's captions more than
-once, or not at all, by its number of distinct object kinds: a prompt mix), format 'prompts' reads ``data.prompts`` or the
-text/JSONL file ``data.path`` (``sources.prompt_batches``, its bad lines already skipped and
-counted). Empty prompts and prompts longer than the LLM's ``max_tokens`` are skipped and counted
-too (``RowBatches.skipped``: {reason: count}, logged).
+once, or not at all, by its number of distinct object kinds: a prompt mix), format 'prompts'
+reads ``data.prompts`` or the text/JSONL file ``data.path`` (``sources.prompt_batches``, its bad
+lines already skipped and counted). Empty prompts and prompts longer than the LLM's
+``max_tokens`` are skipped and counted too (``RowBatches.skipped``: {reason: count}, logged).
 
 ``PromptBatches`` is the training loop's ``DataSource``: each batch is ``make_arrays(prompts)``
 (dict of NumPy arrays, batch first) plus, when given an image source, that source's next batch
