@@ -63,11 +63,11 @@ def test_world_pairs_from_a_data_section():
     d.world.max_objects = 1
     src = sources.open_source(d, "/nonexistent", 4, yields="text")
     world = synthetic.SyntheticWorldConfig(seed=3, **d.world.to_dict())
-    splits = ["heldout" if i % rewrite_pairs.HELDOUT_EVERY == rewrite_pairs.HELDOUT_EVERY - 1 else "train"
-              for i in range(10)]
+    splits = ["heldout" if (i // 2) % rewrite_pairs.HELDOUT_EVERY == rewrite_pairs.HELDOUT_EVERY - 1 else "train"
+              for i in range(10)]  # one language: blocks of two rows (one per direction)
     pairs = [rewrite_pairs.make_pair(3, split, i, world=world, languages=("zh",)) for i, split in enumerate(splits)]
     assert src.rows == [p.row() for p in pairs] and splits.count("heldout") == 2
-    # the rewriter sees the held-out (colour, shape) pairs too, on every fourth row only
+    # the rewriter sees the held-out (colour, shape) pairs too, in every fourth block of rows only
     assert [heldout.count_heldout([{"spec": p.spec}]) for p in pairs] == [int(s == "heldout") for s in splits]
     assert all(r["language"] == "zh" for r in src.rows)
     assert all(len(prompt_content.parse(r["prompt"], "zh").objects) == 1 for r in src.rows)  # the scene mix is used
@@ -76,6 +76,17 @@ def test_world_pairs_from_a_data_section():
     fresh = sources.open_source(d, "/nonexistent", 4)
     fresh.set_state(src.get_state())
     assert next(fresh) == next(src)
+
+
+def test_heldout_rows_come_in_every_direction_and_language():
+    d = config_lib.data_section(format="text", path="world", num_images=64)
+    rows = rewrite_pairs.world_rows(d)
+    pairs = [rewrite_pairs.make_pair(0, "heldout" if rewrite_pairs.heldout_row(i, 2) else "train", i) for i in range(64)]
+    assert [p.row() for p in pairs] == rows
+    split_kinds = collections.Counter((p.split, p.direction, p.language) for p in pairs)
+    assert split_kinds == {(split, direction, language): {"train": 12, "heldout": 4}[split]
+                           for split in rewrite_pairs.SPLITS for direction in rewrite_pairs.DIRECTIONS
+                           for language in ("en", "zh")}
 
 
 def test_rewrite_style_probability_sets_the_share_of_style_rewrites():

@@ -46,7 +46,7 @@ USER = "user"                           # the direction of a row read from a fil
 LANGUAGES = ("en", "zh")
 FIELDS = ("prompt", "rewrite", "language", "direction")
 STYLE_PROBABILITY = 0.5                 # as the styled record world (stages/data.py) draws styles
-HELDOUT_EVERY = 4  # every 4th world row of a text data section is a held-out pair (``world_rows``)
+HELDOUT_EVERY = 4  # every 4th block of world rows of a text data section holds out a pair (``world_rows``)
 BAD_LANGUAGE = "language is not 'en' or 'zh'"
 _MAX_TRIES = 100
 _STREAM = 11  # last seed word of this module's draws: a trailing nonzero word keeps them apart from
@@ -135,8 +135,9 @@ def world_rows(data_cfg) -> List[Dict[str, str]]:
     """The ``FIELDS`` rows of ``data.num_images`` world pairs, with ``data.seed``, the scene mix
     ``data.world``, the languages ``data.caption_languages`` and a style on a share
     ``data.rewrite_style_probability`` of the scenes (their rewrite is the style caption): row i
-    is pair i of the ``heldout`` split when i % ``HELDOUT_EVERY`` is the last residue, else pair i
-    of ``train``.
+    is pair i of the ``heldout`` split when its block (``heldout_row``: rows in blocks of one per
+    direction and language) is the last of every ``HELDOUT_EVERY`` blocks, else pair i of
+    ``train``, so held-out pairs come in every direction and language alike.
 
     The rewriter is a text model and must rewrite every prompt the world can state, including the
     (colour, shape) pairs the image data holds out: trained on ``train`` pairs alone it learns that
@@ -147,9 +148,18 @@ def world_rows(data_cfg) -> List[Dict[str, str]]:
     world = synthetic.SyntheticWorldConfig(seed=seed, **data_cfg.world.to_dict())
     languages = tuple(data_cfg.caption_languages)
     style_probability = float(data_cfg.rewrite_style_probability)
-    return [make_pair(seed, "heldout" if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 else "train", i, world=world,
+    return [make_pair(seed, "heldout" if heldout_row(i, len(languages)) else "train", i, world=world,
                       languages=languages, style_probability=style_probability).row()
             for i in range(int(data_cfg.num_images))]
+
+
+def heldout_row(index: int, num_languages: int) -> bool:
+    """Whether world row ``index`` is a held-out pair: rows come in blocks of len(DIRECTIONS) x
+    ``num_languages`` (one of each direction and language, ``make_pair``'s order), and the last of
+    every ``HELDOUT_EVERY`` blocks is held out. (Holding out every 4th row instead made every
+    held-out row a Chinese caption-direction row, and English held-out prompts were "corrected".)"""
+    block = index // (len(DIRECTIONS) * num_languages)
+    return block % HELDOUT_EVERY == HELDOUT_EVERY - 1
 
 
 def _check_language(row: dict) -> Tuple[Optional[dict], Optional[str]]:
