@@ -81,7 +81,8 @@ def test_world_pairs_from_a_data_section():
 def test_heldout_rows_come_in_every_direction_and_language():
     d = config_lib.data_section(format="text", path="world", num_images=64)
     rows = rewrite_pairs.world_rows(d)
-    pairs = [rewrite_pairs.make_pair(0, "heldout" if rewrite_pairs.heldout_row(i, 2) else "train", i) for i in range(64)]
+    pairs = [rewrite_pairs.make_pair(0, "heldout" if rewrite_pairs.heldout_row(i, 2) else "train", i)
+             for i in range(64)]
     assert [p.row() for p in pairs] == rows
     split_kinds = collections.Counter((p.split, p.direction, p.language) for p in pairs)
     assert split_kinds == {(split, direction, language): {"train": 12, "heldout": 4}[split]

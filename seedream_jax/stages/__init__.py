@@ -19,7 +19,8 @@ from types import ModuleType
 
 from ml_collections import ConfigDict
 
-_HELPERS = {"common", "plan", "ranked_samples", "record_data", "runner"}  # modules of this package that are not stage kinds
+# modules of this package that are not stage kinds
+_HELPERS = {"common", "plan", "ranked_samples", "record_data", "runner"}
 
 
 def builtin_kinds() -> list:
