@@ -2,7 +2,8 @@
 
     python benchmarks/refiner_quality.py --workdir runs/chain [--base pretrain] [--refiner refiner] \
         [--per-group 0] [--size 64] [--num-steps 28] [--guidance-scale 4.0] [--seed 0] \
-        [--refiner-steps 0] [--refiner-guidance-scale 0] [--raw] [--output runs/chain/refiner_quality]
+        [--refiner-steps 0] [--refiner-guidance-scale 0] [--refiner-strength 0] [--raw] \
+        [--output runs/chain/refiner_quality]
 
 The eval suite's (``eval/suite.py``) single-object items (scored for shape, and colour) and text
 items (scored for text accuracy Ra and hit rate Rh, ``eval/text_metrics.py``), in English and
@@ -14,7 +15,8 @@ images are then brought to S = scale x ``--size`` px in two ways:
   base + bicubic   the refiner's own conditioning resize (``data/sr_pairs.upsample``, PyTorch's
                    bicubic), rounded to uint8
   base + refiner   ``sampling/generate.refine`` with the refiner stage's recorded sampler (or
-                   ``--refiner-steps`` / ``--refiner-guidance-scale``), batch k seeded like the base:
+                   ``--refiner-steps`` / ``--refiner-guidance-scale`` / ``--refiner-strength``),
+                   batch k seeded like the base:
                    exactly the images of the eval stage with ``eval.refiner`` set (``generate.Cascade``)
 
 with two reference rows at S px: the world's own rendering of each prompt's scene (the ceiling)
@@ -134,23 +136,26 @@ def sample_grid(items: Sequence[SuiteItem], rows: Mapping[str, Mapping[str, np.n
 
 
 def load(workdir: str, base: str = "pretrain", refiner: str = "refiner", *, raw: bool = False,
-         refiner_steps: int = 0, refiner_guidance_scale: float = 0.0):
+         refiner_steps: int = 0, refiner_guidance_scale: float = 0.0, refiner_strength: float = 0.0):
     """(base ``TextToImage``, its params, ``generate.Cascade`` of it and the refiner stage, the
     cascade's params {'base', 'refiner'}) of two stages of ``workdir`` (EMA weights unless ``raw``;
     the refiner's sampler as its stage recorded it, unless ``refiner_steps`` /
-    ``refiner_guidance_scale`` are > 0: ``stages/sample.with_refiner``). Cached per process, so
-    that callers in one process share the pipelines' compiled programs."""
-    return _load(workdir, base, refiner, bool(raw), int(refiner_steps), float(refiner_guidance_scale))
+    ``refiner_guidance_scale`` / ``refiner_strength`` are > 0: ``stages/sample.with_refiner``).
+    Cached per process, so that callers in one process share the pipelines' compiled programs."""
+    return _load(workdir, base, refiner, bool(raw), int(refiner_steps), float(refiner_guidance_scale),
+                 float(refiner_strength))
 
 
 @functools.lru_cache(maxsize=2)
-def _load(workdir: str, base: str, refiner: str, raw: bool, refiner_steps: int, refiner_guidance_scale: float):
+def _load(workdir: str, base: str, refiner: str, raw: bool, refiner_steps: int, refiner_guidance_scale: float,
+          refiner_strength: float):
     from ml_collections import ConfigDict
     from seedream_jax import config_lib
     from seedream_jax.stages.sample import load_pipeline, with_refiner
     cfg = config_lib.base_config()  # only its model.attention_impl (this machine's default) is read
     section = ConfigDict(dict(refiner=refiner, refiner_steps=refiner_steps,
-                              refiner_guidance_scale=refiner_guidance_scale, use_ema=not raw))
+                              refiner_guidance_scale=refiner_guidance_scale, refiner_strength=refiner_strength,
+                              use_ema=not raw))
     base_pipe, base_params = load_pipeline(cfg, workdir, base, use_ema=not raw)
     cascade, params = with_refiner(cfg, workdir, section, base_pipe, base_params)
     return base_pipe, base_params, cascade, params
@@ -187,6 +192,8 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--refiner-steps", type=int, default=0, help="0 = the refiner stage's recorded setting")
     parser.add_argument("--refiner-guidance-scale", type=float, default=0.0, help="0 = the recorded setting")
+    parser.add_argument("--refiner-strength", type=float, default=0.0,
+                        help="the refiner's img2img strength in (0, 1]; 0 = the recorded setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--raw", action="store_true", help="raw weights instead of EMA")
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     loaded = load(args.workdir, args.base, args.refiner, raw=args.raw, refiner_steps=args.refiner_steps,
-                  refiner_guidance_scale=args.refiner_guidance_scale)
+                  refiner_guidance_scale=args.refiner_guidance_scale, refiner_strength=args.refiner_strength)
     cascade = loaded[2]
     items = suite_items(args.per_group, args.suite_seed)
     rows, scores = measure(*loaded, items, size=args.size, num_steps=args.num_steps,

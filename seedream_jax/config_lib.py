@@ -381,8 +381,8 @@ def dance_grpo_section(**overrides) -> ConfigDict:
 
 
 # sample / eval through the cascade: ``refiner`` names a refiner stage ("" = the base alone); its
-# sampler steps and guidance, 0 = the ones the refiner stage recorded (stages/sample.py)
-REFINER_OPTIONS = dict(refiner="", refiner_steps=0, refiner_guidance_scale=0.0)
+# sampler steps, guidance and strength, 0 = the ones the refiner stage recorded (stages/sample.py)
+REFINER_OPTIONS = dict(refiner="", refiner_steps=0, refiner_guidance_scale=0.0, refiner_strength=0.0)
 # sample / eval through the prompt rewriter: ``rewrite`` routes every prompt through the rewriter of
 # stage ``rewriter`` (a pe_sft or pe_pref stage; greedy) before drawing (stages/sample.py, stages/eval.py)
 REWRITER_OPTIONS = dict(rewrite=False, rewriter="pe_pref")
@@ -600,8 +600,9 @@ def refiner_section(**overrides) -> ConfigDict:
     degradation: the LR image's blur sigma (LR px), noise sigma (grey levels) and JPEG quality
     ranges (``data/sr_pairs.py``). max_records: the world's first scenes used (0 = all).
     time_mean, time_std: logit-normal training times. sample_steps, sample_solver,
-    sample_guidance_scale: the refiner's sampler (its eval grid, and the cascade's default, recorded
-    in stage.json); num_eval_images: pairs in the grid written every ``train.eval_every`` steps.
+    sample_guidance_scale, sample_strength: the refiner's sampler (its eval grid, and the cascade's
+    default, recorded in stage.json; strength < 1 starts part-way from the upsampled image's latent,
+    ``sampling/generate.refine``); num_eval_images: pairs in the grid written every ``train.eval_every`` steps.
     Data: the stage's own ``data`` section when set, else ``cfg.data`` (format 'synthetic').
     Unknown keys raise KeyError.
     """
@@ -613,7 +614,8 @@ def refiner_section(**overrides) -> ConfigDict:
         keep_init=(), pad_init=(GROWN_EMBEDDING,), frozen=("vae", "conditioner"),
         degradation=ConfigDict(dict(blur_sigma=(0.3, 1.0), noise_sigma=(0.0, 4.0), jpeg_quality=(60, 95))),
         max_records=0, time_mean=0.0, time_std=1.0,
-        sample_steps=20, sample_solver="euler", sample_guidance_scale=1.0, num_eval_images=4))
+        sample_steps=20, sample_solver="euler", sample_guidance_scale=1.0, sample_strength=1.0,
+        num_eval_images=4))
     return _updated("refiner_section", section, overrides)
 
 

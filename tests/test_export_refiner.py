@@ -163,6 +163,15 @@ def test_cascade_export_samples_in_pytorch_like_jax(cascade_run, bench):
     print(f"cascade 16 -> 32 px, PyTorch export vs JAX Cascade: max pixel diff {diff.max()} (mean {diff.mean():.2e}); "
           f"refiner alone on the JAX base images: max {alone_diff.max()} (mean {alone_diff.mean():.2e})")
     assert diff.max() <= PIXEL_TOLERANCE and alone_diff.max() <= PIXEL_TOLERANCE
+    # Part-way from the upsampled image (strength 0.5: the last 1 of the 3 steps, from the noised
+    # conditioning latent): the same in both, and not the images sampled from the noise.
+    jax_half = refine(refiner, refiner_params, jax_low, prompts, seed=seed,
+                      **dict(dataclasses.asdict(settings), strength=0.5))
+    half_diff = np.abs(pipe.refine(jax_low, prompts, noise=refiner_noise, strength=0.5).astype(np.int16)
+                       - jax_half.astype(np.int16))
+    print(f"refiner at strength 0.5, PyTorch vs JAX: max pixel diff {half_diff.max()} (mean {half_diff.mean():.2e})")
+    assert half_diff.max() <= PIXEL_TOLERANCE
+    assert np.abs(jax_half.astype(np.int16) - jax_alone.astype(np.int16)).max() > 10
     # The conditioning matters: another base image gives another refinement from the same noise.
     other = pipe.refine(jax_low[::-1].copy(), prompts, noise=refiner_noise)
     assert np.abs(other.astype(np.int16) - alone.astype(np.int16)).max() > 10
@@ -176,7 +185,7 @@ def test_cascade_export_records_the_refiner_and_imports_back(cascade_run):
         info = json.load(f)
     r, stage = info["refiner"], open_stage(os.path.join(wd, "refiner"))
     assert info["components"]["refiner"] == "refiner" and r["source"]["step"] == 1
-    assert (r["scale"], r["num_steps"], r["guidance_scale"], r["cond_channels"]) == (2, 3, 2.0, 4)
+    assert (r["scale"], r["num_steps"], r["guidance_scale"], r["strength"], r["cond_channels"]) == (2, 3, 2.0, 1.0, 4)
     assert r["schedule"] == stage.meta["schedule"]
     readme = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "| `refiner/` | diffusers `FluxTransformer2DModel` (the refiner: step 7)" in readme

@@ -272,9 +272,44 @@ def test_sde_sampler_keeps_the_flow_marginals():
         S.sample_trajectory(exact_velocity, None, noise, {}, None, cfg)
 
 
+def test_start_step_runs_the_tail_of_the_grid_from_the_noised_image():
+    """img2img: start_step s integrates times[s:] only, from (1 - t_s) x + t_s eps; on the exact
+    flow of a single data point x* any start ends at x*; diffusers' strength rule picks s."""
+    assert [S.start_step_for_strength(20, f) for f in (1.0, 0.5, 0.26, 0.05)] == [0, 10, 15, 19]
+    for bad in (0.0, 1.5, 0.04):
+        with pytest.raises(ValueError, match="strength"):
+            S.start_step_for_strength(20, bad)
+    params, (noise, cond, uncond) = _params(), _cond_inputs()
+    x = jnp.asarray(np.random.default_rng(4).normal(size=noise.shape), jnp.float32)
+    n, s, mu, g = 10, 6, 0.4, 3.0
+    cfg = S.SamplerConfig(num_steps=n, guidance_scale=g, shift=mu, start_step=s)
+    times = schedules.sampling_times(n, mu)
+    start = S.start_state(x, noise, cfg)
+    np.testing.assert_allclose(start, (1 - times[s]) * x + times[s] * noise, rtol=1e-6)
+    np.testing.assert_array_equal(S.start_state(x, noise, S.SamplerConfig(num_steps=n)), noise)
+    out, traj, logps = S.sample_trajectory(mlp_velocity, params, start, cond, uncond, cfg, return_trajectory=True)
+    assert traj.shape == (n - s + 1,) + noise.shape and logps.shape == (n - s, noise.shape[0])
+    hand = start
+    for t_cur, t_next in zip(times[s:-1], times[s + 1:]):
+        tb = jnp.full((hand.shape[0],), t_cur)
+        v_u = mlp_velocity(params, hand, tb, S._broadcast_batch(uncond, hand.shape[0]))
+        v = v_u + g * (mlp_velocity(params, hand, tb, cond) - v_u)
+        hand = hand + (t_next - t_cur) * v
+    np.testing.assert_allclose(out, hand, atol=1e-6)
+    x_star = jnp.array([[0.3, -1.2]])
+    straight = lambda p, x, t, c: (x - x_star) / t[:, None]
+    for first in (0, 3, 7):
+        c = S.SamplerConfig(num_steps=8, shift=0.5, start_step=first)
+        z = S.sample_trajectory(straight, None, S.start_state(x_star, jnp.array([[1.0, 2.0]]), c), {}, None, c)[0]
+        np.testing.assert_allclose(z, x_star, atol=1e-5)
+    with pytest.raises(ValueError, match="grad_last_k"):
+        S.sample_trajectory(mlp_velocity, params, start, cond, uncond, cfg, grad_last_k=n - s + 1)
+
+
 def test_sampler_config_rejects_bad_settings():
     for kwargs, match in ((dict(num_steps=0), "num_steps"), (dict(num_steps=4, solver="rk4"), "solver"),
-                          (dict(num_steps=4, eta=-0.1), "eta"), (dict(num_steps=4, solver="heun", eta=0.5), "euler")):
+                          (dict(num_steps=4, eta=-0.1), "eta"), (dict(num_steps=4, solver="heun", eta=0.5), "euler"),
+                          (dict(num_steps=4, start_step=4), "start_step"), (dict(num_steps=4, start_step=-1), "start_step")):
         with pytest.raises(ValueError, match=match):
             S.SamplerConfig(**kwargs)
     with pytest.raises(ValueError, match="grad_last_k"):

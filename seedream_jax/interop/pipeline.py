@@ -26,7 +26,8 @@ subset of single HF / diffusers folders; ``import_refiner`` reads the refiner ba
 The refiner (``stages/refiner.py``, ``sampling/generate.Refiner``) is a second MMDiT with
 ``cond_channels`` = the VAE's latent channels; it shares the base's conditioner and VAE, so the
 export holds only its transformer, plus its sampler settings in ``seedream_pipeline.json``
-(``refiner``: scale, num_steps, guidance_scale, its time-shift schedule, position-id rules).
+(``refiner``: scale, num_steps, guidance_scale, strength, its time-shift schedule, position-id
+rules).
 ``seedream_torch.SeedreamPipeline.refine`` runs it.
 """
 import dataclasses
@@ -62,8 +63,8 @@ _TOKENIZER_SUFFIXES = (".json", ".txt", ".model", ".vocab", ".tiktoken", ".merge
 class RefinerExport:
     """A refiner to export beside the base pipeline: ``params`` the refiner MMDiT's tree (or a
     ``convert.ParamSource`` of it), ``mmdit_cfg`` its config (``cond_channels`` = the VAE's latent
-    channels), ``scale`` (output side / input side), its sampler's ``num_steps`` and
-    ``guidance_scale`` (Euler steps: the PyTorch pipeline's solver), ``schedule`` (its
+    channels), ``scale`` (output side / input side), its sampler's ``num_steps``,
+    ``guidance_scale`` and ``strength`` (Euler steps: the PyTorch pipeline's solver), ``schedule`` (its
     ``schedules.resolution_shift`` keywords, applied at the output size) and ``provenance`` (where
     the weights come from, recorded with it)."""
     params: Any
@@ -71,6 +72,7 @@ class RefinerExport:
     scale: int = 2
     num_steps: int = 20
     guidance_scale: float = 1.0
+    strength: float = 1.0
     schedule: Optional[dict] = None
     provenance: dict = dataclasses.field(default_factory=dict)
 
@@ -184,13 +186,17 @@ def check_refiner(refiner: RefinerExport, vae_cfg: VAEConfig) -> None:
                          "refiner")
     if int(refiner.scale) < 2 or int(refiner.num_steps) < 1:
         raise ValueError(f"refiner: scale {refiner.scale} must be >= 2 and num_steps {refiner.num_steps} >= 1")
+    if not 0.0 < float(refiner.strength) <= 1.0 or int(refiner.num_steps * float(refiner.strength)) < 1:
+        raise ValueError(f"refiner: strength {refiner.strength} must be in (0, 1] and run at least one of its "
+                         f"{refiner.num_steps} steps")
 
 
 def refiner_config(refiner: RefinerExport) -> dict:
     """The ``refiner`` entry of ``seedream_pipeline.json`` (what ``SeedreamPipeline.refine`` reads)."""
     cfg = refiner.mmdit_cfg
     return {"folder": REFINER_FOLDER, "scale": int(refiner.scale), "cond_channels": cfg.cond_channels,
-            "num_steps": int(refiner.num_steps), "guidance_scale": float(refiner.guidance_scale), "solver": "euler",
+            "num_steps": int(refiner.num_steps), "guidance_scale": float(refiner.guidance_scale),
+            "strength": float(refiner.strength), "solver": "euler",
             "schedule": dict(refiner.schedule or DEFAULT_SCHEDULE), "latent": {"patch_size": cfg.patch_size},
             "rope": rope_config(cfg), "source": dict(refiner.provenance),
             "conditioning": "uint8 image / 127.5 - 1, bicubic upsampling by scale (F.interpolate, "
@@ -307,7 +313,7 @@ def refiner_export_from_stage(cfg, stage_dir: str, conditioner_cfg: ConditionerC
                        weights: str = "ema") -> RefinerExport:
     """The ``RefinerExport`` of a refiner stage directory (its latest checkpoint's MMDiT, read lazily;
     its recorded scale, schedule and sampler settings, ``cfg.sample.refiner_steps`` /
-    ``refiner_guidance_scale`` overriding them when > 0). Its conditioner and VAE configs must be
+    ``refiner_guidance_scale`` / ``refiner_strength`` overriding them when > 0). Its conditioner and VAE configs must be
     the exported base's (the cascade runs the refiner on the base's text encoding and VAE)."""
     from seedream_jax.checkpoint.stage_dir import open_stage
 
@@ -326,10 +332,12 @@ def refiner_export_from_stage(cfg, stage_dir: str, conditioner_cfg: ConditionerC
                         stage_dir, settings["solver"])
     s = cfg.sample
     steps, guidance = int(s.get("refiner_steps", 0)), float(s.get("refiner_guidance_scale", 0.0))
+    strength = float(s.get("refiner_strength", 0.0)) or float(settings.get("strength", 1.0))
     source = orbax_io.OrbaxSource(stage_dir, weights=weights)
     return RefinerExport(source.scoped("mmdit"), r_mmdit, scale=int(settings["scale"]),
                          num_steps=steps or int(settings["num_steps"]),
-                         guidance_scale=guidance or float(settings["guidance_scale"]), schedule=opened.meta["schedule"],
+                         guidance_scale=guidance or float(settings["guidance_scale"]), strength=strength,
+                         schedule=opened.meta["schedule"],
                          provenance={"checkpoint": source.path, "step": source.step,
                                      "weights": "ema" if source.used_ema else "raw"})
 
@@ -550,9 +558,10 @@ big = pipe.refine(images, ["a large red circle", '黑色的文字“你好”'])
    (`torch.cat([pack_latents(x, {rp}), pack_latents(cond, {rp})], -1)`, Flux Fill's layout); `out_channels` = {rp * rp} x C = {rp * rp * c}.
    Conditioning of a uint8 image [B, h, w, 3]: x / 127.5 - 1, bicubic upsampling to {refiner['scale']}h x {refiner['scale']}w
    (`F.interpolate(mode="bicubic", align_corners=False)`), clipped to [-1, 1], VAE posterior mean
-   (`vae.encode(x).latent_dist.mean`), then (z - shift_factor) * scaling_factor. Sampling as in step 5 from
-   fresh noise at the output size: {refiner['num_steps']} Euler steps, guidance {refiner['guidance_scale']} (the unconditional branch keeps
-   the conditioning latent), mu = {rs['base_shift']} + ({rs['max_shift']} - {rs['base_shift']}) (N - {rs['base_tokens']}) / ({rs['max_tokens']} - {rs['base_tokens']}) for the
+   (`vae.encode(x).latent_dist.mean`), then (z - shift_factor) * scaling_factor. Sampling as in step 5 at the
+   output size: {refiner['num_steps']} Euler steps, guidance {refiner['guidance_scale']} (the unconditional branch keeps
+   the conditioning latent), strength {refiner.get('strength', 1.0)}: the last k = int(num_steps x strength) steps of the grid
+   run, from (1 - t0) cond + t0 noise at their first time t0 (strength 1: every step, from the noise), mu = {rs['base_shift']} + ({rs['max_shift']} - {rs['base_shift']}) (N - {rs['base_tokens']}) / ({rs['max_tokens']} - {rs['base_tokens']}) for the
    output's N tokens; positions (step 4) with rule `{refiner['rope']['rule']}`, base grid {refiner['rope']['base_grid']}, text ids
    `{refiner['rope']['text_ids']}`, absolute position `{refiner['rope']['image_pos_embed']}`. Decode as in step 6.
 """

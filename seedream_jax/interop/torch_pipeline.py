@@ -736,7 +736,7 @@ class SeedreamPipeline:
     @torch.no_grad()
     def refine(self, images, prompts: Sequence[str], num_steps: Optional[int] = None,
                guidance_scale: Optional[float] = None, noise=None,
-               generator: Optional[torch.Generator] = None) -> np.ndarray:
+               generator: Optional[torch.Generator] = None, strength: Optional[float] = None) -> np.ndarray:
         """The refiner (mirror of seedream_jax's ``generate.refine``): uint8 images [B, h, w, 3] and
         their B prompts -> uint8 [B, s h, s w, 3] (s = the refiner's ``scale``).
 
@@ -745,7 +745,9 @@ class SeedreamPipeline:
         branch (the refiner's ``in_channels`` hold both); Euler steps from ``noise`` (NHWC
         [B, s h / f, s w / f, C], default ``torch.randn`` with ``generator``) on the refiner's own
         time grid (its schedule at the output size), CFG with the empty prompt at ``guidance_scale``
-        (default: the export's), then the VAE decodes."""
+        (default: the export's), then the VAE decodes. ``strength`` (default: the export's; 1 =
+        every step from ``noise``): only the last int(num_steps x strength) steps run, from
+        (1 - t0) cond + t0 noise at their first time t0 (SDEdit, diffusers' img2img rule)."""
         settings = self._dit(True)[1]
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(prompts):
@@ -754,6 +756,10 @@ class SeedreamPipeline:
         s, p = settings["scale"], settings["latent"]["patch_size"]
         num_steps = num_steps or settings["num_steps"]
         g = settings["guidance_scale"] if guidance_scale is None else guidance_scale
+        strength = float(settings.get("strength", 1.0) if strength is None else strength)
+        kept = min(int(num_steps * strength), num_steps)
+        if not 0.0 < strength <= 1.0 or kept < 1:
+            raise ValueError(f"refine: strength {strength} must be in (0, 1] and run at least one of {num_steps} steps")
         b, height, width = images.shape[0], s * images.shape[1], s * images.shape[2]
         h, w, c = self.latent_shape(height, width, refiner=True)
         pixels = torch.from_numpy(images).float() / 127.5 - 1.0
@@ -761,11 +767,14 @@ class SeedreamPipeline:
         if noise is None:
             noise = torch.randn((b, h, w, c), generator=generator, dtype=torch.float32)
         x = pack_latents(torch.tensor(np.asarray(noise), dtype=torch.float32).to(self.device), p)
+        times = sampling_times(num_steps, self.mu(height, width, refiner=True))[num_steps - kept:]
+        if kept < num_steps:
+            x = (1.0 - times[0]) * cond.float() + times[0] * x
         context, mask, pooled, n_branch = self._prompt_branches(prompts, g, False)
         img_ids, txt_ids = self.position_ids(h, w, context.shape[1], refiner=True)
         cond = torch.cat([cond] * n_branch).to(self.dtype)
         velocity = lambda x, t: self.velocity(torch.cat([x] * n_branch).to(self.dtype),
                                               t.repeat(n_branch * b).to(self.device), context, mask, pooled,
                                               img_ids, txt_ids, refiner=True, cond_packed=cond)
-        x = self._euler(x, sampling_times(num_steps, self.mu(height, width, refiner=True)), velocity, b, g)
+        x = self._euler(x, times, velocity, b, g)
         return self._uint8(unpack_latents(x, h, w, p))

@@ -17,8 +17,11 @@ The refiner (Seedream's 512 -> 1024 stage; ``stages/refiner.py`` trains it): ``R
 uint8 images [B, h, w, 3] and their prompts: the images are upsampled ``scale`` times
 (``data/sr_pairs.upsample``, PyTorch's bicubic), encoded by the VAE (posterior mean, normalised as
 the DiT's latents), and that latent is the MMDiT's ``cond_latents`` while it samples a
-``scale``-times latent from noise with its own sampler settings (the time shift of the larger
-size); the VAE decodes it to uint8 [B, scale h, scale w, 3]. Text conditioning as in the base
+``scale``-times latent with its own sampler settings (the time shift of the larger size); the VAE
+decodes it to uint8 [B, scale h, scale w, 3]. ``strength`` 1 samples from pure noise; below 1 the
+sampling starts part-way (SDEdit, diffusers' img2img rule, ``sampler.start_step_for_strength``)
+from the conditioning latent noised to that time, so the refiner redraws detail and keeps what the
+upsampled image already has. Text conditioning as in the base
 (CFG's unconditional pass keeps the same ``cond_latents``). ``Cascade`` runs base -> uint8 ->
 ``refine``: its images equal ``refine`` of the base's images exactly.
 """
@@ -205,10 +208,12 @@ class Refiner:
 
     def sample_latents(self, params, noise, cond_latents, cond, uncond, sampler_cfg: sampler_lib.SamplerConfig):
         """Normalised latents [B, H/f, W/f, C] from ``noise`` given ``cond_latents`` and the prompt
-        conditionings (``uncond`` None = no CFG) (pure)."""
+        conditionings (``uncond`` None = no CFG); with ``sampler_cfg.start_step`` > 0 the sampling
+        starts from ``cond_latents`` noised to the grid's time there (``sampler.start_state``) (pure)."""
+        start = sampler_lib.start_state(cond_latents, noise, sampler_cfg)
         cond = {**cond, "cond_latents": cond_latents}
         uncond = None if uncond is None else {**uncond, "cond_latents": cond_latents}
-        return self.pipe.sample_latents(params, noise, cond, uncond, sampler_cfg)[0]
+        return self.pipe.sample_latents(params, start, cond, uncond, sampler_cfg)[0]
 
     @functools.lru_cache(maxsize=8)
     def _program(self, sampler_cfg: sampler_lib.SamplerConfig):
@@ -222,11 +227,12 @@ class Refiner:
 
 
 def refine(refiner: Refiner, params, images: np.ndarray, prompts: Sequence[str], *, num_steps: int = 20,
-           solver: str = "euler", guidance_scale: float = 1.0, seed: int = 0) -> np.ndarray:
+           solver: str = "euler", guidance_scale: float = 1.0, strength: float = 1.0, seed: int = 0) -> np.ndarray:
     """uint8 images [B, h, w, 3] and their B prompts -> uint8 [B, scale h, scale w, 3] by
     ``refiner`` with parameters ``params`` ({'conditioner', 'mmdit', 'vae'}); noise
     ``refiner.noise(seed, ...)``, ``num_steps`` steps of ``solver`` at the output size's time
-    shift, CFG scale ``guidance_scale`` (1 = none)."""
+    shift, CFG scale ``guidance_scale`` (1 = none), of which the last int(num_steps * ``strength``)
+    run, from the upsampled image's latent noised to their first time (1 = all, from noise)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(prompts):
         raise ValueError(f"refine: expected uint8 images [B, h, w, 3] and B prompts, got {images.dtype} "
@@ -237,7 +243,8 @@ def refine(refiner: Refiner, params, images: np.ndarray, prompts: Sequence[str],
     uncond = tokenize_prompts([""], pipe.tokenizer, pipe.conditioner_cfg)
     sampler_cfg = sampler_lib.SamplerConfig(num_steps=int(num_steps), solver=str(solver),
                                             guidance_scale=float(guidance_scale),
-                                            shift=pipe.mu(*refiner.output_size(h, w)))
+                                            shift=pipe.mu(*refiner.output_size(h, w)),
+                                            start_step=sampler_lib.start_step_for_strength(num_steps, strength))
     pixels = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
     out = refiner._program(sampler_cfg)(params, pixels, tokens, uncond, refiner.noise(seed, b, h, w))
     return _uint8(out)
@@ -249,6 +256,7 @@ class RefinerSettings:
     num_steps: int = 20
     solver: str = "euler"
     guidance_scale: float = 1.0
+    strength: float = 1.0
 
 
 class Cascade:

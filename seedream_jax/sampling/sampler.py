@@ -70,6 +70,10 @@ class SamplerConfig:
     eta: Flow-GRPO's noise level a in sigma_t = a sqrt(t / (1 - t)); 0 = the deterministic ODE.
     negative_scale: g_neg of negative-tag guidance (``guided_velocity``; needs a ``negative``
       conditioning); 0 = plain CFG.
+    start_step: grid steps skipped at the start (image-to-image, SDEdit): the integration starts at
+      t0 = ``sampling_times(num_steps, shift)[start_step]`` from the state it is given, which the
+      caller puts at that time (``start_state``); 0 = from pure noise at t = 1.
+      ``start_step_for_strength`` gives diffusers' img2img rule.
     shift: mu, the resolution time shift (``schedules.resolution_shift``); a float, or a traced
       scalar inside a jitted function (then the config is not hashable).
     """
@@ -79,12 +83,15 @@ class SamplerConfig:
     eta: float = 0.0
     shift: Any = 0.0
     negative_scale: float = 0.0
+    start_step: int = 0
 
     def __post_init__(self):
         if self.solver not in solvers.SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; expected one of {sorted(solvers.SOLVERS)}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0 <= self.start_step < self.num_steps:
+            raise ValueError(f"start_step must be in [0, num_steps={self.num_steps}), got {self.start_step}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
         if self.eta > 0 and self.solver != "euler":
@@ -92,32 +99,56 @@ class SamplerConfig:
                              f"got {self.solver!r}")
 
 
+def start_step_for_strength(num_steps: int, strength: float) -> int:
+    """The ``SamplerConfig.start_step`` of img2img ``strength`` in (0, 1] (diffusers' rule): the last
+    int(num_steps * strength) steps of the grid run; strength 1 = every step, from pure noise."""
+    strength = float(strength)
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    kept = min(int(num_steps * strength), int(num_steps))
+    if kept < 1:
+        raise ValueError(f"strength {strength} of {num_steps} steps runs no step; raise either")
+    return int(num_steps) - kept
+
+
+def start_state(x0, noise, cfg: SamplerConfig):
+    """The state [B, ...] at which ``sample_trajectory`` starts for clean latents ``x0`` and
+    ``noise`` (both [B, ...]): ``noise`` itself when ``cfg.start_step`` is 0, else
+    (1 - t0) x0 + t0 noise at t0 = the grid's time at ``cfg.start_step`` (pure)."""
+    if cfg.start_step == 0:
+        return noise
+    t0 = schedules.sampling_times(cfg.num_steps, cfg.shift)[cfg.start_step]
+    return (1.0 - t0) * x0.astype(jnp.float32) + t0 * noise.astype(jnp.float32)
+
+
 def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Optional[Any], cfg: SamplerConfig, *,
                       grad_last_k: int = 0, rng=None, return_trajectory: bool = False, negative=None,
                       remat: bool = True):
-    """Integrate ``noise`` [B, ...] from t = 1 to 0; returns (x0 [B, ...], trajectory, logps).
+    """Integrate ``noise`` [B, ...] from the grid's time at ``cfg.start_step`` (t = 1 when 0; for
+    img2img ``noise`` is ``start_state``'s) to t = 0; returns (x0 [B, ...], trajectory, logps).
+    S below is ``num_steps - start_step``, the steps that run.
 
     Guidance: ``guided_velocity`` with ``cfg.guidance_scale`` and, when ``negative`` (a
     conditioning of ``cond``'s structure and batch) is given, ``cfg.negative_scale``.
 
-    trajectory: [num_steps + 1, B, ...] states (noise first, x0 last) if ``return_trajectory``,
-    else None. logps: [num_steps, B] log-probability of each SDE transition (``solvers.sde_step``),
+    trajectory: [S + 1, B, ...] states (the starting state first, x0 last) if ``return_trajectory``,
+    else None. logps: [S, B] log-probability of each SDE transition (``solvers.sde_step``),
     zeros when eta == 0. ``rng`` (needed when eta > 0) gives step i the key ``fold_in(rng, i)``.
 
     Gradient window: gradients (wrt params, noise, cond, uncond) flow only through the last
-    K = ``grad_last_k`` steps. Steps 0..N-K-1 run on stop_gradient inputs (nothing is saved for
-    the backward pass) and the state entering step N-K is a constant; each of the last K steps is
-    rematerialised (``jax.checkpoint``), so the backward pass stores one state per step, not the
-    model's activations. K = 0: no gradient at all (x0 is a constant, as for rollouts);
-    K = num_steps: through every step, from the noise. The values do not depend on K.
+    K = ``grad_last_k`` steps. Steps start_step..N-K-1 run on stop_gradient inputs (nothing is
+    saved for the backward pass) and the state entering step N-K is a constant; each of the last K
+    steps is rematerialised (``jax.checkpoint``), so the backward pass stores one state per step,
+    not the model's activations. K = 0: no gradient at all (x0 is a constant, as for rollouts);
+    K = S: through every step, from the starting state. The values do not depend on K.
     ``remat=False`` runs the last K steps without ``jax.checkpoint`` (same values and gradients;
     the backward pass then keeps every step's activations, K times one step's: the comparison of
     ``benchmarks/draft_memory.py``).
     Pure and jittable (``cfg`` static, or its ``shift`` traced).
     """
-    n, k = cfg.num_steps, int(grad_last_k)
-    if not 0 <= k <= n:
-        raise ValueError(f"grad_last_k must be in [0, num_steps={n}], got {grad_last_k}")
+    n, k, first = cfg.num_steps, int(grad_last_k), cfg.start_step
+    if not 0 <= k <= n - first:
+        raise ValueError(f"grad_last_k must be in [0, num_steps - start_step = {n - first}], got {grad_last_k}")
     if cfg.eta > 0 and rng is None:
         raise ValueError("sample_trajectory with eta > 0 needs an rng")
     times = schedules.sampling_times(n, cfg.shift)
@@ -140,9 +171,9 @@ def sample_trajectory(velocity_fn: VelocityFn, params, noise, cond, uncond: Opti
 
     x = noise.astype(jnp.float32)
     segments = []
-    if k < n:
+    if k < n - first:
         frozen = jax.lax.stop_gradient((params, x, cond, uncond, negative))
-        x, ys = run(*frozen, 0, n - k, remat=False)
+        x, ys = run(*frozen, first, n - k, remat=False)
         segments.append(ys)
     if k > 0:
         x, ys = run(params, x, cond, uncond, negative, n - k, n, remat=remat)

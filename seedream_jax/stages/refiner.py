@@ -25,11 +25,12 @@ frozen, since the pairs are encoded once).
 
 Evaluation (every ``train.eval_every`` steps and at the end): ``num_eval_images`` pairs as a grid
 of rows [bicubic upsampling of the LR image | refiner output | HR truth] (``sampling/generate.refine``
-with the stage's sampler settings ``sample_steps``, ``sample_solver``, ``sample_guidance_scale``).
+with the stage's sampler settings ``sample_steps``, ``sample_solver``, ``sample_guidance_scale``,
+``sample_strength``).
 
 The stage directory records the refiner's components (conditioner and VAE as the base's, the
 conditioned MMDiT) and ``settings`` {'scale', 'base' (the base stage directory), 'hr_size',
-'num_steps', 'solver', 'guidance_scale' (the sampler the cascade uses by default),
+'num_steps', 'solver', 'guidance_scale', 'strength' (the sampler the cascade uses by default),
 'degradation'}: ``stages/sample.with_refiner`` rebuilds the cascade from it.
 """
 import dataclasses
@@ -63,7 +64,8 @@ def build_refiner(cfg, stage_cfg, workdir: str) -> Refiner:
 
 def sampler_settings(stage_cfg) -> RefinerSettings:
     return RefinerSettings(num_steps=int(stage_cfg.sample_steps), solver=str(stage_cfg.sample_solver),
-                           guidance_scale=float(stage_cfg.sample_guidance_scale))
+                           guidance_scale=float(stage_cfg.sample_guidance_scale),
+                           strength=float(stage_cfg.sample_strength))
 
 
 def degradation(stage_cfg) -> sr_pairs.DegradationConfig:

@@ -8,8 +8,8 @@ negative tag; ``sampling/generate.py``).
 
 ``sample.refiner`` names a refiner stage (``stages/refiner.py``): the images then go through the
 cascade (``sampling/generate.Cascade``: base at ``height`` x ``width``, then the refiner), so they are
-``scale`` times that size; ``refiner_steps`` / ``refiner_guidance_scale`` override the refiner's
-sampler (0 = the settings its stage.json recorded).
+``scale`` times that size; ``refiner_steps`` / ``refiner_guidance_scale`` / ``refiner_strength``
+override the refiner's sampler (0 = the settings its stage.json recorded).
 
 ``sample.rewrite = True`` routes every prompt through the prompt rewriter of stage
 ``sample.rewriter`` (pe_sft / pe_pref, greedy) before drawing; the grid shows the rewrites and
@@ -83,7 +83,8 @@ def with_refiner(cfg, workdir: str, section, pipe: TextToImage, params):
     """(pipe, params) as they are when ``section.refiner`` is empty; else the cascade of ``pipe`` and
     that refiner stage, ``Cascade`` and {'base': params, 'refiner': its weights (EMA when
     ``section.use_ema``)}, its sampler from the stage's recorded settings unless the section's
-    ``refiner_steps`` / ``refiner_guidance_scale`` are set (non-zero)."""
+    ``refiner_steps`` / ``refiner_guidance_scale`` / ``refiner_strength`` are set (non-zero; a stage
+    recorded before strength existed samples from noise, strength 1)."""
     name = section.get("refiner", "")
     if not name:
         return pipe, params
@@ -94,7 +95,8 @@ def with_refiner(cfg, workdir: str, section, pipe: TextToImage, params):
     refiner = Refiner(stage_pipeline(stage, attention_impl=cfg.model.attention_impl), scale=int(recorded["scale"]))
     settings = RefinerSettings(
         num_steps=int(section.get("refiner_steps", 0)) or int(recorded["num_steps"]), solver=str(recorded["solver"]),
-        guidance_scale=float(section.get("refiner_guidance_scale", 0.0)) or float(recorded["guidance_scale"]))
+        guidance_scale=float(section.get("refiner_guidance_scale", 0.0)) or float(recorded["guidance_scale"]),
+        strength=float(section.get("refiner_strength", 0.0)) or float(recorded.get("strength", 1.0)))
     logging.info("cascade: refiner %s step %d, %s", stage.directory, stage.step, settings)
     return Cascade(pipe, refiner, settings), {"base": params, "refiner": stage.params("ema" if section.use_ema else "raw")}
 
