@@ -125,3 +125,18 @@ def test_sample_and_eval_draw_from_the_rewrites(workdir):
                for img in raw["images"])
     assert {"raw_category_accuracy", "follows_own_prompt", "rewrites_keeping_content"} <= set(summary)
     assert "| category | raw prompts | rewritten | change |" in open(summary["report"], encoding="utf-8").read()
+
+
+def test_the_pe_configs_rank_rewrites_by_rewards_their_runs_have():
+    """configs/tiny_pe.py ranks by the aesthetic stage it trains; configs/tiny_long_pe.py, on the base
+    that draws, by the registered graded objective score, and trains no aesthetic stage."""
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    short = config_lib.load_run_config(os.path.join(configs, "tiny_pe.py"))
+    assert dict(short.pe_pref.rewards) == {"aesthetic": 1.0} and "aesthetic" in short.stages
+    assert short.stages.index("aesthetic") < short.stages.index("pe_pref")
+    long = config_lib.load_run_config(os.path.join(configs, "tiny_long_pe.py"))
+    base = config_lib.load_run_config(os.path.join(configs, "tiny_long.py"))
+    assert long.stages == base.stages + ("pe_sft", "pe_pref", "sample_pe", "eval_pe")
+    assert dict(long.pe_pref.rewards) == {"objective_graded": 1.0} and dict(long.pe_pref.reward_stages) == {}
+    assert "objective_graded" in rewards_api.names() and long.pe_pref.image_model == "pretrain"
+    assert long.pe_sft.data.rewrite_style_probability == 0.0 and long.eval_pe.prompt_caption == "short"
