@@ -309,7 +309,8 @@ def test_start_step_runs_the_tail_of_the_grid_from_the_noised_image():
 def test_sampler_config_rejects_bad_settings():
     for kwargs, match in ((dict(num_steps=0), "num_steps"), (dict(num_steps=4, solver="rk4"), "solver"),
                           (dict(num_steps=4, eta=-0.1), "eta"), (dict(num_steps=4, solver="heun", eta=0.5), "euler"),
-                          (dict(num_steps=4, start_step=4), "start_step"), (dict(num_steps=4, start_step=-1), "start_step")):
+                          (dict(num_steps=4, start_step=4), "start_step"),
+                          (dict(num_steps=4, start_step=-1), "start_step")):
         with pytest.raises(ValueError, match=match):
             S.SamplerConfig(**kwargs)
     with pytest.raises(ValueError, match="grad_last_k"):
