@@ -204,6 +204,8 @@ def test_cascade_export_records_the_refiner_and_imports_back(cascade_run):
     with pytest.raises(ValueError, match="cond_channels 3 != the VAE's latent channels 4"):
         pipeline.check_refiner(pipeline.RefinerExport(params, dataclasses.replace(refiner_cfg, cond_channels=3)),
                                vae_cfg)
+    with pytest.raises(ValueError, match="refiner: strength 0.01 of 20 steps runs no step"):
+        pipeline.check_refiner(pipeline.RefinerExport(params, refiner_cfg, strength=0.01), vae_cfg)
     # Without a refiner: no entry, import_refiner None, refine refused.
     plain = out + "_plain"
     pipeline.export_checkpoint(cfg, wd, plain, weights="raw")

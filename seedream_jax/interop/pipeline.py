@@ -186,9 +186,11 @@ def check_refiner(refiner: RefinerExport, vae_cfg: VAEConfig) -> None:
                          "refiner")
     if int(refiner.scale) < 2 or int(refiner.num_steps) < 1:
         raise ValueError(f"refiner: scale {refiner.scale} must be >= 2 and num_steps {refiner.num_steps} >= 1")
-    if not 0.0 < float(refiner.strength) <= 1.0 or int(refiner.num_steps * float(refiner.strength)) < 1:
-        raise ValueError(f"refiner: strength {refiner.strength} must be in (0, 1] and run at least one of its "
-                         f"{refiner.num_steps} steps")
+    from seedream_jax.sampling import sampler as sampler_lib
+    try:
+        sampler_lib.start_step_for_strength(int(refiner.num_steps), refiner.strength)
+    except ValueError as e:
+        raise ValueError(f"refiner: {e}") from None
 
 
 def refiner_config(refiner: RefinerExport) -> dict:
