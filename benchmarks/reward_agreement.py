@@ -4,7 +4,12 @@ For every image an eval stage wrote (``<eval dir>/images``, ``report.json``), it
 correctness is the mean of its category scores (the eval's detectors: colour, shape, count,
 position, relation, ...), and its reward is the learned model's score of (image, prompt). Prints
 the Spearman rank correlation per eval directory and over their union (a reward that does not
-rank the objectively right images above the wrong ones is not worth optimising).
+rank the objectively right images above the wrong ones is not worth optimising); beside it the
+mean of the correlations inside each category (how it ranks images of one kind of prompt), its
+correlation with the graded objective check of the whole prompt (``objective_graded``: each
+category scores only its own attribute, the reward judges every claim), and the graded check's
+own correlation with the per-image correctness, which bounds what a judge of the whole prompt can
+reach.
 
     python benchmarks/reward_agreement.py --reward runs/tiny/reward \
         --eval-dir runs/tiny/eval/pretrain_step900 --eval-dir runs/tiny/eval_vae/vae_step800
@@ -24,21 +29,28 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import eval_rewards  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def eval_images(eval_dir: str):
-    """(images uint8 [N, H, W, 3], prompts [N], correctness [N]) of an eval directory."""
-    report = json.load(open(os.path.join(eval_dir, "report.json"), encoding="utf-8"))
-    images, prompts, correct = [], [], []
-    for item in report["images"]:
-        name = f"{item['id'].replace('/', '_')}_{item['language']}.png"
-        images.append(np.asarray(Image.open(os.path.join(eval_dir, "images", name)).convert("RGB")))
-        prompts.append(item["prompt"])
-        correct.append(float(np.mean(list(item["scores"].values()))) if item["scores"] else 0.0)
-    return np.stack(images), prompts, np.array(correct)
+    """(images uint8 [N, H, W, 3], prompts [N], correctness [N], categories [N]) of an eval directory."""
+    images, prompts, _ = eval_rewards.eval_images(eval_dir)
+    with open(os.path.join(eval_dir, "report.json"), encoding="utf-8") as f:
+        rows = json.load(f)["images"]
+    correct = [float(np.mean(list(r["scores"].values()))) if r["scores"] else 0.0 for r in rows]
+    return images, prompts, np.array(correct), np.array([r["id"].split("/")[0] for r in rows])
+
+
+def within_categories(reward, correct, categories) -> float:
+    """The mean over the suite's categories of the Spearman correlation inside each (categories whose
+    correctness is constant, such as a base that renders no word right, are left out): how well the
+    reward ranks images of one kind of prompt, apart from how hard each kind is."""
+    from seedream_jax.rewards.common import spearman
+    rhos = [spearman(reward[categories == c], correct[categories == c]) for c in np.unique(categories)]
+    return float(np.mean([r for r in rhos if np.isfinite(r)]))
 
 
 def main(argv=None) -> int:
@@ -56,20 +68,25 @@ def main(argv=None) -> int:
     from seedream_jax.rewards.common import batched, spearman
 
     scorer = rewards.load_alignment(args.reward)
-    rows, union = [], ([], [])
+    rows, union = [], {"reward": [], "correct": [], "categories": [], "graded": []}
     for eval_dir in args.eval_dir:
-        images, prompts, correct = eval_images(eval_dir)
+        images, prompts, correct, categories = eval_images(eval_dir)
         index = np.arange(len(prompts))
         reward = batched(lambda idx: scorer(images[idx], [prompts[i] for i in idx]), index, args.batch_size)
-        rows.append((eval_dir, len(prompts), float(correct.mean()), float(np.mean(correct > 0)),
-                     spearman(reward, correct)))
-        union[0].extend(reward), union[1].extend(correct)
-    rows.append(("union", len(union[1]), float(np.mean(union[1])), float(np.mean(np.array(union[1]) > 0)),
-                 spearman(*union)))
-    print(f"alignment reward {args.reward} against the eval's per-image correctness\n")
-    print("| images | n | mean correctness | share with any credit | Spearman |\n|---|---|---|---|---|")
-    for name, n, mean, share, rho in rows:
-        print(f"| {name} | {n} | {mean:.3f} | {share:.3f} | {rho:.3f} |")
+        graded = np.asarray(rewards.score("objective_graded", images, prompts))
+        rows.append((eval_dir, reward, correct, categories, graded))
+        for key, value in zip(union, (reward, correct, categories, graded)):
+            union[key].extend(value)
+    if len(rows) > 1:
+        rows.append(("union", *(np.array(v) for v in union.values())))
+    print(f"alignment reward {args.reward} against the eval's per-image correctness (the mean of each image's "
+          "category scores) and against the graded objective check of the whole prompt\n")
+    print("| images | n | mean correctness | share with any credit | Spearman | within categories (mean) "
+          "| Spearman with the graded objective | the graded objective's own Spearman |\n|---|---|---|---|---|---|---|---|")
+    for name, reward, correct, categories, graded in rows:
+        print(f"| {name} | {len(correct)} | {correct.mean():.3f} | {np.mean(correct > 0):.3f} | "
+              f"{spearman(reward, correct):.3f} | {within_categories(reward, correct, categories):.3f} | "
+              f"{spearman(reward, graded):.3f} | {spearman(graded, correct):.3f} |")
     if args.generated_from:
         print("\n" + generated_table(args, scorer))
     return 0

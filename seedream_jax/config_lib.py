@@ -213,7 +213,10 @@ def reward_section(**overrides) -> ConfigDict:
     (``num_steps`` sampler steps, ``guidance_scale``, ``batch_size`` images per call, noise from
     ``seed``), every two images of a caption whose graded objective scores differ by more than
     ``min_gap`` make a pair, and ``heldout_captions`` held-out captions' samples are measured at the
-    end. Unknown keys raise KeyError.
+    end; ``calibration_rows`` > 0 adds that many of those images per batch, each with its own caption,
+    ranked across captions by their scores with loss weight ``calibration_weight`` (``stages/reward.py``;
+    a number that must split over the mesh's batch axes, at most the batch size). Unknown keys raise
+    KeyError.
     """
     section = ConfigDict(dict(
         kind="reward",
@@ -228,7 +231,7 @@ def reward_section(**overrides) -> ConfigDict:
         contrastive_weight=1.0, ranking_weight=1.0,
         ranked=ConfigDict(dict(fraction=0.5, weight=1.0, path="", generated=ConfigDict(dict(
             source="", captions=512, per_caption=4, min_gap=0.0, heldout_captions=64, num_steps=20,
-            guidance_scale=4.0, batch_size=32, seed=0)))),
+            guidance_scale=4.0, batch_size=32, seed=0, calibration_rows=0, calibration_weight=1.0)))),
         frozen=(), init_from=ConfigDict(), speed_batch=64))
     return _updated("reward_section", section, overrides)
 

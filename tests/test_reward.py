@@ -22,7 +22,8 @@ from seedream_jax.models.text_encoder import Qwen2Config
 from seedream_jax.rewards import objective
 from seedream_jax.rewards.alignment import AlignmentScorer
 from seedream_jax.stages import ranked_samples
-from seedream_jax.stages.reward import batch_loss, pair_batch, ranked_batch
+from seedream_jax.stages.reward import batch_loss, calibration_batch, pair_batch, ranked_batch
+from seedream_jax.training.reward_losses import ranking_over_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = AlignmentRewardConfig(
@@ -434,6 +435,49 @@ def test_the_generated_pairs_loss_is_bradley_terry_of_the_preferred_image_and_a_
     assert "bt_ranked" not in batch_loss(model, params, without, contrastive_weight=1.0, ranking_weight=1.0)[1]
 
 
+def test_ranking_over_a_batch_is_bradley_terry_over_every_pair_ordered_by_more_than_the_gap():
+    scores = jnp.array([2.0, 0.5, -1.0, 3.0])
+    targets = jnp.array([1.0, 0.5, 0.45, 0.0])
+    loss, accuracy = ranking_over_batch(scores, targets, min_gap=0.1)
+    ordered = [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]  # (1, 2) differ by 0.05 <= the gap: no pair
+    expected = np.mean([np.logaddexp(0, float(scores[b] - scores[a])) for a, b in ordered])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+    assert float(accuracy) == pytest.approx(2 / 5)  # right: (0, 1), (0, 2); wrong: the three over row 3
+    assert [float(v) for v in ranking_over_batch(scores, jnp.full(4, 0.7))] == [0.0, 0.0]
+
+
+def test_the_calibration_loss_ranks_images_of_different_captions_by_their_scores_and_a_fit_learns_it(tokenizer):
+    samples, tokens = _generated_pairs(tokenizer)
+    rows = np.arange(len(samples.scores))
+    caption = rows // samples.per_caption
+    world = [W.make_pair(5, "train", i) for i in range(4)]
+    batch = pair_batch(world, ["en", "zh"] * 2, tokenizer, TINY)
+    batch.update(calibration_batch(samples.images, tokens[0][caption], tokens[1][caption], samples.scores))
+    model = AlignmentReward(TINY)
+    params = jax.jit(model.init)(jax.random.PRNGKey(2), jnp.zeros((1, 32, 32, 3)), batch["ids_pos"][:1],
+                                 batch["mask_pos"][:1])["params"]
+    scale = float(model.apply({"params": params}, method=AlignmentReward.scale))
+    own = scale * np.asarray(AlignmentScorer(model, params, tokenizer)(samples.images,
+                                                                      [samples.prompts[c] for c in caption]))
+    expected, _ = ranking_over_batch(jnp.asarray(own), jnp.asarray(samples.scores))
+    _, metrics = batch_loss(model, params, batch, contrastive_weight=1.0, ranking_weight=1.0, calibration_weight=1.0)
+    np.testing.assert_allclose(float(metrics["bt_calibration"]), float(expected), rtol=1e-5)
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(p, opt):
+        (value, m), grad = jax.value_and_grad(lambda q: batch_loss(
+            model, q, batch, contrastive_weight=0.0, ranking_weight=0.0, calibration_weight=1.0), has_aux=True)(p)
+        updates, opt = tx.update(grad, opt, p)
+        return optax.apply_updates(p, updates), opt, value, m
+
+    opt = tx.init(params)
+    for _ in range(30):
+        params, opt, value, m = step(params, opt)
+    # Every true rendering (score 1.0) now outscores every perturbed one (0.5), across all 8 captions.
+    assert float(m["calibration_pair_accuracy"]) == 1.0 and float(value) < 0.2 * float(expected)
+
+
 def _small_reward_config(steps=2):
     """data, tokenizer and a tiny reward stage of ``steps`` steps at batch 8, with 8 ranked pairs per
     batch (they split over the tests' 8 devices)."""
@@ -470,6 +514,18 @@ def test_the_reward_stage_trains_on_generated_pairs_and_reports_their_held_out_a
     g = summary["generated"]
     assert (g["images"], g["pairs"], g["mean_objective"]) == (10, 5, 0.75) and 0 <= g["pair_accuracy"] <= 1
     assert "Spearman with the graded objective" in (tmp_path / "reward" / "heldout_accuracy.md").read_text()
+    assert "bt_calibration" not in summary["final_metrics"]
+
+    cfg.reward.ranked.generated.calibration_rows = 8
+    cfg.reward.train.steps = 4
+    summary = run_stages(cfg, str(tmp_path))["reward"]
+    assert summary["final_metrics"]["bt_calibration"] > 0 and "calibration_pair_accuracy" in summary["final_metrics"]
+    cfg.reward.ranked.generated.calibration_rows = 16
+    with pytest.raises(ValueError, match="exceeds the batch size"):
+        stage.build_task(cfg, cfg.reward, str(tmp_path))
+    cfg.reward.ranked.generated.update(calibration_rows=8, source="")
+    with pytest.raises(ValueError, match="needs a generator"):
+        stage.build_task(cfg, cfg.reward, str(tmp_path))
 
 
 @pytest.fixture(scope="module")

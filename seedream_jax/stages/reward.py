@@ -23,6 +23,15 @@ batch's first indices ``idx[k]``). Each batch of B world pairs then also holds r
 ``ranked.fraction``) ranked pairs, with the loss ``ranked.weight`` * Bradley-Terry of the preferred
 image over the other for their caption. Resume is exact with either.
 
+Calibration across captions (``generated.calibration_rows`` > 0, generated pairs only): each batch
+also holds that many of the generator's images, each with its own caption and graded score (rows
+``idx[-M:] % (C * G)``), and every two of them whose scores differ by more than ``generated.min_gap``
+add ``generated.calibration_weight`` * Bradley-Terry of the higher-scoring (image, caption) over the
+lower one. The contrastive and pair losses above only compare scores that share an image or a
+caption, so they leave the level of the cosine free from one caption to another; this term ties it
+to how right the image is, so that the reward of two images for two different prompts can be
+compared (an RL batch, a curation threshold, the eval's agreement check).
+
 ``finish`` measures the held-out pairs (scenes with a held-out colour-shape pair, never trained on):
 pairwise accuracy per perturbation kind x language, caption pairs and image pairs apart, written to
 the summary and to ``<stage_dir>/heldout_accuracy.md``, with the scorer's images per second; with
@@ -49,7 +58,7 @@ from seedream_jax.rewards.alignment import COMPONENT, AlignmentScorer, accuracy_
 from seedream_jax.rewards.common import batched, spearman
 from seedream_jax.stages import common, ranked_samples
 from seedream_jax.training import loop
-from seedream_jax.training.reward_losses import alignment_loss, bradley_terry, caption_positives
+from seedream_jax.training.reward_losses import alignment_loss, bradley_terry, caption_positives, ranking_over_batch
 
 
 def model_config(cfg, stage_cfg) -> AlignmentRewardConfig:
@@ -106,33 +115,54 @@ def ranked_batch(better, worse, ids, mask) -> dict:
             "ranked_mask": np.asarray(mask)}
 
 
+def calibration_batch(images, ids, mask, scores) -> dict:
+    """The batch fields of M scored generator images, each with its own caption: ``calibration_images``
+    uint8 [M, S, S, 3], the captions' tokens ``calibration_ids``/``calibration_mask`` [M, L] and the
+    images' graded objective scores ``calibration_scores`` float32 [M]."""
+    return {"calibration_images": np.asarray(images), "calibration_ids": np.asarray(ids),
+            "calibration_mask": np.asarray(mask), "calibration_scores": np.asarray(scores, np.float32)}
+
+
 def batch_loss(model, params, batch, *, contrastive_weight: float, ranking_weight: float,
-               ranked_weight: float = 0.0):
+               ranked_weight: float = 0.0, calibration_weight: float = 0.0, calibration_gap: float = 0.0):
     """(loss, metrics) of ``model`` with ``params`` (the ``alignment`` component) on a ``pair_batch``,
     plus ``ranked_weight`` * Bradley-Terry on its ranked pairs when it has them (``ranked_batch``:
     the preferred image's score over the other's for their caption; metrics ``bt_ranked``,
-    ``ranked_pair_accuracy``)."""
+    ``ranked_pair_accuracy``), plus ``calibration_weight`` * Bradley-Terry across captions when it has
+    calibration rows (``calibration_batch``: every two rows whose objective scores differ by more than
+    ``calibration_gap``, the higher one's (image, own caption) score over the lower one's,
+    ``reward_losses.ranking_over_batch``; metrics ``bt_calibration``, ``calibration_pair_accuracy``)."""
     b = batch["ids_pos"].shape[0]
-    ranked = "ranked_better" in batch
+    ranked, calibrated = "ranked_better" in batch, "calibration_images" in batch
     parts = [batch["image_pos"], batch["image_neg"]]
     ids, mask = [batch["ids_pos"], batch["ids_neg"]], [batch["mask_pos"], batch["mask_neg"]]
     if ranked:
         parts += [batch["ranked_better"], batch["ranked_worse"]]
         ids, mask = ids + [batch["ranked_ids"]] * 2, mask + [batch["ranked_mask"]] * 2
+    if calibrated:
+        parts.append(batch["calibration_images"])
+        ids, mask = ids + [batch["calibration_ids"]], mask + [batch["calibration_mask"]]
     images = jnp.concatenate(parts).astype(jnp.float32) / 127.5 - 1.0
     image_emb, text_emb, scale = model.apply({"params": params}, images, jnp.concatenate(ids), jnp.concatenate(mask))
     positives = caption_positives(jnp.concatenate([batch["truth_pos"], batch["truth_neg"]]),
                                   jnp.concatenate([batch["caption_pos"], batch["caption_neg"]]))
     loss, metrics = alignment_loss(image_emb[:b], image_emb[b:2 * b], text_emb[:b], text_emb[b:2 * b], scale,
                                    positives, contrastive_weight=contrastive_weight, ranking_weight=ranking_weight)
+    start = 2 * b
     if ranked:
         p = batch["ranked_ids"].shape[0]
-        caption = text_emb[2 * b:2 * b + p]
-        better = scale * jnp.sum(image_emb[2 * b:2 * b + p] * caption, -1)
-        worse = scale * jnp.sum(image_emb[2 * b + p:] * caption, -1)
+        caption = text_emb[start:start + p]
+        better = scale * jnp.sum(image_emb[start:start + p] * caption, -1)
+        worse = scale * jnp.sum(image_emb[start + p:start + 2 * p] * caption, -1)
         metrics["bt_ranked"] = bradley_terry(better, worse)
         metrics["ranked_pair_accuracy"] = jnp.mean((better > worse).astype(jnp.float32))
         loss = loss + ranked_weight * metrics["bt_ranked"]
+        start += 2 * p
+    if calibrated:
+        scores = scale * jnp.sum(image_emb[start:] * text_emb[start:], -1)
+        metrics["bt_calibration"], metrics["calibration_pair_accuracy"] = ranking_over_batch(
+            scores, batch["calibration_scores"], calibration_gap)
+        loss = loss + calibration_weight * metrics["bt_calibration"]
     return loss, metrics
 
 
@@ -163,6 +193,12 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     seed, languages = int(s.pairs.seed), tuple(s.pairs.languages)
     cycle = world_pairs.kind_cycle(s.pairs.kind_weights)
 
+    calibration_rows = int(g.calibration_rows)
+    if calibration_rows and not g.source:
+        raise ValueError("reward.ranked.generated.calibration_rows needs a generator (generated.source)")
+    if calibration_rows > int(s.train.batch_size):
+        raise ValueError(f"reward.ranked.generated.calibration_rows={calibration_rows} exceeds the batch size "
+                         f"{int(s.train.batch_size)} (its rows are chosen by the batch's indices)")
     samples = (ranked_samples.draw(cfg, g, workdir, common.world_mix(cfg, s), "train", int(g.captions),
                                    config.image_size) if g.source else None)
     if samples is not None:
@@ -180,6 +216,11 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
             caption = samples.caption[chosen]
             batch.update(ranked_batch(samples.images[samples.better[chosen]], samples.images[samples.worse[chosen]],
                                       prompt_ids[caption], prompt_mask[caption]))
+            if calibration_rows:
+                rows = np.asarray(idx[-calibration_rows:], np.int64) % len(samples.scores)
+                caption = rows // samples.per_caption
+                batch.update(calibration_batch(samples.images[rows], prompt_ids[caption], prompt_mask[caption],
+                                               samples.scores[rows]))
         return batch
 
     def init_params(rng):
@@ -191,7 +232,8 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
     def loss_fn(params, frozen, batch, rng):
         return batch_loss(model, merge_params(params, frozen)[COMPONENT], batch,
                           contrastive_weight=float(s.contrastive_weight), ranking_weight=float(s.ranking_weight),
-                          ranked_weight=float(r.weight))
+                          ranked_weight=float(r.weight), calibration_weight=float(g.calibration_weight),
+                          calibration_gap=float(g.min_gap))
 
     evaluate = None
     if int(s.train.eval_every) > 0:

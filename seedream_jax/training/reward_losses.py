@@ -31,6 +31,18 @@ def bradley_terry(chosen: jax.Array, rejected: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.softplus(rejected - chosen))
 
 
+def ranking_over_batch(scores: jax.Array, targets: jax.Array, min_gap: float = 0.0) -> Tuple[jax.Array, jax.Array]:
+    """(loss, accuracy): Bradley-Terry over every two rows a, b of a batch with ``targets[a] >
+    targets[b] + min_gap`` (RankNet), whatever their captions. scores, targets: [M]. The loss is the
+    mean of -log sigmoid(scores[a] - scores[b]) over those pairs, the accuracy the share with
+    scores[a] > scores[b]; both 0 when no two targets differ by more than ``min_gap``."""
+    ordered = (targets[:, None] > targets[None, :] + min_gap).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(ordered), 1.0)
+    diff = scores[:, None] - scores[None, :]
+    return (jnp.sum(ordered * jax.nn.softplus(-diff)) / count,
+            jnp.sum(ordered * (diff > 0).astype(jnp.float32)) / count)
+
+
 def alignment_loss(image_pos, image_neg, text_pos, text_neg, scale, positives, *, contrastive_weight: float,
                    ranking_weight: float) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """The alignment reward's loss and metrics.
