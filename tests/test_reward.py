@@ -403,6 +403,24 @@ def _generated_pairs(tokenizer, n=8):
     return samples, tokenizer(samples.prompts, TINY.max_length)
 
 
+def _fit(model, params, batch, steps=30, **weights):
+    """(params, last loss, last metrics) after ``steps`` Adam steps on ``batch`` with only the loss
+    terms of ``weights`` (``ranked_weight``, ``calibration_weight``)."""
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(p, opt):
+        (value, m), grad = jax.value_and_grad(lambda q: batch_loss(
+            model, q, batch, contrastive_weight=0.0, ranking_weight=0.0, **weights), has_aux=True)(p)
+        updates, opt = tx.update(grad, opt, p)
+        return optax.apply_updates(p, updates), opt, value, m
+
+    opt = tx.init(params)
+    for _ in range(steps):
+        params, opt, value, m = step(params, opt)
+    return params, value, m
+
+
 def test_the_generated_pairs_loss_is_bradley_terry_of_the_preferred_image_and_a_fit_learns_it(tokenizer):
     samples, tokens = _generated_pairs(tokenizer)
     world = [W.make_pair(5, "train", i) for i in range(4)]
@@ -418,18 +436,7 @@ def test_the_generated_pairs_loss_is_bradley_terry_of_the_preferred_image_and_a_
     scale = float(model.apply({"params": params}, method=AlignmentReward.scale))
     np.testing.assert_allclose(float(metrics["bt_ranked"]), np.mean(np.logaddexp(0, scale * (cos_w - cos_b))),
                                rtol=1e-5)
-    tx = optax.adam(3e-3)
-
-    @jax.jit
-    def step(p, opt):
-        (value, m), grad = jax.value_and_grad(lambda q: batch_loss(
-            model, q, batch, contrastive_weight=0.0, ranking_weight=0.0, ranked_weight=1.0), has_aux=True)(p)
-        updates, opt = tx.update(grad, opt, p)
-        return optax.apply_updates(p, updates), opt, value, m
-
-    opt = tx.init(params)
-    for _ in range(30):
-        params, opt, value, m = step(params, opt)
+    params, value, m = _fit(model, params, batch, ranked_weight=1.0)
     assert float(value) < 0.1 * float(metrics["bt_ranked"]) and float(m["ranked_pair_accuracy"]) == 1.0
     without = {k: v for k, v in batch.items() if not k.startswith("ranked_")}
     assert "bt_ranked" not in batch_loss(model, params, without, contrastive_weight=1.0, ranking_weight=1.0)[1]
@@ -462,18 +469,7 @@ def test_the_calibration_loss_ranks_images_of_different_captions_by_their_scores
     expected, _ = ranking_over_batch(jnp.asarray(own), jnp.asarray(samples.scores))
     _, metrics = batch_loss(model, params, batch, contrastive_weight=1.0, ranking_weight=1.0, calibration_weight=1.0)
     np.testing.assert_allclose(float(metrics["bt_calibration"]), float(expected), rtol=1e-5)
-    tx = optax.adam(3e-3)
-
-    @jax.jit
-    def step(p, opt):
-        (value, m), grad = jax.value_and_grad(lambda q: batch_loss(
-            model, q, batch, contrastive_weight=0.0, ranking_weight=0.0, calibration_weight=1.0), has_aux=True)(p)
-        updates, opt = tx.update(grad, opt, p)
-        return optax.apply_updates(p, updates), opt, value, m
-
-    opt = tx.init(params)
-    for _ in range(30):
-        params, opt, value, m = step(params, opt)
+    params, value, m = _fit(model, params, batch, calibration_weight=1.0)
     # Every true rendering (score 1.0) now outscores every perturbed one (0.5), across all 8 captions.
     assert float(m["calibration_pair_accuracy"]) == 1.0 and float(value) < 0.2 * float(expected)
 
