@@ -567,3 +567,19 @@ def test_ranked_pairs_from_a_users_dataset_join_the_world_pairs_and_resume_exact
             np.testing.assert_array_equal(want[key], got[key])
     with pytest.raises(ValueError, match="share the keys"):
         next(JoinedBatches(joined(), stage.ranked_source(cfg.reward, str(tmp_path), tokenizer, TINY)))
+
+
+def test_the_tiny_long_reward_config_trains_the_alignment_model_then_calibrates_it_on_the_bases_images():
+    configs = os.path.join(REPO, "configs")
+    base = config_lib.load_run_config(os.path.join(configs, "tiny_long.py"))
+    c = config_lib.load_run_config(os.path.join(configs, "tiny_long_reward.py"))
+    from seedream_jax.checkpoint.init_from import parse_sources
+    from seedream_jax.stages import stage_kind
+    assert c.stages == base.stages + ("reward", "reward_calibrated")
+    assert stage_kind(c, "reward_calibrated") == "reward" and c.reward.model.llm == base.model.llm
+    assert dict(c.reward.init_from) == {"alignment/text/llm": "pretrain:conditioner/text_encoder/llm"}
+    assert dict(c.reward_calibrated.init_from) == {"alignment": "reward:alignment"}
+    assert len(parse_sources(c.reward_calibrated.init_from, "/w")) == 1
+    g = c.reward_calibrated.ranked.generated
+    assert (g.source, g.calibration_rows, c.reward.ranked.generated.source) == ("pretrain", 16, "")
+    assert c.reward_calibrated.train.steps == 1500 and c.reward.train.steps == 9000
