@@ -472,6 +472,8 @@ def test_the_calibration_loss_ranks_images_of_different_captions_by_their_scores
     params, value, m = _fit(model, params, batch, calibration_weight=1.0)
     # Every true rendering (score 1.0) now outscores every perturbed one (0.5), across all 8 captions.
     assert float(m["calibration_pair_accuracy"]) == 1.0 and float(value) < 0.2 * float(expected)
+    without = {k: v for k, v in batch.items() if not k.startswith("calibration_")}
+    assert "bt_calibration" not in batch_loss(model, params, without, contrastive_weight=1.0, ranking_weight=1.0)[1]
 
 
 def _small_reward_config(steps=2):
@@ -503,19 +505,14 @@ def test_the_reward_stage_trains_on_generated_pairs_and_reports_their_held_out_a
         return _generated_pairs(tokenizer, count)[0]
     monkeypatch.setattr(stage.ranked_samples, "draw", fake_draw)
     cfg = _small_reward_config()
-    cfg.reward.ranked.generated.update(source="pretrain", captions=6, heldout_captions=5)
+    cfg.reward.ranked.generated.update(source="pretrain", captions=6, heldout_captions=5, calibration_rows=8)
     summary = run_stages(cfg, str(tmp_path))["reward"]
     assert drawn == [("train", 6, 32), ("heldout", 5, 32)]
     assert summary["final_metrics"]["bt_ranked"] > 0 and "ranked_pair_accuracy" in summary["final_metrics"]
+    assert summary["final_metrics"]["bt_calibration"] > 0 and "calibration_pair_accuracy" in summary["final_metrics"]
     g = summary["generated"]
     assert (g["images"], g["pairs"], g["mean_objective"]) == (10, 5, 0.75) and 0 <= g["pair_accuracy"] <= 1
     assert "Spearman with the graded objective" in (tmp_path / "reward" / "heldout_accuracy.md").read_text()
-    assert "bt_calibration" not in summary["final_metrics"]
-
-    cfg.reward.ranked.generated.calibration_rows = 8
-    cfg.reward.train.steps = 4
-    summary = run_stages(cfg, str(tmp_path))["reward"]
-    assert summary["final_metrics"]["bt_calibration"] > 0 and "calibration_pair_accuracy" in summary["final_metrics"]
     cfg.reward.ranked.generated.calibration_rows = 16
     with pytest.raises(ValueError, match="exceeds the batch size"):
         stage.build_task(cfg, cfg.reward, str(tmp_path))
