@@ -218,9 +218,9 @@ def build_task(cfg, stage_cfg, workdir: str) -> loop.Task:
                                       prompt_ids[caption], prompt_mask[caption]))
             if calibration_rows:
                 rows = np.asarray(idx[-calibration_rows:], np.int64) % len(samples.scores)
-                caption = rows // samples.per_caption
-                batch.update(calibration_batch(samples.images[rows], prompt_ids[caption], prompt_mask[caption],
-                                               samples.scores[rows]))
+                own_caption = rows // samples.per_caption
+                batch.update(calibration_batch(samples.images[rows], prompt_ids[own_caption],
+                                               prompt_mask[own_caption], samples.scores[rows]))
         return batch
 
     def init_params(rng):
