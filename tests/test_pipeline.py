@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seedream_jax.eval import curves
 from seedream_jax.main import run_stages
 from seedream_jax.sampling import sampler as sampler_lib
 from seedream_jax.stages.sample import load_pipeline
@@ -93,12 +94,12 @@ def test_pretrain_loss_decreases_on_a_fixed_batch(tiny_run, tmp_path):
     task.data = FixedBatch()
     task.loss_fn = lambda p, f, b, rng: base_loss(p, f, b, jax.random.PRNGKey(7))  # same t and noise
     task.evaluate = None
-    losses = {}
-    for steps in (1, 30):
-        cfg.pretrain.train.steps = steps
-        losses[steps] = loop.train(task, cfg, cfg.pretrain, str(tmp_path / f"fixed{steps}")).last_metrics["loss"]
-    print(f"pretrain fixed-batch loss: step 1 {losses[1]:.4f} -> step 30 {losses[30]:.4f}")
-    assert losses[30] < 0.5 * losses[1]
+    cfg.pretrain.train.steps, cfg.pretrain.train.log_every = 30, 1
+    result = loop.train(task, cfg, cfg.pretrain, str(tmp_path / "fixed"))  # one compile, every loss logged
+    steps, losses = curves.read_scalars(str(tmp_path / "fixed" / "tensorboard"), ("loss",))["loss"]
+    assert steps[0] == 1 and steps[-1] == 30 and losses[-1] == result.last_metrics["loss"]
+    print(f"pretrain fixed-batch loss: step 1 {losses[0]:.4f} -> step 30 {losses[-1]:.4f}")
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_compiled_sampler_matches_python_euler_loop(tiny_run):
