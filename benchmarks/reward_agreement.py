@@ -14,6 +14,8 @@ reach.
     python benchmarks/reward_agreement.py --reward runs/tiny/reward \
         --eval-dir runs/tiny/eval/pretrain_step900 --eval-dir runs/tiny/eval_vae/vae_step800
 
+``--reward`` repeated scores with the mean of several alignment models (an ensemble).
+
 With ``--generated-from`` (a pretrain stage) and ``--config`` (the run's config, whose world gives
 the captions) it also draws that model's samples of held-out world captions (``--captions`` x 4,
 ``stages/ranked_samples.py``, the reward stage's defaults) and prints the reward's accuracy on their
@@ -55,7 +57,10 @@ def within_categories(reward, correct, categories) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reward", required=True, help="a reward stage directory (the alignment model)")
+    parser.add_argument("--reward", action="append", required=True,
+                        help="a reward stage directory (the alignment model); repeated: score with the mean of "
+                             "the models' cosines, the sum an RLHF stage computes from several alignment rewards "
+                             "loaded under their own names with equal weights")
     parser.add_argument("--eval-dir", action="append", required=True, help="an eval output directory (repeatable)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--generated-from", help="a pretrain stage directory: also rank its samples of held-out captions")
@@ -64,10 +69,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.generated_from and not args.config:
         parser.error("--generated-from needs --config (the run's world gives the captions)")
+    if args.generated_from and len(args.reward) > 1:
+        parser.error("--generated-from ranks the samples with one --reward")
     from seedream_jax import rewards
     from seedream_jax.rewards.common import batched, spearman
 
-    scorer = rewards.load_alignment(args.reward)
+    scorers = [rewards.load_alignment(path, name=f"alignment_{i}") for i, path in enumerate(args.reward)]
+    scorer = scorers[0] if len(scorers) == 1 else (lambda images, prompts: sum(s(images, prompts) for s in scorers)
+                                                   / len(scorers))
     rows, union = [], {"reward": [], "correct": [], "categories": [], "graded": []}
     for eval_dir in args.eval_dir:
         images, prompts, correct, categories = eval_images(eval_dir)
@@ -79,7 +88,7 @@ def main(argv=None) -> int:
             union[key].extend(value)
     if len(rows) > 1:
         rows.append(("union", *(np.array(v) for v in union.values())))
-    print(f"alignment reward {args.reward} against the eval's per-image correctness (the mean of each image's "
+    print(f"alignment reward {' + '.join(args.reward)}{' (mean)' if len(scorers) > 1 else ''} against the eval's per-image correctness (the mean of each image's "
           "category scores) and against the graded objective check of the whole prompt\n")
     print("| images | n | mean correctness | share with any credit | Spearman | within categories (mean) "
           "| Spearman with the graded objective | the graded objective's own Spearman |\n|---|---|---|---|---|---|---|---|")
