@@ -88,7 +88,8 @@ def main(argv=None) -> int:
             union[key].extend(value)
     if len(rows) > 1:
         rows.append(("union", *(np.array(v) for v in union.values())))
-    print(f"alignment reward {' + '.join(args.reward)}{' (mean)' if len(scorers) > 1 else ''} against the eval's per-image correctness (the mean of each image's "
+    which = " + ".join(args.reward) + (" (mean)" if len(scorers) > 1 else "")
+    print(f"alignment reward {which} against the eval's per-image correctness (the mean of each image's "
           "category scores) and against the graded objective check of the whole prompt\n")
     print("| images | n | mean correctness | share with any credit | Spearman | within categories (mean) "
           "| Spearman with the graded objective | the graded objective's own Spearman |\n|---|---|---|---|---|---|---|---|")
