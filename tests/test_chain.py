@@ -17,6 +17,7 @@ from ml_collections import ConfigDict  # noqa: E402
 
 import tiny_chain  # noqa: E402
 from seedream_jax.eval.suite import OBJECT_CATEGORIES  # noqa: E402
+from conftest import FAST_COMPILE  # noqa: E402
 from test_pipeline import small_config  # noqa: E402
 
 PRETRAIN_STEPS = 12
@@ -55,7 +56,7 @@ def _summary(workdir):
     with open(os.path.join(workdir, "summary.json")) as f:
         return json.load(f)
 
-
+@pytest.mark.slow  # 87 s alone on the 2-core machine (it was about 4 minutes before FAST_COMPILE): the whole chain, twice
 @pytest.mark.slow  # about 4 minutes on the 2-core CI machine: compiling the whole chain twice
 def test_chain_resumes_in_the_middle_stage_after_sigterm(tmp_path):
     assert len(_overrides()) > 20  # the shrinking reaches the command line
@@ -63,7 +64,7 @@ def test_chain_resumes_in_the_middle_stage_after_sigterm(tmp_path):
     command = [sys.executable, "-m", "seedream_jax.main", "--config", os.path.join(REPO, "configs", "tiny_chain.py"),
                "--workdir", workdir, *_overrides()]
     # One CPU device, as on a laptop; the second command reuses the first one's compiled programs.
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", XLA_FLAGS="",
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE,
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import FAST_COMPILE
 from seedream_jax.parallel import distributed
 
 HERE = os.path.dirname(__file__)
@@ -32,7 +33,7 @@ def _free_port() -> int:
 def _run_two_processes(script: str, *args: str):
     """Run ``script`` (in tests/) as processes 0 and 1 of a two-process JAX run on loopback, with
     ``args`` before the coordinator, process count and process id; each process's RESULT json."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}",
                PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     for var in ("SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE", "SEEDREAM_COORDINATOR_ADDRESS"):
         env.pop(var, None)

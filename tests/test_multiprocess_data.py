@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import FAST_COMPILE
 from seedream_jax.data import arrayrecord_io
 from seedream_jax.data import synthetic as S
 from seedream_jax.data import synthetic_records as SR
@@ -32,7 +33,7 @@ def test_two_processes_shard_and_assemble_global_batches(tmp_path):
     dataset = str(tmp_path / "ds")
     SR.write_record_world(SR.RecordWorldConfig(S.SyntheticWorldConfig(num_images=48, image_size=32, seed=4),
                                                sizes=((32, 32), (24, 40))), dataset, records_per_shard=16)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}",
                PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     address = f"127.0.0.1:{_free_port()}"
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "data_multiprocess_worker.py"), dataset,
