@@ -1,6 +1,7 @@
 """A damaged checkpoint does not end a run: the loop's resume sets a step that does not read aside
 (renamed, never deleted) and resumes from the newest one that does; readers of finished stages
 (open_stage, init_from, export, main) fail with one message naming the step and the file."""
+import gc
 import glob
 import logging
 import os
@@ -151,6 +152,7 @@ def test_export_tool_on_a_damaged_stage_prints_the_message_and_exits_1(damaged_s
     assert err.startswith(f"error: checkpoint step 30: {damaged}: truncated:") and "Traceback" not in err
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_array_fails_when_read_naming_its_data_file(tmp_path):
     """Bytes flipped inside an array (the file keeps its length, so the index check passes):
     reading it fails with the message, and the file named is the one that holds that array."""
@@ -173,6 +175,7 @@ def test_a_corrupt_array_fails_when_read_naming_its_data_file(tmp_path):
     assert open_stage_step == 5
     with pytest.raises(CheckpointReadError, match=rf"checkpoint step 5: {data_files[0]}: [A-Z_]+: "):
         restore_raw_state(stage_dir)
+    gc.collect()  # the failed read's abandoned sibling coroutines go here (ignored), not in a later test
 
 
 REGRESSION_CONFIG = '''
