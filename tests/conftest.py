@@ -2,9 +2,9 @@
 XLA:CPU's code generator at optimisation level 0."""
 import os
 
-# The suite is compile-bound: at LLVM -O0 XLA:CPU compiles about a third faster and the tiny
-# programs run about as fast (the whole suite 1329 s -> 983 s on the 2-core machine, 2026-12-08).
-# The HLO is the same; only the machine code is less optimised. Subprocess tests add it too.
+# The suite is compile-bound: at LLVM -O0 XLA:CPU compiles about a third faster, which outweighs
+# the slower machine code of the tiny programs (the whole suite 1329 s -> 983 s on the 2-core
+# machine, 2026-12-08; benchmarks/RESULTS.md (a5)). The HLO is the same. Subprocess tests add it too.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

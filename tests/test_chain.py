@@ -56,8 +56,8 @@ def _summary(workdir):
     with open(os.path.join(workdir, "summary.json")) as f:
         return json.load(f)
 
+
 @pytest.mark.slow  # the whole chain, compiled twice: 87 s alone on the 2-core machine (2026-12-08)
-@pytest.mark.slow  # about 4 minutes on the 2-core CI machine: compiling the whole chain twice
 def test_chain_resumes_in_the_middle_stage_after_sigterm(tmp_path):
     assert len(_overrides()) > 20  # the shrinking reaches the command line
     workdir = str(tmp_path / "run")
